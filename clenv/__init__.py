@@ -1,0 +1,28 @@
+"""clenv: continual-learning task streams as Gymnasium environments.
+
+``import clenv`` registers every id in :data:`clenv.registry.ENV_TABLE` with gymnasium, so
+``gym.make("RandomLabelFashionMNIST-v0")`` works; ``gym.make("clenv:RandomLabelFashionMNIST-v0")`` works without the
+import. ``clenv.run(env, agent)`` is the one training loop. clenv never imports the ``agents`` package.
+"""
+
+from clenv.registry import ENV_TABLE, env_ids, protocol, register_all
+
+register_all()
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # heavy modules (torch) load on first use, not on import
+    if name in ("run", "Callback", "RunResult", "TaskTracker"):
+        from clenv import loop
+
+        return getattr(loop, name)
+    if name == "SupervisedStreamEnv":
+        from clenv.envs.supervised import SupervisedStreamEnv
+
+        return SupervisedStreamEnv
+    raise AttributeError(f"module 'clenv' has no attribute {name!r}")
+
+
+__all__ = ["ENV_TABLE", "env_ids", "protocol", "register_all", "run", "Callback", "RunResult", "TaskTracker",
+           "SupervisedStreamEnv", "__version__"]

@@ -1,0 +1,291 @@
+"""Dataset sources: each dataset becomes one uint8 image tensor (N, C, H, W) and int64 labels, per split.
+
+Every loader goes through the real on-disk format (torchvision's dataset classes, ImageFolder trees, the idx files
+of Debian's ``dataset-fashion-mnist``, scikit-learn's bundled digits). A dataset is loaded once per process and
+cached; streams index into it, so a batch is an index, never a DataLoader iteration.
+
+Where data is looked for: the ``root`` argument, else the ``CLENV_DATA`` environment variable, else torchvision's
+conventional ``~/.cache/clenv/data`` (and, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Dataset",
+    "DatasetNotFoundError",
+    "DATASETS",
+    "load_dataset",
+    "default_data_root",
+    "clear_cache",
+]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset could not be found on disk; the message names every place looked and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset: uint8 images (N, C, H, W) and int64 labels (N,), both on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: its name, train and test splits, the number of classes and where it came from."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+def default_data_root() -> Path:
+    """``CLENV_DATA`` if set, else ``~/.cache/clenv/data``."""
+    env = os.environ.get("CLENV_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "clenv" / "data"
+
+
+def _roots(root: str | os.PathLike | None) -> list[Path]:
+    return [Path(root).expanduser()] if root is not None else [default_data_root()]
+
+
+def _missing(name: str, looked: list[str], fix: str) -> DatasetNotFoundError:
+    places = "\n".join(f"  - {p}" for p in looked)
+    return DatasetNotFoundError(
+        f"dataset {name!r} not found. Looked in:\n{places}\nFix: {fix}\n"
+        f"(The data root is the data_root= argument, else the CLENV_DATA environment variable, else "
+        f"{Path.home() / '.cache' / 'clenv' / 'data'}.)"
+    )
+
+
+def _split_from_torchvision(ds) -> Split:
+    data = ds.data
+    if isinstance(data, np.ndarray):  # CIFAR: (N, H, W, C) uint8
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
+    else:  # MNIST family: (N, H, W) uint8 tensor
+        images = data.unsqueeze(1).contiguous()
+    labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return Split(images.to(torch.uint8), labels)
+
+
+def _torchvision(cls_name: str, num_classes: int, fix: str) -> Callable[..., Dataset]:
+    def load(root=None, download: bool = False) -> Dataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        looked = []
+        for r in _roots(root):
+            looked.append(str(r))
+            try:
+                train = cls(str(r), train=True, download=download)
+                test = cls(str(r), train=False, download=download)
+            except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+                looked[-1] += f" ({err})"
+                continue
+            return Dataset(cls_name.lower(), _split_from_torchvision(train), _split_from_torchvision(test),
+                           num_classes, f"torchvision.datasets.{cls_name}({r})")
+        raise _missing(cls_name, looked, fix)
+
+    return load
+
+
+def _load_fashion_mnist(root=None, download: bool = False) -> Dataset:
+    """torchvision's FashionMNIST; falls back to Debian's ``dataset-fashion-mnist`` idx files."""
+    import torchvision.datasets as tvd
+
+    looked = []
+    for r in _roots(root):
+        looked.append(str(r))
+        try:
+            return Dataset("fashion_mnist", _split_from_torchvision(tvd.FashionMNIST(str(r), train=True, download=download)),
+                           _split_from_torchvision(tvd.FashionMNIST(str(r), train=False, download=download)),
+                           10, f"torchvision.datasets.FashionMNIST({r})")
+        except RuntimeError as err:
+            looked[-1] += f" ({err})"
+    debian = Path(os.environ.get("CLENV_DEBIAN_FASHION_MNIST", DEBIAN_FASHION_MNIST))
+    looked.append(str(debian))
+    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if all((debian / f"{f}.gz").exists() for f in files):
+        # torchvision reads the raw idx files from <root>/FashionMNIST/raw; unpack Debian's .gz files there once.
+        cache = Path.home() / ".cache" / "clenv" / "debian-fashion-mnist"
+        raw = cache / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (raw / f).exists():
+                tmp = raw / f"{f}.tmp{os.getpid()}"
+                with gzip.open(debian / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(tmp, raw / f)
+        return Dataset("fashion_mnist", _split_from_torchvision(tvd.FashionMNIST(str(cache), train=True)),
+                       _split_from_torchvision(tvd.FashionMNIST(str(cache), train=False)),
+                       10, f"Debian dataset-fashion-mnist ({debian})")
+    raise _missing("FashionMNIST", looked, "pass download=True (needs internet), or `apt-get install -y "
+                   "dataset-fashion-mnist`, or put torchvision's FashionMNIST/raw files under CLENV_DATA")
+
+
+def _load_digits(root=None, download: bool = False) -> Dataset:
+    """scikit-learn's 1,797 real 8x8 digits, scaled from 0..16 to 0..255; a fixed 80/20 train/test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    order = np.random.default_rng(0).permutation(len(images))
+    cut = int(round(0.8 * len(images)))
+    tr, te = order[:cut], order[cut:]
+    x, y = torch.from_numpy(images), torch.from_numpy(d.target.astype(np.int64))
+    return Dataset("digits", Split(x[tr], y[tr]), Split(x[te], y[te]), 10, "sklearn.datasets.load_digits")
+
+
+def make_synthetic(num_train: int = 2000, num_test: int = 500, shape=(1, 8, 8), num_classes: int = 10,
+                   seed: int = 0) -> Dataset:
+    """Seeded synthetic images: one random prototype per class plus per-sample noise, as uint8."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand((num_classes, *shape), generator=g) * 255
+
+    def split(n):
+        y = torch.randint(num_classes, (n,), generator=g)
+        x = (protos[y] + 40 * torch.randn((n, *shape), generator=g)).clamp(0, 255).round().to(torch.uint8)
+        return Split(x, y)
+
+    return Dataset("synthetic", split(num_train), split(num_test), num_classes, f"synthetic(seed={seed})")
+
+
+def _load_synthetic(root=None, download: bool = False) -> Dataset:
+    return make_synthetic()
+
+
+# Sizes images are resized to when an ImageFolder tree is decoded into one tensor.
+IMAGE_FOLDER_SIZES = {"tiny_imagenet": 64, "mini_imagenet": 84, "imagenet": 32}
+
+
+def _image_folder(name: str, dirname: str, fix: str) -> Callable[..., Dataset]:
+    def load(root=None, download: bool = False, image_size: int | None = None) -> Dataset:
+        size = image_size or IMAGE_FOLDER_SIZES[name]
+        looked = []
+        for r in _roots(root):
+            for base in (r / dirname, r):
+                looked.append(str(base / "train"))
+                if (base / "train").is_dir():
+                    return _decode_image_folder(name, base, size)
+        raise _missing(dirname, looked, fix)
+
+    return load
+
+
+def _decode_image_folder(name: str, base: Path, size: int) -> Dataset:
+    """Decode an ImageFolder tree (train/<class>/..., and val/ or test/ if present) into uint8 tensors."""
+    from torchvision.datasets import ImageFolder
+
+    train_folder = ImageFolder(str(base / "train"))
+    classes = train_folder.classes
+    train = _decode_samples(train_folder.samples, size, f"{name} train")
+    test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
+    test = None
+    if test_dir is not None:
+        ann = test_dir / "val_annotations.txt"
+        if ann.exists():  # Tiny-ImageNet's flat val/images/ layout with an annotation file
+            index = {c: i for i, c in enumerate(classes)}
+            samples = []
+            for line in ann.read_text().splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] in index:
+                    samples.append((str(test_dir / "images" / parts[0]), index[parts[1]]))
+            test = _decode_samples(samples, size, f"{name} val")
+        else:
+            folder = ImageFolder(str(test_dir))
+            if folder.classes != classes:
+                raise ValueError(f"{test_dir} has classes that differ from {base / 'train'}")
+            test = _decode_samples(folder.samples, size, f"{name} {test_dir.name}")
+    if test is None:  # no held-out folder: a fixed 80/20 split of train
+        order = torch.from_numpy(np.random.default_rng(0).permutation(len(train)))
+        cut = int(round(0.8 * len(train)))
+        test = Split(train.images[order[cut:]], train.labels[order[cut:]])
+        train = Split(train.images[order[:cut]], train.labels[order[:cut]])
+    return Dataset(name, train, test, len(classes), f"ImageFolder({base})")
+
+
+def _decode_samples(samples, size: int, desc: str) -> Split:
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import resize
+    from tqdm.auto import tqdm
+
+    images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+    labels = torch.empty(len(samples), dtype=torch.int64)
+    for i, (path, label) in enumerate(tqdm(samples, desc=f"decoding {desc}", disable=len(samples) < 5000)):
+        img = decode_image(path, mode=ImageReadMode.RGB)
+        if img.shape[1:] != (size, size):
+            img = resize(img, [size, size], antialias=True)
+        images[i] = img
+        labels[i] = label
+    return Split(images, labels)
+
+
+_APT = "apt-get install -y dataset-fashion-mnist"
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "mnist": _torchvision("MNIST", 10, "pass download=True (gym.make(..., download=True)) on a machine with internet, "
+                          "or put torchvision's MNIST/raw files under CLENV_DATA"),
+    "fashion_mnist": _load_fashion_mnist,
+    "cifar10": _torchvision("CIFAR10", 10, "pass download=True on a machine with internet, or put "
+                            "cifar-10-batches-py/ under CLENV_DATA"),
+    "cifar100": _torchvision("CIFAR100", 100, "pass download=True on a machine with internet, or put "
+                             "cifar-100-python/ under CLENV_DATA"),
+    "tiny_imagenet": _image_folder("tiny_imagenet", "tiny-imagenet-200", "unpack tiny-imagenet-200.zip under "
+                                   "CLENV_DATA (train/<wnid>/images/*.JPEG and val/)"),
+    "mini_imagenet": _image_folder("mini_imagenet", "mini-imagenet", "put an ImageFolder tree mini-imagenet/train/"
+                                   "<class>/*.jpg (and optionally val/ or test/) under CLENV_DATA"),
+    "imagenet": _image_folder("imagenet", "imagenet", "put an ImageFolder tree imagenet/train/<wnid>/*.JPEG "
+                              "(and val/) under CLENV_DATA"),
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+}
+
+_cache: dict[tuple, Dataset] = {}
+_lock = threading.Lock()
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, **kwargs) -> Dataset:
+    """Load ``name`` (a key of :data:`DATASETS`) once per process and return the cached :class:`Dataset`."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    key = (name, str(Path(root).expanduser()) if root is not None else str(default_data_root()),
+           tuple(sorted(kwargs.items())))
+    with _lock:
+        if key not in _cache:
+            _cache[key] = DATASETS[name](root=root, download=download, **kwargs)
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    """Forget every loaded dataset (tests that write data files use this)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,323 @@
+"""SupervisedStreamEnv: a supervised continual-learning task stream as one Gymnasium episode.
+
+Step semantics are test-then-train (prequential): the observation is a batch of inputs, the action is the agent's
+prediction for it, the reward is that prediction's accuracy, and ``info["labels"]`` then reveals the batch's labels
+so the agent can learn from them in ``observe``. The returned observation is the next batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector.utils import batch_space
+
+from clenv.data.augment import Augmentation
+from clenv.data.sources import load_dataset
+from clenv.streams import Stream, Task, make_stream, task_rng
+
+__all__ = ["SupervisedStreamEnv", "INFO_KEYS"]
+
+#: The keys every ``info`` dict carries, at reset and at every step.
+INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
+
+_CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    task: int
+    step_in_task: int
+
+
+class SupervisedStreamEnv(gym.Env):
+    """A stream of supervised tasks over one dataset.
+
+    Args:
+        dataset: a key of :data:`clenv.data.DATASETS` (``"fashion_mnist"``, ``"cifar10"``, ``"digits"``, ...).
+        stream: ``"random_label"``, ``"label_shuffle"``, ``"permuted"`` or ``"class_split"``.
+        num_tasks: number of tasks in the stream.
+        samples_per_task: train samples drawn per task (None: the whole train split; class splits use
+            ``samples_per_class``).
+        epochs_per_task: passes over a task's samples; steps per task = epochs x floor(samples / batch_size).
+        steps_per_task: overrides the epoch count (and is required with ``joint=True``).
+        batch_size: samples per observation.
+        augment: per-sample random crop, flip and rotation, drawn differently per task (Appendix B.3).
+        device: where the dataset tensor lives and batches are built.
+        task_aware: add the task id to the observation (a Dict observation ``{"x", "task_id"}``).
+        data_root / download / image_size: passed to the dataset loader.
+        action_type: ``"labels"`` (MultiDiscrete of predicted classes) or ``"logits"`` (Box (B, C)).
+        recurring_every: one fixed task recurs every n tasks (Appendix D.2).
+        joint: cumulative joint training; task k samples with replacement from the union of tasks 0..k.
+        test_samples_per_task: held-out samples per task served by :meth:`test_batches`.
+        output: ``"numpy"`` observations (CPU, what the env checker wants) or ``"torch"`` tensors on ``device``.
+        classes_per_task, samples_per_class, disjoint, labels: class-split options (see ``ClassSplitStream``).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, dataset: str = "digits", stream: str = "random_label", *, num_tasks: int = 10,
+                 samples_per_task: int | None = None, epochs_per_task: int = 1, steps_per_task: int | None = None,
+                 batch_size: int = 16, augment: bool = False, device: str = "cpu", task_aware: bool = False,
+                 data_root: str | None = None, download: bool = False, image_size: int | None = None,
+                 action_type: str = "labels", recurring_every: int | None = None, joint: bool = False,
+                 test_samples_per_task: int | None = 1000, output: str = "numpy", **kwargs: Any):
+        unknown = set(kwargs) - set(_CLASS_SPLIT_KW)
+        if unknown:
+            raise TypeError(f"unknown keyword argument(s) {sorted(unknown)} for SupervisedStreamEnv; valid: "
+                            f"{sorted(self.valid_kwargs())}")
+        if kwargs and stream != "class_split":
+            raise TypeError(f"{sorted(kwargs)} only apply to stream='class_split', not {stream!r}")
+        if action_type not in ("labels", "logits"):
+            raise ValueError(f"action_type must be 'labels' or 'logits', got {action_type!r}")
+        if output not in ("numpy", "torch"):
+            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(epochs_per_task) < 1:
+            raise ValueError(f"epochs_per_task must be >= 1, got {epochs_per_task}")
+        if joint and steps_per_task is None:
+            raise ValueError("joint=True samples with replacement: give steps_per_task")
+
+        load_kw = {"image_size": image_size} if image_size is not None else {}
+        self.dataset = load_dataset(dataset, root=data_root, download=download, **load_kw)
+        self.stream: Stream = make_stream(stream, dataset=self.dataset, num_tasks=int(num_tasks),
+                                          samples_per_task=samples_per_task, joint=bool(joint),
+                                          recurring_every=recurring_every,
+                                          test_samples_per_task=test_samples_per_task, **kwargs)
+        self.config = dict(dataset=dataset, stream=stream, num_tasks=int(num_tasks), samples_per_task=samples_per_task,
+                           epochs_per_task=int(epochs_per_task), steps_per_task=steps_per_task,
+                           batch_size=int(batch_size), augment=bool(augment), device=str(device),
+                           task_aware=bool(task_aware), data_root=data_root, download=bool(download),
+                           image_size=image_size, action_type=action_type, recurring_every=recurring_every,
+                           joint=bool(joint), test_samples_per_task=test_samples_per_task, output=output, **kwargs)
+        self.num_tasks = int(num_tasks)
+        self.batch_size = int(batch_size)
+        self.epochs_per_task = int(epochs_per_task)
+        self.num_classes = self.stream.num_outputs
+        self.device = torch.device(device)
+        self.task_aware = bool(task_aware)
+        self.action_type = action_type
+        self.output = output
+        self.augmentation = Augmentation.for_image_size(self.dataset.image_shape[-1]) if augment else None
+        self._steps_override = steps_per_task
+        self._train_images = self.dataset.train.images.to(self.device)
+        self._test_images = self.dataset.test.images.to(self.device)
+        probe = self.stream.task(0, 0)
+        if not probe.with_replacement and probe.num_train < self.batch_size:
+            raise ValueError(f"a task has {probe.num_train} train samples, fewer than batch_size={self.batch_size}")
+
+        shape = self.dataset.image_shape
+        x_space = batch_space(spaces.Box(0, 255, shape, np.uint8), self.batch_size)
+        self.observation_space = (spaces.Dict({"x": x_space, "task_id": spaces.Discrete(self.num_tasks)})
+                                  if self.task_aware else x_space)
+        if action_type == "labels":
+            self.action_space = batch_space(spaces.Discrete(self.num_classes), self.batch_size)
+        else:
+            self.action_space = spaces.Box(-np.inf, np.inf, (self.batch_size, self.num_classes), np.float32)
+
+        self.stream_seed: int | None = None
+        self._cursor = _Cursor(0, 0)
+        self._first_task, self._last_task = 0, self.num_tasks - 1
+        self._step = 0
+        self._done = True
+        self._epoch_cache: tuple | None = None
+
+    # ----------------------------------------------------------------- introspection
+    @classmethod
+    def valid_kwargs(cls) -> set[str]:
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        return {p for p in params if p not in ("self", "kwargs")} | set(_CLASS_SPLIT_KW)
+
+    def steps_per_task(self, task_id: int = 0) -> int:
+        """Steps (batches) in task ``task_id``."""
+        t = self.stream.task(self.stream_seed if self.stream_seed is not None else 0, task_id)
+        return self._steps_per_epoch(t) * (1 if self._steps_override is not None else self.epochs_per_task)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps in the episode: the whole stream, or the one task a ``reset(options={"task_id": k})`` selected."""
+        return sum(self.steps_per_task(k) for k in range(self._first_task, self._last_task + 1))
+
+    def task(self, task_id: int) -> Task:
+        """The definition of task ``task_id`` under the current stream seed."""
+        self._require_seed()
+        return self.stream.task(self.stream_seed, task_id)
+
+    # ----------------------------------------------------------------- gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start the stream. ``options``: ``task_id`` replays only that task (an evaluation env), keeping the
+        current stream seed unless ``seed`` or ``stream_seed`` is given; ``stream_seed`` sets the stream directly."""
+        super().reset(seed=seed)
+        options = dict(options or {})
+        bad = set(options) - {"task_id", "stream_seed"}
+        if bad:
+            raise ValueError(f"unknown reset option(s) {sorted(bad)}; expected 'task_id' and/or 'stream_seed'")
+        if "stream_seed" in options:
+            self.stream_seed = int(options["stream_seed"])
+        elif seed is not None or self.stream_seed is None or "task_id" not in options:
+            self.stream_seed = int(self.np_random.integers(2**62))
+        if "task_id" in options:
+            k = int(options["task_id"])
+            if not 0 <= k < self.num_tasks:
+                raise ValueError(f"task_id must be in 0..{self.num_tasks - 1}, got {k}")
+            self._first_task = self._last_task = k
+        else:
+            self._first_task, self._last_task = 0, self.num_tasks - 1
+        self._cursor = _Cursor(self._first_task, 0)
+        self._step = 0
+        self._done = False
+        self._epoch_cache = None
+        obs, labels = self._batch(self._cursor)
+        self._labels = labels
+        info = self._info(self._cursor, True, np.zeros(0, np.int64), -1, 0.0)
+        return self._obs(obs, self._cursor.task), info
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError("the stream has ended (terminated=True); call reset() to start it again")
+        pred = self._validate(action)
+        accuracy = float(np.mean(pred == self._labels))
+        labels, labels_task = self._labels, self._cursor.task
+        cur = self._cursor
+        if cur.step_in_task + 1 < self.steps_per_task(cur.task):
+            nxt, switch = _Cursor(cur.task, cur.step_in_task + 1), False
+        else:
+            nxt, switch = _Cursor(cur.task + 1, 0), True
+        self._step += 1
+        terminated = nxt.task > self._last_task
+        if terminated:
+            self._done = True
+            obs = np.zeros(self._x_shape, np.uint8) if self.output == "numpy" else torch.zeros(
+                self._x_shape, dtype=torch.uint8, device=self.device)
+            self._labels = np.zeros(0, np.int64)
+            info = self._info(cur, False, labels, labels_task, accuracy)
+            info["step_in_task"] = cur.step_in_task + 1
+            return self._obs(obs, cur.task), accuracy, True, False, info
+        self._cursor = nxt
+        obs, self._labels = self._batch(nxt)
+        return self._obs(obs, nxt.task), accuracy, False, False, self._info(nxt, switch, labels, labels_task, accuracy)
+
+    # ----------------------------------------------------------------- evaluation helpers
+    def test_batches(self, task_id: int, batch_size: int = 500, split: str = "test",
+                     max_samples: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Held-out (``split="test"``) or training samples of task ``task_id``, un-augmented, as (uint8 images,
+        int64 labels) tensors on the env's device. Pixel permutations and label maps are applied."""
+        if split not in ("test", "train"):
+            raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+        t = self.task(task_id)
+        idx, lab, pid = ((t.test_indices, t.test_labels, t.test_perm_ids) if split == "test"
+                         else (t.train_indices, t.train_labels, t.train_perm_ids))
+        if max_samples is not None:
+            idx, lab, pid = idx[:max_samples], lab[:max_samples], pid[:max_samples]
+        images = self._test_images if split == "test" else self._train_images
+        for s in range(0, len(idx), batch_size):
+            x = self._gather(images, idx[s:s + batch_size], pid[s:s + batch_size], t)
+            yield x, torch.as_tensor(lab[s:s + batch_size], device=self.device)
+
+    def eval_env(self) -> "SupervisedStreamEnv":
+        """A new env with the same configuration and stream seed; ``reset(options={"task_id": k})`` replays task k.
+        The dataset is shared (it is loaded once per process)."""
+        self._require_seed()
+        env = SupervisedStreamEnv(**self.config)
+        env.reset(options={"stream_seed": self.stream_seed})
+        return env
+
+    # ----------------------------------------------------------------- internals
+    @property
+    def _x_shape(self):
+        return (self.batch_size, *self.dataset.image_shape)
+
+    def _require_seed(self):
+        if self.stream_seed is None:
+            raise RuntimeError("call reset() first: the stream seed is drawn at reset")
+
+    def _obs(self, x, task_id: int):
+        return {"x": x, "task_id": np.int64(task_id)} if self.task_aware else x
+
+    def _info(self, cur: _Cursor, switch: bool, labels, labels_task: int, accuracy: float) -> dict:
+        return {"task_id": int(cur.task), "task_switch": bool(switch), "labels": labels,
+                "labels_task_id": int(labels_task), "accuracy": float(accuracy), "step": int(self._step),
+                "step_in_task": int(cur.step_in_task)}
+
+    def _epoch(self, task_id: int, epoch: int):
+        """Sample order and augmentation draws for one epoch of one task; cached for the epoch."""
+        key = (task_id, epoch)
+        if self._epoch_cache is not None and self._epoch_cache[0] == key:
+            return self._epoch_cache[1]
+        t = self.stream.task(self.stream_seed, task_id)
+        rng = task_rng(self.stream_seed, task_id, 1000 + epoch)
+        per_epoch = self._steps_per_epoch(t)
+        n = per_epoch * self.batch_size
+        if t.with_replacement:
+            order = rng.integers(t.num_train, size=n)
+        elif self._steps_override is not None and n > t.num_train:
+            order = np.concatenate([rng.permutation(t.num_train) for _ in range(math.ceil(n / t.num_train))])[:n]
+        else:
+            order = rng.permutation(t.num_train)[:n]
+        aug = None
+        if self.augmentation is not None:
+            g = torch.Generator().manual_seed(int(task_rng(self.stream_seed, task_id, 2000 + epoch).integers(2**62)))
+            aug = self.augmentation.draw(n, g)
+        value = (t, order, aug)
+        self._epoch_cache = (key, value)
+        return value
+
+    def _steps_per_epoch(self, t: Task) -> int:
+        # With an explicit step count (or sampling with replacement) the whole task is one "epoch".
+        if self._steps_override is not None:
+            return int(self._steps_override)
+        return t.num_train // self.batch_size
+
+    def _batch(self, cur: _Cursor):
+        epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
+        t, order, aug = self._epoch(cur.task, epoch)
+        sel = order[j * self.batch_size:(j + 1) * self.batch_size]
+        x = self._gather(self._train_images, t.train_indices[sel], t.train_perm_ids[sel], t)
+        if aug is not None:
+            x = self.augmentation.apply(x, aug[j * self.batch_size:(j + 1) * self.batch_size])
+        labels = t.train_labels[sel].astype(np.int64)
+        if self.output == "numpy":
+            return x.cpu().numpy(), labels
+        return x, labels
+
+    def _gather(self, images: torch.Tensor, idx: np.ndarray, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
+        x = images[torch.as_tensor(idx, device=images.device)]
+        if t.permutations is not None and (perm_ids >= 0).any():
+            perms = torch.as_tensor(t.permutations, device=images.device)
+            flat = x.reshape(x.shape[0], -1)
+            pix = perms[torch.as_tensor(np.maximum(perm_ids, 0), device=images.device)]
+            permuted = torch.gather(flat, 1, pix)
+            keep = torch.as_tensor(perm_ids < 0, device=images.device)[:, None]
+            x = torch.where(keep, flat, permuted).reshape(x.shape)
+        return x
+
+    def _validate(self, action) -> np.ndarray:
+        """Check an action against the action space; return predicted labels. Raises before any state changes."""
+        if isinstance(action, torch.Tensor):
+            action = action.detach().cpu().numpy()
+        a = np.asarray(action)
+        b, c = self.batch_size, self.num_classes
+        if self.action_type == "labels":
+            if a.shape != (b,):
+                raise ValueError(f"action must be predicted labels of shape ({b},), got shape {a.shape}"
+                                 + (" (logits? make the env with action_type='logits')" if a.shape == (b, c) else ""))
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"action must be integer class labels, got dtype {a.dtype}")
+            if a.min(initial=0) < 0 or a.max(initial=0) >= c:
+                raise ValueError(f"action labels must be in 0..{c - 1}, got values in {a.min()}..{a.max()}")
+            return a
+        if a.shape != (b, c):
+            raise ValueError(f"action must be logits of shape ({b}, {c}), got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"logits must be floating point, got dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError("logits contain NaN or inf; the step was rejected and the stream did not advance")
+        return a.argmax(axis=1)

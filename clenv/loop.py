@@ -1,0 +1,206 @@
+"""The one loop: ``run(env, agent)`` drives any agent through any clenv stream, supervised or RL.
+
+Per step: ``action = agent.act(obs, info)``; ``env.step(action)``; ``agent.observe(...)`` (where it learns); callbacks
+see every transition. At a task switch the agent's optional ``on_task_switch(task_id)`` is called before it acts on
+the new task's first observation.
+
+Episodic RL streams (whose env says ``info["stream_done"]`` is False at an episode end) are reset and continued; a
+supervised stream is one episode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+
+__all__ = ["run", "Callback", "RunResult", "TaskTracker"]
+
+
+class Callback:
+    """Hooks into :func:`run`. Override what you need; every method is optional."""
+
+    def on_run_start(self, env, agent, result: "RunResult") -> None: ...
+
+    def on_step(self, env, agent, step: dict) -> None: ...
+
+    def on_task_end(self, env, agent, task_id: int, result: "RunResult") -> None: ...
+
+    def on_run_end(self, env, agent, result: "RunResult") -> None: ...
+
+
+class _Agent(Protocol):
+    def act(self, obs, info): ...
+
+    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """What a run produced.
+
+    ``task_accuracy[k]`` is the average online (prequential) reward of the k-th task in stream order (the accuracy,
+    for supervised streams); ``step_reward`` / ``step_task`` hold every step; ``metrics`` is filled by evaluation
+    callbacks; ``records`` holds extra per-step or per-task series they log.
+    """
+
+    env_id: str | None
+    agent: str
+    seed: int | None
+    task_ids: list[int] = field(default_factory=list)
+    task_accuracy: list[float] = field(default_factory=list)
+    task_steps: list[int] = field(default_factory=list)
+    num_task_switches: int = 0
+    steps: int = 0
+    episodes: int = 0
+    wall_time: float = 0.0
+    step_reward: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    step_task: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    metrics: dict[str, float] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def average_accuracy(self) -> float:
+        """Average online task accuracy (mean over tasks of each task's mean online accuracy)."""
+        return float(np.mean(self.task_accuracy)) if self.task_accuracy else float("nan")
+
+    def last_fraction_accuracy(self, fraction: float) -> float:
+        """Average online accuracy over the last ``fraction`` of tasks (the papers' last-25% column: 0.25)."""
+        if not self.task_accuracy:
+            return float("nan")
+        n = max(1, int(round(len(self.task_accuracy) * fraction)))
+        return float(np.mean(self.task_accuracy[-n:]))
+
+
+class TaskTracker:
+    """Accumulates per-step rewards into per-task means; shared by the loop and anyone replaying records."""
+
+    def __init__(self, capacity: int = 1024):
+        self._reward = np.zeros(capacity, np.float32)
+        self._task = np.zeros(capacity, np.int32)
+        self.n = 0
+        self.order: list[int] = []
+        self._sums: list[float] = []
+        self._counts: list[int] = []
+
+    def add(self, task_id: int, reward: float) -> None:
+        if self.n == self._reward.size:
+            self._reward = np.resize(self._reward, 2 * self.n)
+            self._task = np.resize(self._task, 2 * self.n)
+        self._reward[self.n], self._task[self.n] = reward, task_id
+        self.n += 1
+        if not self.order or self.order[-1] != task_id:
+            self.order.append(task_id)
+            self._sums.append(0.0)
+            self._counts.append(0)
+        self._sums[-1] += reward
+        self._counts[-1] += 1
+
+    def running(self) -> float:
+        return self._sums[-1] / self._counts[-1] if self._counts else float("nan")
+
+    def fill(self, result: RunResult) -> None:
+        result.task_ids = list(self.order)
+        result.task_accuracy = [s / c for s, c in zip(self._sums, self._counts)]
+        result.task_steps = list(self._counts)
+        result.step_reward = self._reward[:self.n].copy()
+        result.step_task = self._task[:self.n].copy()
+        result.steps = self.n
+
+
+def _agent_name(agent) -> str:
+    return getattr(agent, "NAME", None) or type(agent).__name__
+
+
+def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, callbacks: Iterable[Callback] = (),
+        total_steps: int | None = None, evaluation: Callback | None = None, reset_options: dict | None = None,
+        desc: str | None = None) -> RunResult:
+    """Run ``agent`` on the stream ``env`` from reset to the stream's end (or ``total_steps``).
+
+    Args:
+        env: a clenv env (``gym.make("RandomLabelFashionMNIST-v0")``) or any env with the same info keys.
+        agent: anything with ``act(obs, info)`` and ``observe(obs, action, reward, next_obs, terminated, truncated,
+            info)``; ``on_task_switch(task_id)`` is called when present.
+        seed: passed to ``env.reset``; the same seed gives the same stream.
+        progress: a progress bar showing the task and its running accuracy.
+        callbacks: :class:`Callback` objects (metrics, probes, loggers, checkpoints).
+        total_steps: stop after this many steps (default: the end of the stream).
+        evaluation: a :class:`clenv.Evaluation` (or any callback); its metrics land in ``result.metrics``.
+    Returns:
+        a :class:`RunResult` with per-task online accuracy and the number of task switches.
+    """
+    if total_steps is not None and int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    callbacks = list(callbacks) + ([evaluation] if evaluation is not None else [])
+    spec = getattr(env, "spec", None)
+    result = RunResult(env_id=spec.id if spec is not None else None, agent=_agent_name(agent), seed=seed)
+    unwrapped = getattr(env, "unwrapped", env)
+    result.config = {"env": dict(getattr(unwrapped, "config", {}) or {}),
+                     "agent": dict(getattr(agent, "hparams", {}) or {})}
+    on_switch = getattr(agent, "on_task_switch", None)
+    tracker = TaskTracker()
+    obs, info = env.reset(seed=seed, options=reset_options)
+    limit = int(total_steps) if total_steps is not None else _stream_length(unwrapped)
+    bar = _progress_bar(progress, limit, desc or f"{result.agent} on {result.env_id or type(unwrapped).__name__}")
+    start = time.perf_counter()
+    for cb in callbacks:
+        cb.on_run_start(env, agent, result)
+    if on_switch is not None and info.get("task_switch", False):
+        on_switch(info.get("task_id"))
+    current_task = info.get("task_id", 0)
+    try:
+        while True:
+            action = agent.act(obs, info)
+            next_obs, reward, terminated, truncated, next_info = env.step(action)
+            agent.observe(obs, action, reward, next_obs, terminated, truncated, next_info)
+            task_of_reward = next_info.get("labels_task_id", current_task)
+            tracker.add(task_of_reward, float(reward))
+            step = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
+                    "truncated": truncated, "info": next_info, "task_id": task_of_reward, "step": tracker.n}
+            for cb in callbacks:
+                cb.on_step(env, agent, step)
+            if bar is not None and (tracker.n % 50 == 0 or terminated):
+                bar.update(tracker.n - bar.n)
+                bar.set_postfix_str(f"task {task_of_reward} acc {tracker.running():.3f}", refresh=False)
+            stream_done = (terminated or truncated) and next_info.get("stream_done", True)
+            if stream_done or tracker.n >= limit:
+                break
+            if terminated or truncated:  # an episode of an RL stream ended; the stream goes on
+                result.episodes += 1
+                next_obs, next_info = env.reset()
+            if next_info.get("task_switch", False) and next_info.get("task_id") != current_task:
+                result.num_task_switches += 1
+                tracker.fill(result)
+                for cb in callbacks:
+                    cb.on_task_end(env, agent, current_task, result)
+                current_task = next_info.get("task_id")
+                if on_switch is not None:
+                    on_switch(current_task)
+            obs, info = next_obs, next_info
+    finally:
+        if bar is not None:
+            bar.close()
+    result.episodes += 1
+    result.wall_time = time.perf_counter() - start
+    tracker.fill(result)
+    for cb in callbacks:
+        cb.on_task_end(env, agent, current_task, result)
+    for cb in callbacks:
+        cb.on_run_end(env, agent, result)
+    return result
+
+
+def _stream_length(unwrapped) -> int:
+    n = getattr(unwrapped, "total_steps", None)
+    return int(n) if isinstance(n, (int, np.integer)) else 2**62
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total if total < 2**62 else None, desc=desc, unit="step", mininterval=0.5, leave=False)

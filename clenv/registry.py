@@ -1,0 +1,114 @@
+"""One table of every environment id: its lazy entry point, its paper-default kwargs and its protocol metadata.
+
+``register_all()`` (run on ``import clenv``) puts every row into gymnasium's registry. Entry points are strings, so
+registering imports neither torch nor torchvision. ``protocol(env_id)`` gives what is not an env kwarg: the probe
+budget gamma (Table 5), the paper's backbone, where the data comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium
+
+__all__ = ["EnvDef", "ENV_TABLE", "register_all", "protocol", "env_ids"]
+
+SUPERVISED = "clenv.envs.supervised:SupervisedStreamEnv"
+
+
+@dataclass(frozen=True)
+class EnvDef:
+    """One registered id. ``kwargs`` are the paper defaults (every one overridable in ``gym.make``);
+    ``gamma`` is the fast-adaptation probe budget in steps; ``backbone`` the paper's network for it."""
+
+    id: str
+    entry_point: str
+    kwargs: dict[str, Any]
+    description: str
+    data: str
+    gamma: int | None = None
+    backbone: str | None = None
+    paper: str = ""
+    tags: tuple[str, ...] = field(default=())
+
+
+def _sup(id, dataset, stream, description, data, *, gamma=None, backbone="mlp", paper="", tags=("plasticity",),
+         **kwargs):
+    return EnvDef(id, SUPERVISED, {"dataset": dataset, "stream": stream, **kwargs}, description, data, gamma,
+                  backbone, paper, tags)
+
+
+_TV = "torchvision download (download=True) or CLENV_DATA"
+_FMNIST = "Debian dataset-fashion-mnist, torchvision FashionMNIST or CLENV_DATA"
+_DIGITS = "scikit-learn (ships with the package)"
+_NMS = "NeuMoSync Table 5 / Appendix B.3"
+
+# Table 5 of NeuMoSync: epochs, batch, samples per task, gamma; task counts from Appendix B.3.
+_RANDOM_LABEL = dict(num_tasks=50, samples_per_task=1200, epochs_per_task=200, batch_size=16, augment=True)
+_SHUFFLE = dict(num_tasks=100, samples_per_task=5000, epochs_per_task=20, batch_size=16, augment=True)
+_PERMUTED = dict(num_tasks=50, samples_per_task=10000, epochs_per_task=1, batch_size=64, augment=True)
+_SPLIT5 = dict(num_tasks=5, classes_per_task=2, epochs_per_task=1, batch_size=64, augment=False)
+
+ENV_TABLE: tuple[EnvDef, ...] = (
+    _sup("RandomLabelMNIST-v0", "mnist", "random_label", "1,200 images per task with uniformly random labels",
+         _TV, gamma=750, paper=_NMS, **_RANDOM_LABEL),
+    _sup("RandomLabelCIFAR10-v0", "cifar10", "random_label", "1,200 images per task with uniformly random labels",
+         _TV, gamma=187, paper=_NMS, **{**_RANDOM_LABEL, "num_tasks": 100, "epochs_per_task": 50}),
+    _sup("ShuffleCIFAR10-v0", "cifar10", "label_shuffle", "5,000 images; a new class-label permutation per task",
+         _TV, gamma=312, paper=_NMS, **_SHUFFLE),
+    _sup("PermutedMNIST-v0", "mnist", "permuted", "10,000 images; a fixed pixel permutation per task",
+         _TV, gamma=156, paper=_NMS, **_PERMUTED),
+    _sup("ClassSplitCIFAR100-v0", "cifar100", "class_split", "5 new classes per task, 500 samples each",
+         _TV, gamma=156, backbone="cnn", paper=_NMS, num_tasks=20, classes_per_task=5, samples_per_class=500,
+         epochs_per_task=20, batch_size=16, augment=True),
+    _sup("ClassSplitTinyImageNet-v0", "tiny_imagenet", "class_split", "binary tasks on 2 new classes, 600 images each",
+         "ImageFolder tree tiny-imagenet-200/ under CLENV_DATA", gamma=750, backbone="cnn", paper=_NMS,
+         num_tasks=100, classes_per_task=2, samples_per_class=600, epochs_per_task=20, batch_size=16, augment=True),
+    _sup("SplitCIFAR10-v0", "cifar10", "class_split", "5 tasks of 2 classes (forgetting, class-incremental)",
+         _TV, backbone="cnn_wide", paper="NeuMoSync Appendix F", tags=("forgetting",), **_SPLIT5),
+    _sup("ShuffleMiniImageNet-v0", "mini_imagenet", "label_shuffle", "mini-ImageNet 84x84 with a label shuffle per "
+         "task, 4 epochs", "ImageFolder tree mini-imagenet/ under CLENV_DATA", backbone="resnet18", paper=_NMS,
+         num_tasks=20, epochs_per_task=4, batch_size=16, augment=True),
+    _sup("SplitImageNet-v0", "imagenet", "class_split", "500 tasks of 5 random ImageNet classes x 600 samples",
+         "ImageFolder tree imagenet/ under CLENV_DATA", backbone="resnet50", paper=_NMS, num_tasks=500,
+         classes_per_task=5, samples_per_class=600, disjoint=False, labels="local", epochs_per_task=5,
+         batch_size=16, augment=True),
+    # The same families on the data these machines have.
+    _sup("RandomLabelFashionMNIST-v0", "fashion_mnist", "random_label", "Random-Label MNIST protocol on "
+         "Fashion-MNIST", _FMNIST, gamma=750, paper=_NMS, **_RANDOM_LABEL),
+    _sup("ShuffleFashionMNIST-v0", "fashion_mnist", "label_shuffle", "Shuffle protocol on Fashion-MNIST",
+         _FMNIST, gamma=312, paper=_NMS, **_SHUFFLE),
+    _sup("PermutedFashionMNIST-v0", "fashion_mnist", "permuted", "Permuted-MNIST protocol on Fashion-MNIST",
+         _FMNIST, gamma=156, paper=_NMS, **_PERMUTED),
+    _sup("SplitFashionMNIST-v0", "fashion_mnist", "class_split", "5 tasks of 2 classes (forgetting)",
+         _FMNIST, backbone="mlp", paper="NeuMoSync Appendix F", tags=("forgetting",), **_SPLIT5),
+    # Digits are 8x8: fewer samples and no augmentation (a 1-pixel shift is an eighth of the image).
+    _sup("RandomLabelDigits-v0", "digits", "random_label", "256 digits per task with random labels", _DIGITS,
+         gamma=64, num_tasks=30, samples_per_task=256, epochs_per_task=20, batch_size=16, augment=False),
+    _sup("ShuffleDigits-v0", "digits", "label_shuffle", "all 1,437 training digits, a label shuffle per task",
+         _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
+    _sup("PermutedDigits-v0", "digits", "permuted", "all 1,437 training digits, a pixel permutation per task",
+         _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
+)
+
+
+def env_ids(tag: str | None = None) -> list[str]:
+    return [d.id for d in ENV_TABLE if tag is None or tag in d.tags]
+
+
+def protocol(env_or_id) -> EnvDef | None:
+    """The table row for an env id, a made env or its spec; None for envs not in the table."""
+    if isinstance(env_or_id, str):
+        env_id = env_or_id.split(":")[-1]
+    else:
+        spec = getattr(env_or_id, "spec", None) or getattr(getattr(env_or_id, "unwrapped", None), "spec", None)
+        env_id = spec.id if spec is not None else None
+    return next((d for d in ENV_TABLE if d.id == env_id), None)
+
+
+def register_all() -> None:
+    """Register every row with gymnasium (idempotent)."""
+    for d in ENV_TABLE:
+        if d.id not in gymnasium.registry:
+            gymnasium.register(d.id, entry_point=d.entry_point, kwargs=dict(d.kwargs))

@@ -1,0 +1,300 @@
+"""What a task is: a pure function of (stream seed, task index) -> :class:`Task`.
+
+A stream never holds mutable state that the order of calls could change: ``stream.task(seed, k)`` returns the same
+task whether or not tasks 0..k-1 were asked for first. That is what lets an evaluation env replay task k exactly.
+
+Kinds (``STREAMS``): ``random_label``, ``label_shuffle``, ``permuted``, ``class_split``. Modifiers that apply to any
+kind: ``recurring_every`` (NeuMoSync Appendix D.2: one fixed task recurs every n tasks, the others are fresh) and
+``joint`` (cumulative joint training: task k is the union of tasks 0..k, sampled with replacement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng"]
+
+
+def task_rng(seed: int, *keys: int) -> np.random.Generator:
+    """The generator for one (stream seed, keys...) tuple; independent of any other tuple."""
+    return np.random.default_rng([int(seed) & (2**63 - 1), *map(int, keys)])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: which samples of each split, with which labels and which pixel permutation.
+
+    ``perm_ids[i]`` indexes ``permutations`` for sample i (-1: no permutation). ``classes`` lists the dataset classes
+    the task draws from (for class splits), else all.
+    """
+
+    index: int
+    train_indices: np.ndarray
+    train_labels: np.ndarray
+    test_indices: np.ndarray
+    test_labels: np.ndarray
+    train_perm_ids: np.ndarray
+    test_perm_ids: np.ndarray
+    permutations: np.ndarray | None = None
+    classes: tuple[int, ...] = ()
+    with_replacement: bool = False
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_indices.shape[0])
+
+
+def _no_perm(n: int) -> np.ndarray:
+    return np.full(n, -1, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Base class: subclasses define :meth:`_base_task`; modifiers are applied here."""
+
+    num_train: int
+    num_test: int
+    num_classes: int
+    num_tasks: int
+    samples_per_task: int | None = None  # None: the whole train split
+    test_samples_per_task: int | None = 1000
+    recurring_every: int | None = None
+    joint: bool = False
+    train_labels_all: np.ndarray | None = field(default=None, repr=False, compare=False, hash=False)
+    test_labels_all: np.ndarray | None = field(default=None, repr=False, compare=False, hash=False)
+
+    kind = "base"
+
+    def __post_init__(self):
+        if self.num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if self.samples_per_task is not None and not 1 <= self.samples_per_task <= self.num_train:
+            raise ValueError(f"samples_per_task must be in 1..{self.num_train} (the train split's size), "
+                             f"got {self.samples_per_task}")
+        if self.recurring_every is not None and self.recurring_every < 2:
+            raise ValueError(f"recurring_every must be >= 2, got {self.recurring_every}")
+        object.__setattr__(self, "_tasks", {})  # memo of base tasks per (seed, index); pure, so safe to keep
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the output layer an agent needs."""
+        return self.num_classes
+
+    def base_index(self, k: int) -> int:
+        """Which underlying task task k is: with ``recurring_every=n``, tasks 0, n, 2n, ... are base task 0 and
+        the others are fresh base tasks 1, 2, ... in order."""
+        n = self.recurring_every
+        if n is None:
+            return k
+        return 0 if k % n == 0 else k - k // n
+
+    def task(self, seed: int, k: int) -> Task:
+        if not 0 <= k < self.num_tasks:
+            raise IndexError(f"task index {k} out of range 0..{self.num_tasks - 1}")
+        key = ("task", int(seed), k)
+        if key not in self._tasks:
+            if not self.joint:
+                t = self._cached_base(int(seed), self.base_index(k))
+                t = Task(k, t.train_indices, t.train_labels, t.test_indices, t.test_labels, t.train_perm_ids,
+                         t.test_perm_ids, t.permutations, t.classes)
+            else:
+                t = _union(k, [self._cached_base(int(seed), self.base_index(j)) for j in range(k + 1)])
+            self._remember(key, t)
+        return self._tasks[key]
+
+    def _remember(self, key, value) -> None:
+        if len(self._tasks) > 4096:
+            self._tasks.clear()
+        self._tasks[key] = value
+
+    def _cached_base(self, seed: int, b: int) -> Task:
+        key = ("base", seed, b)
+        if key not in self._tasks:
+            self._remember(key, self._base_task(seed, b))
+        return self._tasks[key]
+
+    def _base_task(self, seed: int, b: int) -> Task:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # helpers for subclasses
+    def _sample(self, rng, pool_size: int, n: int | None) -> np.ndarray:
+        if n is None or n >= pool_size:
+            return rng.permutation(pool_size)
+        return np.sort(rng.choice(pool_size, size=n, replace=False))
+
+
+def _union(k: int, parts: list[Task]) -> Task:
+    perms, offsets, total = [], [], 0
+    for t in parts:
+        offsets.append(total)
+        if t.permutations is not None:
+            perms.append(t.permutations)
+            total += t.permutations.shape[0]
+
+    def shift(ids, off):
+        return np.where(ids >= 0, ids + off, -1)
+
+    cat = np.concatenate
+    return Task(
+        k,
+        cat([t.train_indices for t in parts]), cat([t.train_labels for t in parts]),
+        cat([t.test_indices for t in parts]), cat([t.test_labels for t in parts]),
+        cat([shift(t.train_perm_ids, o) for t, o in zip(parts, offsets)]),
+        cat([shift(t.test_perm_ids, o) for t, o in zip(parts, offsets)]),
+        np.concatenate(perms) if perms else None,
+        tuple(sorted(set().union(*[t.classes for t in parts]))),
+        with_replacement=True,
+    )
+
+
+@dataclass(frozen=True)
+class RandomLabelStream(Stream):
+    """Random-label memorisation: each task draws ``samples_per_task`` images and labels uniformly at random."""
+
+    kind = "random_label"
+
+    def _base_task(self, seed, b):
+        rng = task_rng(seed, b)
+        tr = self._sample(rng, self.num_train, self.samples_per_task)
+        te = self._sample(rng, self.num_test, self.test_samples_per_task)
+        return Task(b, tr, rng.integers(self.num_classes, size=tr.size), te,
+                    rng.integers(self.num_classes, size=te.size), _no_perm(tr.size), _no_perm(te.size),
+                    classes=tuple(range(self.num_classes)))
+
+
+@dataclass(frozen=True)
+class LabelShuffleStream(Stream):
+    """Label shuffle: one random permutation of the class labels per task; consecutive maps always differ."""
+
+    kind = "label_shuffle"
+
+    def label_map(self, seed: int, b: int) -> np.ndarray:
+        return _label_map(seed, b, self.num_classes)
+
+    def _base_task(self, seed, b):
+        rng = task_rng(seed, b, 1)
+        tr = self._sample(rng, self.num_train, self.samples_per_task)
+        te = self._sample(rng, self.num_test, self.test_samples_per_task)
+        m = self.label_map(seed, b)
+        return Task(b, tr, m[self.train_labels_all[tr]], te, m[self.test_labels_all[te]], _no_perm(tr.size),
+                    _no_perm(te.size), classes=tuple(range(self.num_classes)))
+
+
+@lru_cache(maxsize=65536)
+def _label_map_cached(seed: int, b: int, c: int) -> bytes:
+    rng = task_rng(seed, b, 0)
+    m = rng.permutation(c)
+    if b > 0 and c > 1:
+        prev = np.frombuffer(_label_map_cached(seed, b - 1, c), dtype=np.int64)
+        while np.array_equal(m, prev):
+            m = rng.permutation(c)
+    return m.astype(np.int64).tobytes()
+
+
+def _label_map(seed: int, b: int, c: int) -> np.ndarray:
+    # Built in task order so that each map is compared with its predecessor; memoised, so O(1) after the first call.
+    for j in range(max(0, b - 512), b):
+        _label_map_cached(seed, j, c)
+    return np.frombuffer(_label_map_cached(seed, b, c), dtype=np.int64).copy()
+
+
+@dataclass(frozen=True)
+class PermutedStream(Stream):
+    """Pixel permutation: one fixed random permutation of the pixel order per task; labels unchanged."""
+
+    num_pixels: int = 0
+    kind = "permuted"
+
+    def _base_task(self, seed, b):
+        rng = task_rng(seed, b, 2)
+        tr = self._sample(rng, self.num_train, self.samples_per_task)
+        te = self._sample(rng, self.num_test, self.test_samples_per_task)
+        perm = rng.permutation(self.num_pixels)[None]
+        return Task(b, tr, self.train_labels_all[tr], te, self.test_labels_all[te], np.zeros(tr.size, np.int64),
+                    np.zeros(te.size, np.int64), perm, classes=tuple(range(self.num_classes)))
+
+
+@dataclass(frozen=True)
+class ClassSplitStream(Stream):
+    """Class split: each task takes ``classes_per_task`` classes. ``disjoint=True`` partitions one seeded class order
+    (Class-Split CIFAR-100, Tiny-ImageNet); ``False`` draws classes afresh per task (Split ImageNet: 500 tasks of 5
+    of 1,000 classes). ``samples_per_class`` caps the train samples per class. Labels are the dataset's own
+    (``labels="global"``, one shared head) or 0..c-1 within the task (``"local"``)."""
+
+    classes_per_task: int = 2
+    samples_per_class: int | None = None
+    disjoint: bool = True
+    labels: str = "global"
+    kind = "class_split"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.labels not in ("global", "local"):
+            raise ValueError(f"labels must be 'global' or 'local', got {self.labels!r}")
+        if not 1 <= self.classes_per_task <= self.num_classes:
+            raise ValueError(f"classes_per_task must be in 1..{self.num_classes}, got {self.classes_per_task}")
+        if self.disjoint and self.num_tasks * self.classes_per_task > self.num_classes:
+            raise ValueError(
+                f"{self.num_tasks} disjoint tasks of {self.classes_per_task} classes need "
+                f"{self.num_tasks * self.classes_per_task} classes; the dataset has {self.num_classes}. "
+                f"Lower num_tasks or pass disjoint=False to draw classes per task.")
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.labels == "global" else self.classes_per_task
+
+    def task_classes(self, seed: int, b: int) -> np.ndarray:
+        c = self.classes_per_task
+        if self.disjoint:
+            order = task_rng(seed, 2**31).permutation(self.num_classes)  # one class order for the whole stream
+            return order[b * c:(b + 1) * c]
+        return task_rng(seed, b, 3).choice(self.num_classes, size=c, replace=False)
+
+    def _base_task(self, seed, b):
+        rng = task_rng(seed, b, 4)
+        cls = self.task_classes(seed, b)
+
+        def pick(labels_all, per_class):
+            idx = []
+            for c in cls:
+                pool = np.flatnonzero(labels_all == c)
+                if per_class is not None and per_class < pool.size:
+                    pool = np.sort(rng.choice(pool, size=per_class, replace=False))
+                idx.append(pool)
+            idx = np.sort(np.concatenate(idx))
+            lab = labels_all[idx]
+            if self.labels == "local":
+                lookup = np.full(self.num_classes, -1, dtype=np.int64)
+                lookup[cls] = np.arange(cls.size)
+                lab = lookup[lab]
+            return idx, lab
+
+        tr, trl = pick(self.train_labels_all, self.samples_per_class)
+        te, tel = pick(self.test_labels_all, None)
+        return Task(b, tr, trl, te, tel, _no_perm(tr.size), _no_perm(te.size), classes=tuple(int(c) for c in cls))
+
+
+STREAMS: dict[str, type[Stream]] = {
+    "random_label": RandomLabelStream,
+    "label_shuffle": LabelShuffleStream,
+    "permuted": PermutedStream,
+    "class_split": ClassSplitStream,
+}
+
+
+def make_stream(kind: str, *, dataset, **kwargs) -> Stream:
+    """Build a stream of ``kind`` over a loaded :class:`~clenv.data.sources.Dataset`."""
+    if kind not in STREAMS:
+        raise ValueError(f"unknown stream kind {kind!r}; expected one of {sorted(STREAMS)}")
+    cls = STREAMS[kind]
+    extra = {}
+    if cls is PermutedStream:
+        extra["num_pixels"] = int(np.prod(dataset.image_shape))
+    if kind == "class_split" and kwargs.get("samples_per_task") is not None:
+        raise ValueError("class_split takes samples_per_class, not samples_per_task")
+    return cls(num_train=len(dataset.train), num_test=len(dataset.test), num_classes=dataset.num_classes,
+               train_labels_all=dataset.train.labels.numpy(), test_labels_all=dataset.test.labels.numpy(),
+               **extra, **kwargs)
