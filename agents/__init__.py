@@ -1,0 +1,58 @@
+"""Agents for clenv streams: one module per method, all built with ``agents.make(name, env, **hparams)``.
+
+Names joined with ``+`` compose methods the way the papers do (``"l2init+ewc"``, ``"cbp+er"``): the classes are
+combined into one agent whose hooks all run (see :mod:`agents.base`). ``agents.register(name, "module:Class")``
+adds an agent without importing it until it is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["make", "register", "available", "agent_class", "REGISTRY"]
+
+#: name -> "module:Class", imported lazily.
+REGISTRY: dict[str, str] = {
+    "base": "agents.base:SupervisedAgent",
+    "scratch": "agents.scratch:ScratchAgent",
+}
+
+
+def register(name: str, entry_point: str) -> None:
+    """Register ``name`` -> ``"module:Class"``. Names are lower case and may not contain ``+``."""
+    if "+" in name or name != name.lower():
+        raise ValueError(f"agent names are lower case without '+', got {name!r}")
+    REGISTRY[name] = entry_point
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def _load(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(available())} "
+                         f"(compose with '+', e.g. 'cbp+er')")
+    module, attr = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def agent_class(name: str):
+    """The class for ``name``; a ``+``-joined name gives the composition of its parts (first name's hooks
+    run outermost)."""
+    parts = [p.strip().lower() for p in name.split("+")]
+    classes = [_load(p) for p in parts]
+    if len(classes) == 1:
+        return classes[0]
+    from agents.compose import compose
+
+    return compose(name, classes)
+
+
+def make(name: str, env, **hparams):
+    """Build agent ``name`` for ``env`` with the paper's defaults, overridden by ``hparams``."""
+    return agent_class(name)(env, **hparams)
+
+
+def add_arguments_help() -> str:  # used by the CLI's `clenv list --agents`
+    return ", ".join(available())

@@ -1,0 +1,243 @@
+"""The agent contract and the supervised agent base that every supervised method builds on.
+
+Contract (what ``clenv.run`` calls)::
+
+    act(obs, info) -> action
+    observe(obs, action, reward, next_obs, terminated, truncated, info) -> None   # learns here
+    on_task_switch(task_id | None) -> None                                        # optional
+    state_dict() / load_state_dict(state)                                         # checkpoints and probes
+
+:class:`SupervisedAgent` writes the training step once. A method overrides hooks, each of which calls ``super()`` so
+that methods compose by class composition (``agents.make("cbp+er", env)`` builds a class with both as bases):
+
+- ``build_network()``: the model (default: the env's paper backbone, see ``clenv.protocol``);
+- ``training_batch(x, y)``: the batch the step trains on (replay appends to it);
+- ``regularizer()``: a loss term added to cross-entropy (L2, L2Init, EWC);
+- ``before_update()``: after ``backward``, before ``optimizer.step`` (gradient projection: A-GEM);
+- ``after_update(x, y)``: after the step (unit replacement: CBP, ReDo; EMAs: Hare & Tortoise, NeuMoSync);
+- ``on_task_switch(task_id)``: task boundaries (reinitialisation, Fisher estimates, Shrink & Perturb).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agents.backbones import Backbone, build_backbone
+
+__all__ = ["Agent", "SupervisedAgent", "collect_defaults"]
+
+
+class Agent:
+    """Base of every agent. ``NAME`` is the registry name; ``DEFAULTS`` the paper's hyperparameters (merged along
+    the class hierarchy, so a subclass lists only what it adds or changes)."""
+
+    NAME = "agent"
+    DEFAULTS: dict[str, Any] = {}
+
+    def act(self, obs, info):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def on_task_switch(self, task_id) -> None:
+        """Called before the first step of each task (``task_id`` None when ids are hidden)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def collect_defaults(cls) -> dict[str, Any]:
+    """``DEFAULTS`` merged along the MRO; the most derived class wins."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(getattr(klass, "DEFAULTS", {}) or {})
+    return merged
+
+
+def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float, betas) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd', 'adam' or 'adamw'")
+
+
+class SupervisedAgent(Agent):
+    """Cross-entropy training on each observed batch, one optimiser step per environment step.
+
+    Hyperparameters (``DEFAULTS``): ``backbone`` (None: the env's paper backbone), ``activation``, ``hidden``,
+    ``layernorm``, ``optimizer`` (sgd / adam / adamw), ``lr``, ``momentum``, ``weight_decay``, ``betas``, ``seed``
+    (network initialisation), ``device`` (None: the env's).
+    """
+
+    NAME = "base"
+    DEFAULTS = dict(backbone=None, activation="relu", hidden=(100, 100), layernorm=False, optimizer="sgd", lr=1e-2,
+                    momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), seed=0, device=None)
+
+    def __init__(self, env, **hparams):
+        defaults = collect_defaults(type(self))
+        unknown = set(hparams) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)} for agent {self.NAME!r}; valid: "
+                            f"{sorted(defaults)}")
+        self.hparams = {**defaults, **hparams}
+        # ``env`` may be an env or the ``env_spec`` dict of another agent (how fresh() rebuilds without the env).
+        self.env_spec = dict(env) if isinstance(env, dict) else self._read_env(env, getattr(env, "unwrapped", env))
+        self.device = torch.device(self.hparams["device"] or self.env_spec["device"])
+        self.num_outputs = self.env_spec["num_outputs"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.hparams["seed"]))
+            self.network = self.build_network().to(self.device)
+        self.optimizer = self.build_optimizer()
+        self.task_id: int | None = None
+        self.num_updates = 0
+        self._cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ construction hooks
+    @staticmethod
+    def _read_env(env, u) -> dict:
+        from clenv import protocol
+
+        space = u.observation_space
+        x_space = space["x"] if hasattr(space, "spaces") and "x" in getattr(space, "spaces", {}) else space
+        num = getattr(u, "num_classes", None)
+        if num is None:
+            num = int(u.action_space.nvec[0]) if hasattr(u.action_space, "nvec") else int(u.action_space.shape[-1])
+        row = protocol(env)
+        return {"input_shape": tuple(x_space.shape[1:]), "num_outputs": int(num),
+                "action_type": getattr(u, "action_type", "labels"),
+                "backbone": row.backbone if row and row.backbone else "mlp",
+                "task_aware": bool(getattr(u, "task_aware", False)),
+                "num_tasks": int(getattr(u, "num_tasks", 1)), "device": str(getattr(u, "device", "cpu"))}
+
+    def backbone_options(self) -> dict:
+        h = self.hparams
+        opts = {"activation": h["activation"], "layernorm": h["layernorm"]}
+        if (h["backbone"] or self.env_spec["backbone"]) == "mlp":
+            opts["hidden"] = tuple(h["hidden"])
+        return opts
+
+    def build_network(self) -> nn.Module:
+        name = self.hparams["backbone"] or self.env_spec["backbone"]
+        return build_backbone(name, self.env_spec["input_shape"], self.num_outputs, **self.backbone_options())
+
+    def parameters_to_optimize(self):
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return _optimizer(h["optimizer"], self.parameters_to_optimize(), h["lr"], h["momentum"], h["weight_decay"],
+                          h["betas"])
+
+    def reset_optimizer(self) -> None:
+        self.optimizer = self.build_optimizer()
+
+    # ------------------------------------------------------------------ data
+    def preprocess(self, obs) -> torch.Tensor:
+        """uint8 observation batch -> float tensor in [0, 1] on the agent's device."""
+        x = obs["x"] if isinstance(obs, dict) else obs
+        x = torch.as_tensor(x, device=self.device)
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a preprocessed batch (override for modulated or multi-head networks)."""
+        return self.network(x)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits in evaluation mode without gradients (probes, held-out accuracy)."""
+        was = self.network.training
+        self.network.eval()
+        try:
+            return self.forward(x)
+        finally:
+            self.network.train(was)
+
+    # ------------------------------------------------------------------ contract
+    def act(self, obs, info):
+        x = self.preprocess(obs)
+        self.network.train()
+        logits = self.forward(x)  # kept with its graph: observe() trains on this same forward pass
+        self._cache = (obs, x, logits)
+        pred = logits.detach()
+        if self.env_spec["action_type"] == "logits":
+            return pred.float().cpu().numpy()
+        return pred.argmax(1).cpu().numpy()
+
+    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
+        y = torch.as_tensor(np.asarray(info["labels"]), device=self.device, dtype=torch.int64)
+        if y.numel() == 0:
+            return
+        cached = self._cache
+        self._cache = None
+        if cached is not None and cached[0] is obs:
+            x, logits = cached[1], cached[2]
+        else:
+            x, logits = self.preprocess(obs), None
+        self.learn(x, y, logits)
+
+    def learn(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The one training step: loss on ``training_batch``, backward, ``before_update``, step, ``after_update``."""
+        self.network.train()
+        xb, yb = self.training_batch(x, y)
+        if logits is None or xb is not x:
+            logits = self.forward(xb)
+        loss = self.loss(logits, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_update()
+        self.optimizer.step()
+        self.num_updates += 1
+        self.after_update(x, y)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ method hooks (cooperative)
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y) + self.regularizer()
+
+    def regularizer(self) -> torch.Tensor | float:
+        return 0.0
+
+    def before_update(self) -> None:
+        pass
+
+    def after_update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pass
+
+    def on_task_switch(self, task_id) -> None:
+        self.task_id = task_id
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "num_updates": self.num_updates, "task_id": self.task_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = state.get("num_updates", 0)
+        self.task_id = state.get("task_id")
+
+    def clone(self) -> "SupervisedAgent":
+        """An independent deep copy (network, optimiser state, method state): what probes train."""
+        self._cache = None
+        return copy.deepcopy(self)
+
+    def fresh(self) -> "SupervisedAgent":
+        """A freshly initialised agent of the same class and hyperparameters (LCA_0's reference)."""
+        return type(self)(self.env_spec, **self.hparams)
