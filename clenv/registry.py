@@ -90,6 +90,23 @@ ENV_TABLE: tuple[EnvDef, ...] = (
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
     _sup("PermutedDigits-v0", "digits", "permuted", "all 1,437 training digits, a pixel permutation per task",
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
+    # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
+    EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
+           dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),
+           "CartPole whose gravity, pole length, pole mass and force change every task", "gymnasium (built in)",
+           backbone="mlp", tags=("rl", "plasticity")),
+    EnvDef("ContinualAcrobot-v0", "clenv.envs.rl:ContinualAcrobot",
+           dict(num_tasks=10, steps_per_task=20_000, mode="permute"),
+           "Acrobot-v1 with a new observation permutation per task", "gymnasium (built in)",
+           backbone="mlp", tags=("rl", "plasticity")),
+    EnvDef("ContinualMountainCar-v0", "clenv.envs.rl:ContinualMountainCar",
+           dict(num_tasks=10, steps_per_task=50_000, mode="affine"),
+           "MountainCar-v0 with a new affine observation perturbation per task", "gymnasium (built in)",
+           backbone="mlp", tags=("rl", "plasticity")),
+    EnvDef("TaskSequence-v0", "clenv.envs.rl:TaskSequenceEnv",
+           dict(tasks=["CartPole-v1"], steps_per_task=10_000),
+           "any list of gymnasium ids (with kwargs) as the tasks of one stream", "gymnasium (built in)",
+           backbone="mlp", tags=("rl",)),
 )
 
 
