@@ -235,17 +235,18 @@ def _decode_image_folder(name: str, base: Path, size: int) -> Dataset:
 
 
 def _decode_samples(samples, size: int, desc: str) -> Split:
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    """Decode with PIL (torchvision's ImageFolder loader) and resize to size x size."""
+    from PIL import Image
     from tqdm.auto import tqdm
 
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.int64)
     for i, (path, label) in enumerate(tqdm(samples, desc=f"decoding {desc}", disable=len(samples) < 5000)):
-        img = decode_image(path, mode=ImageReadMode.RGB)
-        if img.shape[1:] != (size, size):
-            img = resize(img, [size, size], antialias=True)
-        images[i] = img
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            images[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
         labels[i] = label
     return Split(images, labels)
 
