@@ -43,7 +43,9 @@ class RunResult:
 
     ``task_accuracy[k]`` is the average online (prequential) reward of the k-th task in stream order (the accuracy,
     for supervised streams); ``step_reward`` / ``step_task`` hold every step; ``metrics`` is filled by evaluation
-    callbacks; ``records`` holds extra per-step or per-task series they log.
+    callbacks; ``records`` holds extra per-step or per-task series they log. For episodic (RL) streams
+    ``task_return[k]`` is the mean return of the episodes that ended in the k-th task (NaN if none did) and
+    ``records["episodes"]`` lists every episode as ``(task_id, return, length)``.
     """
 
     env_id: str | None
@@ -53,6 +55,7 @@ class RunResult:
     task_accuracy: list[float] = field(default_factory=list)
     task_steps: list[int] = field(default_factory=list)
     num_task_switches: int = 0
+    task_return: list[float] = field(default_factory=list)
     steps: int = 0
     episodes: int = 0
     wall_time: float = 0.0
@@ -151,6 +154,8 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     if on_switch is not None and info.get("task_switch", False):
         on_switch(info.get("task_id"))
     current_task = info.get("task_id", 0)
+    episodes: list[tuple[int, float, int]] = []
+    ep_return, ep_len = 0.0, 0
     try:
         while True:
             action = agent.act(obs, info)
@@ -158,6 +163,10 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
             agent.observe(obs, action, reward, next_obs, terminated, truncated, next_info)
             task_of_reward = next_info.get("labels_task_id", current_task)
             tracker.add(task_of_reward, float(reward))
+            ep_return, ep_len = ep_return + float(reward), ep_len + 1
+            if terminated or truncated:
+                episodes.append((int(task_of_reward), ep_return, ep_len))
+                ep_return, ep_len = 0.0, 0
             step = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
                     "truncated": truncated, "info": next_info, "task_id": task_of_reward, "step": tracker.n}
             for cb in callbacks:
@@ -186,11 +195,21 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     result.episodes += 1
     result.wall_time = time.perf_counter() - start
     tracker.fill(result)
+    _fill_returns(result, episodes)
     for cb in callbacks:
         cb.on_task_end(env, agent, current_task, result)
     for cb in callbacks:
         cb.on_run_end(env, agent, result)
     return result
+
+
+def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> None:
+    """Per-task mean episode return (episodes grouped by the task their last step belongs to)."""
+    result.records["episodes"] = list(episodes)
+    by_task: dict[int, list[float]] = {}
+    for task, ret, _ in episodes:
+        by_task.setdefault(task, []).append(ret)
+    result.task_return = [float(np.mean(by_task[t])) if t in by_task else float("nan") for t in result.task_ids]
 
 
 def _stream_length(unwrapped) -> int:

@@ -1,0 +1,209 @@
+"""Continual RL streams: schedule, info schema, determinism, replay, observation perturbation, the shared loop."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import clenv
+from clenv.envs.rl import RL_INFO_KEYS, ContinualCartPoleEnv, TaskSequenceEnv
+from clenv.envs.wrappers import TaskObservationPerturbation
+
+RL_IDS = ["ContinualCartPole-v0", "ContinualAcrobot-v0", "ContinualMountainCar-v0", "TaskSequence-v0"]
+
+
+def _drive(env, seed, actions_seed=0, max_steps=10_000):
+    """Random actions until stream_done, resetting after every episode end; returns per-step records."""
+    rng = np.random.default_rng(actions_seed)
+    obs, info = env.reset(seed=seed)
+    recs = [("reset", obs, info)]
+    for _ in range(max_steps):
+        obs, r, te, tr, info = env.step(int(rng.integers(env.action_space.n)))
+        recs.append(("step", obs, info, r, te, tr))
+        if te or tr:
+            if info["stream_done"]:
+                return recs
+            obs, info = env.reset()
+            recs.append(("reset", obs, info))
+    raise AssertionError("stream did not end")
+
+
+@pytest.mark.parametrize("env_id", RL_IDS)
+def test_check_env_clean(env_id):
+    env = gym.make(env_id, steps_per_task=40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=True)
+    # CartPole itself declares infinite velocity bounds; nothing else may warn.
+    bad = [str(w.message) for w in caught if "infinity" not in str(w.message)]
+    assert bad == []
+
+
+def test_schedule_info_and_stream_done():
+    env = ContinualCartPoleEnv(num_tasks=4, steps_per_task=60, max_episode_steps=25)
+    recs = _drive(env, seed=3)
+    steps = [r for r in recs if r[0] == "step"]
+    resets = [r for r in recs if r[0] == "reset"]
+    assert len(steps) == env.total_steps == 240
+    for rec in recs:
+        info = rec[2]
+        assert set(info) == set(RL_INFO_KEYS)
+        assert info["labels"].dtype == np.int64 and info["labels"].size == 0 and info["accuracy"] == 0.0
+    for _, _, info, r, te, tr in steps:
+        assert info["labels_task_id"] == info["task_id"] == (info["step"] - 1) // 60
+        assert type(te) is bool and type(tr) is bool and isinstance(r, float)
+    # stream_done exactly once, on the last step; each later task starts on a reset flagged task_switch.
+    assert [s[2]["stream_done"] for s in steps].count(True) == 1 and steps[-1][2]["stream_done"]
+    switches = [r[2]["task_id"] for r in resets if r[2]["task_switch"]]
+    assert switches == [0, 1, 2, 3]
+    assert all(r[2]["labels_task_id"] == -1 for r in resets)
+    # The episode limit truncates inside a task; task ends also truncate.
+    lengths, n = [], 0
+    for s in steps:
+        n += 1
+        if s[4] or s[5]:
+            lengths.append(n)
+            n = 0
+    assert max(lengths) <= 25 and sum(lengths) == 240
+
+
+def test_physics_change_per_task_and_reproducible():
+    env = ContinualCartPoleEnv(num_tasks=5, steps_per_task=10)
+    env.reset(seed=1)
+    params = [env.task(k) for k in range(5)]
+    assert len({p["gravity"] for p in params}) == 5 and len({p["length"] for p in params}) == 5
+    for p in params:
+        for k, v in ContinualCartPoleEnv.DEFAULTS.items():
+            assert v / 2 - 1e-9 <= p[k] <= v * 2 + 1e-9
+    # The inner env really runs with the task's physics.
+    inner = env._inner
+    assert inner.gravity == params[0]["gravity"] and inner.polemass_length == pytest.approx(
+        params[0]["masspole"] * params[0]["length"])
+    other = ContinualCartPoleEnv(num_tasks=5, steps_per_task=10)
+    other.reset(seed=1)
+    assert [other.task(k) for k in range(5)] == params
+    other.reset(seed=2)
+    assert other.task(0) != params[0]
+    fixed = ContinualCartPoleEnv(num_tasks=3, steps_per_task=10, vary=())
+    fixed.reset(seed=1)
+    assert all(fixed.task(k) == ContinualCartPoleEnv.DEFAULTS for k in range(3))
+
+
+def test_same_seed_same_trajectory():
+    a = _drive(ContinualCartPoleEnv(num_tasks=3, steps_per_task=50), seed=7)
+    b = _drive(ContinualCartPoleEnv(num_tasks=3, steps_per_task=50), seed=7)
+    c = _drive(ContinualCartPoleEnv(num_tasks=3, steps_per_task=50), seed=8)
+    assert len(a) == len(b)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+
+
+def test_replay_one_task():
+    env = ContinualCartPoleEnv(num_tasks=4, steps_per_task=30)
+    env.reset(seed=5)
+    ev = env.eval_env()
+    obs, info = ev.reset(options={"task_id": 2})
+    assert info["task_id"] == 2 and ev.task(2) == env.task(2) and ev._inner.gravity == env.task(2)["gravity"]
+    assert ev.total_steps == 30
+    n = 0
+    while True:
+        obs, r, te, tr, info = ev.step(0)
+        n += 1
+        assert info["task_id"] == 2
+        if te or tr:
+            if info["stream_done"]:
+                break
+            ev.reset()
+    assert n == 30
+    with pytest.raises(ValueError, match="task_id"):
+        ev.reset(options={"task_id": 4})
+    with pytest.raises(ValueError, match="reset option"):
+        ev.reset(options={"bogus": 1})
+
+
+def test_step_after_episode_end_raises():
+    env = ContinualCartPoleEnv(num_tasks=1, steps_per_task=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        *_, te, tr, info = env.step(0)
+    assert tr and info["stream_done"]
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+
+
+def test_task_sequence_cycles_and_rejects_mismatched_spaces():
+    env = TaskSequenceEnv(["CartPole-v1", {"id": "CartPole-v1", "sutton_barto_reward": True}], num_tasks=4,
+                          steps_per_task=20)
+    recs = _drive(env, seed=0)
+    # sutton_barto_reward gives 0 per step (-1 on failure) in tasks 1 and 3, CartPole's +1 in tasks 0 and 2.
+    for rec in recs:
+        if rec[0] == "step":
+            assert (rec[3] == 1.0) == (rec[2]["task_id"] % 2 == 0)
+    assert env.task(3) == {"id": "CartPole-v1", "sutton_barto_reward": True}
+    with pytest.raises(ValueError, match="all tasks must match"):
+        TaskSequenceEnv(["CartPole-v1", "Acrobot-v1"])
+    with pytest.raises(TypeError, match="id"):
+        TaskSequenceEnv([{"name": "CartPole-v1"}])
+
+
+@pytest.mark.parametrize("mode", ["permute", "affine", "permute_affine"])
+def test_observation_perturbation_is_the_declared_map(mode):
+    base = TaskSequenceEnv(["Acrobot-v1"], num_tasks=3, steps_per_task=40)
+    wrapped = TaskObservationPerturbation(TaskSequenceEnv(["Acrobot-v1"], num_tasks=3, steps_per_task=40), mode=mode)
+    ra, rb = _drive(base, seed=4), _drive(wrapped, seed=4)
+    transforms = [wrapped.transform(k) for k in range(3)]
+    for x, y in zip(ra, rb):
+        perm, a, b = transforms[x[2]["task_id"]]
+        np.testing.assert_allclose(y[1], (x[1][perm] * a + b).astype(np.float32), rtol=1e-5, atol=1e-5)
+        assert y[1] in wrapped.observation_space
+    # Tasks differ from each other and from the identity.
+    for k in range(3):
+        perm, a, b = transforms[k]
+        assert not (np.array_equal(perm, np.arange(6)) and np.allclose(a, 1) and np.allclose(b, 0))
+    assert not np.array_equal(transforms[0][0], transforms[1][0]) or not np.allclose(transforms[0][1],
+                                                                                      transforms[1][1])
+
+
+def test_perturbation_identity_first_task_and_errors():
+    env = TaskObservationPerturbation(TaskSequenceEnv(["Acrobot-v1"], num_tasks=2, steps_per_task=10),
+                                      identity_first_task=True)
+    env.reset(seed=0)
+    perm, a, b = env.transform(0)
+    assert np.array_equal(perm, np.arange(6)) and np.all(a == 1) and np.all(b == 0)
+    assert not np.array_equal(env.transform(1)[0], np.arange(6))
+    with pytest.raises(ValueError, match="mode"):
+        TaskObservationPerturbation(TaskSequenceEnv(["Acrobot-v1"]), mode="rotate")
+    with pytest.raises(TypeError, match="Box"):
+        TaskObservationPerturbation(TaskSequenceEnv(["FrozenLake-v1"]))
+
+
+class _RandomAgent:
+    def __init__(self, n, seed=0):
+        self.rng, self.n, self.switches = np.random.default_rng(seed), n, []
+
+    def act(self, obs, info):
+        return int(self.rng.integers(self.n))
+
+    def observe(self, *args):
+        pass
+
+    def on_task_switch(self, task_id):
+        self.switches.append(task_id)
+
+
+def test_loop_runs_rl_stream_with_episode_returns():
+    env = gym.make("ContinualCartPole-v0", num_tasks=4, steps_per_task=200)
+    agent = _RandomAgent(2)
+    result = clenv.run(env, agent, seed=0, progress=False)
+    assert result.steps == 800 and result.num_task_switches == 3
+    assert result.task_ids == [0, 1, 2, 3] and agent.switches == [0, 1, 2, 3]
+    # CartPole pays 1 per step, so the per-task mean reward is 1 and returns are episode lengths.
+    assert result.task_accuracy == [1.0] * 4
+    episodes = result.records["episodes"]
+    assert len(episodes) == result.episodes and sum(e[2] for e in episodes) == 800
+    assert all(ret == length for _, ret, length in episodes)
+    for k in range(4):
+        rets = [ret for t, ret, _ in episodes if t == k]
+        assert result.task_return[k] == pytest.approx(np.mean(rets))
