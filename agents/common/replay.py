@@ -1,0 +1,83 @@
+"""Reservoir-sampling replay buffer (spec 6.2; mammoth ``utils/buffer.py`` semantics).
+
+With capacity M and n the number of stream samples seen before the current one (counted for every sample, stored or
+not): if n < M the sample goes to slot n; otherwise j ~ Uniform{0..n} (inclusive) and the sample replaces slot j when
+j < M. Every stream sample is then in the buffer with probability M / (n + 1). A batch is inserted in one vectorised
+call whose result equals inserting its samples one by one (a later sample wins a slot drawn twice).
+
+Inputs are stored as given: uint8 images stay uint8 (four times less memory than float) and are never augmented by the
+buffer; whoever samples decides how to preprocess (spec 6.2: store un-augmented inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["ReservoirBuffer"]
+
+
+class ReservoirBuffer:
+    """Fixed-capacity reservoir of (input, label, task id) triples on one device."""
+
+    def __init__(self, capacity: int, seed: int = 0, device: str | torch.device = "cpu"):
+        if int(capacity) < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self.seen = 0  # n: stream samples offered so far
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.task: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor = -1) -> None:
+        """Offer a batch to the reservoir."""
+        b = int(x.shape[0])
+        if b == 0:
+            return
+        x, y = x.detach().to(self.device), torch.as_tensor(y, device=self.device).long()
+        t = torch.as_tensor(task_id, device=self.device).long().expand(b) if torch.as_tensor(task_id).dim() == 0 \
+            else torch.as_tensor(task_id, device=self.device).long()
+        if self.x is None:
+            self.x = torch.zeros((self.capacity, *x.shape[1:]), dtype=x.dtype, device=self.device)
+            self.y = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+            self.task = torch.full((self.capacity,), -1, dtype=torch.long, device=self.device)
+        n = self.seen + np.arange(b)  # the 0-based count of each sample
+        slots = np.where(n < self.capacity, n, -1)
+        full = n >= self.capacity
+        if full.any():
+            j = self.rng.integers(0, n[full] + 1)  # inclusive upper bound n
+            slots[full] = np.where(j < self.capacity, j, -1)
+        self.seen += b
+        keep = slots >= 0
+        src, dst = np.nonzero(keep)[0], slots[keep]
+        if dst.size == 0:
+            return
+        # Sequential semantics: where a slot is drawn twice in the batch, the later sample wins.
+        _, last = np.unique(dst[::-1], return_index=True)
+        pick = len(dst) - 1 - last
+        src_t = torch.as_tensor(src[pick], device=self.device)
+        dst_t = torch.as_tensor(dst[pick], device=self.device)
+        self.x[dst_t] = x[src_t]
+        self.y[dst_t] = y[src_t]
+        self.task[dst_t] = t[src_t]
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``min(k, len)`` stored samples drawn uniformly without replacement: (x, y, task id)."""
+        size = len(self)
+        if size == 0:
+            raise ValueError("the replay buffer is empty")
+        idx = torch.as_tensor(self.rng.choice(size, size=min(int(k), size), replace=False), device=self.device)
+        return self.x[idx], self.y[idx], self.task[idx]
+
+    def state_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "task": self.task, "seen": self.seen,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.x, self.y, self.task, self.seen = state["x"], state["y"], state["task"], int(state["seen"])
+        self.rng.bit_generator.state = state["rng"]
