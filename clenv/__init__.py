@@ -17,6 +17,10 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
         from clenv import loop
 
         return getattr(loop, name)
+    if name == "Evaluation":
+        from clenv.evaluation import Evaluation
+
+        return Evaluation
     if name == "SupervisedStreamEnv":
         from clenv.envs.supervised import SupervisedStreamEnv
 
@@ -25,4 +29,4 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
 
 
 __all__ = ["ENV_TABLE", "env_ids", "protocol", "register_all", "run", "Callback", "RunResult", "TaskTracker",
-           "SupervisedStreamEnv", "__version__"]
+           "SupervisedStreamEnv", "Evaluation", "__version__"]
