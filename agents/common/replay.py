@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ReservoirBuffer"]
+__all__ = ["ReservoirBuffer", "ReplayMemoryMixin"]
 
 
 class ReservoirBuffer:
@@ -81,3 +81,46 @@ class ReservoirBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.x, self.y, self.task, self.seen = state["x"], state["y"], state["task"], int(state["seen"])
         self.rng.bit_generator.state = state["rng"]
+
+
+class ReplayMemoryMixin:
+    """Agent mixin (for :class:`agents.base.SupervisedAgent` subclasses) owning one reservoir memory.
+
+    After each update, the batch just trained on is offered to the reservoir (so a sample is never replayed in its own
+    step, spec 6.2 pitfall 1), as the raw observation (uint8 images, no agent-side augmentation). ER and A-GEM both
+    inherit it, so ``er+agem`` shares one memory and inserts once per step.
+    """
+
+    DEFAULTS = dict(buffer_size=4000, replay_batch_size=64)
+
+    def __init__(self, env, **hparams):
+        super().__init__(env, **hparams)
+        self.memory = ReservoirBuffer(self.hparams["buffer_size"], seed=int(self.hparams["seed"]) + 4_000_037,
+                                      device=self.device)
+        self._raw_obs: torch.Tensor | None = None
+
+    def preprocess(self, obs):
+        raw = obs["x"] if isinstance(obs, dict) else obs
+        self._raw_obs = torch.as_tensor(raw, device=self.device)
+        return super().preprocess(obs)
+
+    def memory_batch(self, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A replay batch, preprocessed like a stream batch: (float inputs, labels)."""
+        x, y, _ = self.memory.sample(k or int(self.hparams["replay_batch_size"]))
+        return super().preprocess(x), y  # the base conversion, without recording it as the stream's raw batch
+
+    def after_update(self, x, y):
+        super().after_update(x, y)
+        raw = self._raw_obs
+        if raw is None or raw.shape[0] != x.shape[0]:
+            raw = x  # learn() called directly with float inputs: store them as they are
+        self.memory.add(raw, y, -1 if self.task_id is None else int(self.task_id))
+        self._raw_obs = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "memory" in state:
+            self.memory.load_state_dict(state["memory"])
