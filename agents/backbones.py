@@ -105,15 +105,11 @@ class Backbone(nn.Module):
         self.head = head
         self.unit_layers = unit_layers
         self.kind = name
-        self._captured: dict[str, torch.Tensor] | None = None
-        self._hooks = []
-        for layer in unit_layers:
-            self._hooks.append(layer.activation.register_forward_hook(self._make_hook(layer.name)))
 
-    def _make_hook(self, name):
+    @staticmethod
+    def _make_hook(store, name):
         def hook(module, inputs, output):
-            if self._captured is not None:
-                self._captured[name] = output
+            store[name] = output
         return hook
 
     def forward(self, x):
@@ -127,11 +123,16 @@ class Backbone(nn.Module):
     def capture(self):
         """Within the block, forward passes record each unit layer's post-activation output (not detached) in the
         yielded dict, keyed by layer name."""
-        outer, self._captured = self._captured, {}
+        # Hooks live only inside the block: hooks kept on the modules would be shared by deep copies (clone())
+        # and record into the original's dict.
+        store: dict[str, torch.Tensor] = {}
+        handles = [layer.activation.register_forward_hook(self._make_hook(store, layer.name))
+                   for layer in self.unit_layers]
         try:
-            yield self._captured
+            yield store
         finally:
-            self._captured = outer
+            for h in handles:
+                h.remove()
 
 
 class _Flatten(nn.Flatten):
