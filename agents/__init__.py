@@ -15,6 +15,8 @@ __all__ = ["make", "register", "available", "agent_class", "REGISTRY"]
 REGISTRY: dict[str, str] = {
     "base": "agents.base:SupervisedAgent",
     "scratch": "agents.scratch:ScratchAgent",
+    "tianshou_dqn": "agents.rl.tianshou_agents:TianshouDQNAgent",
+    "tianshou_ppo": "agents.rl.tianshou_agents:TianshouPPOAgent",
 }
 
 

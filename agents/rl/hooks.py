@@ -1,0 +1,236 @@
+"""Plasticity interventions as per-gradient-step hooks for any tianshou Algorithm.
+
+:class:`PlasticityOptimizerFactory` wraps a tianshou ``OptimizerFactory``. On ``create_instances(module)`` it creates
+the torch optimiser as usual, finds every :class:`agents.backbones.Backbone` inside ``module`` (the DQN policy's
+Q-network, PPO's actor and critic) and registers ``optimizer.register_step_post_hook``: after every optimiser step each
+intervention runs with the backbones and the optimiser at hand (so a unit reset can also zero Adam's moments).
+
+Interventions read unit activity from the last forward pass that built a graph in train mode (the loss forward of
+the gradient step just taken); target-network and no-grad forwards are ignored.
+
+- :class:`ReDoHook` (Sokar et al. 2023): every ``every`` steps reset units whose normalised activity
+  ``s_i = mean|h_i| / mean_j mean|h_j|`` is at most ``tau``.
+- :class:`CBPHook` (Dohare et al. 2024): running contribution utility ``|h_i| * sum|w_out_i|``; each step replaces
+  ``replacement_rate`` of the mature units (age > ``maturity``) with the lowest utility, moving their mean
+  contribution into the next layer's bias.
+- :class:`ShrinkPerturbHook` (Ash & Adams 2020): every ``every`` steps ``theta <- shrink * theta + noise * eps``.
+
+Unit resets go through :func:`agents.common.units.reinit_units` (fresh incoming weights, zero outgoing weights, zeroed
+optimiser moments of exactly those slices).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from tianshou.algorithm.optim import AdamOptimizerFactory, OptimizerFactory
+
+from agents.backbones import Backbone, UnitLayer
+
+__all__ = ["PlasticityOptimizerFactory", "Intervention", "ReDoHook", "CBPHook", "ShrinkPerturbHook",
+           "make_intervention", "INTERVENTIONS"]
+
+
+class Intervention:
+    """One per-gradient-step intervention. ``attach`` is called once per created optimiser; ``after_step`` after
+    every optimiser step. ``stats`` accumulates what it did (e.g. units reset), for logging."""
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.stats: dict[str, float] = {}
+        self.layers: list[UnitLayer] = []
+        self.backbones: list[Backbone] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.num_steps = 0
+        self._last: dict[int, torch.Tensor] = {}
+
+    def attach(self, backbones: list[Backbone], optimizer: torch.optim.Optimizer) -> None:
+        self.backbones = list(backbones)
+        self.layers = [layer for b in self.backbones for layer in b.unit_layers]
+        self.optimizer = optimizer
+        for i, layer in enumerate(self.layers):
+            layer.activation.register_forward_hook(self._recorder(i))
+
+    def _recorder(self, i: int):
+        def hook(module, inputs, output):
+            if module.training and output.requires_grad:
+                self._last[i] = output.detach()
+        return hook
+
+    def activity(self, i: int) -> torch.Tensor | None:
+        """Per-sample, per-unit |h| (B, units) of layer ``i`` from the last recorded training forward pass."""
+        h = self._last.get(i)
+        return None if h is None else self.layers[i].unit_activity(h)
+
+    def after_step(self) -> None:
+        self.num_steps += 1
+        self.step()
+
+    def step(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _reset(self, i: int, idx: torch.Tensor) -> int:
+        from agents.common.units import reinit_units
+
+        n = reinit_units(self.layers[i], idx, self.optimizer, generator=self.generator)
+        self.stats["units_reset"] = self.stats.get("units_reset", 0) + n
+        return n
+
+
+class ReDoHook(Intervention):
+    """Recycle dormant units: every ``every`` gradient steps, reset units with normalised activity <= ``tau``."""
+
+    def __init__(self, tau: float = 0.1, every: int = 1000, seed: int = 0):
+        super().__init__(seed)
+        if tau < 0 or int(every) < 1:
+            raise ValueError(f"ReDo needs tau >= 0 and every >= 1, got tau={tau}, every={every}")
+        self.tau, self.every = float(tau), int(every)
+
+    def dormant(self, i: int) -> torch.Tensor:
+        """Indices of the dormant units of layer ``i`` (empty before any forward pass)."""
+        a = self.activity(i)
+        if a is None:
+            return torch.zeros(0, dtype=torch.long)
+        s = a.mean(0)
+        s = s / (s.mean() + 1e-9)
+        return torch.nonzero(s <= self.tau).flatten()
+
+    def step(self) -> None:
+        if self.num_steps % self.every:
+            return
+        self.stats["redo_calls"] = self.stats.get("redo_calls", 0) + 1
+        for i in range(len(self.layers)):
+            self._reset(i, self.dormant(i))
+
+
+class CBPHook(Intervention):
+    """Continual backpropagation: replace the lowest-utility mature units at rate ``replacement_rate`` per step."""
+
+    def __init__(self, replacement_rate: float = 1e-4, decay: float = 0.99, maturity: int = 100, seed: int = 0):
+        super().__init__(seed)
+        if not 0 <= replacement_rate <= 1 or not 0 <= decay < 1 or int(maturity) < 0:
+            raise ValueError("CBP needs 0 <= replacement_rate <= 1, 0 <= decay < 1, maturity >= 0")
+        self.rate, self.decay, self.maturity = float(replacement_rate), float(decay), int(maturity)
+        self.utility: list[torch.Tensor] = []
+        self.mean_feature: list[torch.Tensor] = []
+        self.age: list[torch.Tensor] = []
+        self.pending: list[float] = []
+
+    def attach(self, backbones, optimizer):
+        super().attach(backbones, optimizer)
+        for layer in self.layers:
+            dev = layer.incoming.weight.device
+            self.utility.append(torch.zeros(layer.num_units, device=dev))
+            self.age.append(torch.zeros(layer.num_units, dtype=torch.long, device=dev))
+            self.mean_feature.append(torch.zeros(layer.out_map.numel(), device=dev))
+            self.pending.append(0.0)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, layer in enumerate(self.layers):
+            h = self._last.get(i)
+            if h is None:
+                continue
+            self.age[i] += 1
+            feats = h.flatten(2).mean(2) if h.dim() > 2 else h  # (B, columns): one per out_map entry
+            cols_mean = feats.mean(0)
+            self.mean_feature[i].mul_(self.decay).add_((1 - self.decay) * _per_column(cols_mean, layer))
+            w_out = layer.outgoing.weight
+            out_mag = w_out.abs().sum(0) if w_out.dim() == 2 else w_out.abs().sum((0, 2, 3))  # per input column
+            contrib = layer.unit_activity(h).mean(0) * out_mag[layer.out_map].sum(1)
+            self.utility[i].mul_(self.decay).add_((1 - self.decay) * contrib)
+            mature = torch.nonzero(self.age[i] > self.maturity).flatten()
+            self.pending[i] += self.rate * mature.numel()
+            n = min(int(self.pending[i]), mature.numel())
+            if n == 0:
+                continue
+            self.pending[i] -= n
+            worst = mature[torch.argsort(self.utility[i][mature])[:n]]
+            self._move_mean_to_bias(layer, i, worst)
+            self._reset(i, worst)
+            self.utility[i][worst] = 0.0
+            self.age[i][worst] = 0
+
+    def _move_mean_to_bias(self, layer: UnitLayer, i: int, idx: torch.Tensor) -> None:
+        # Keeps the next layer's output unchanged in expectation once the unit's outgoing weights are zeroed.
+        out = layer.outgoing
+        if not isinstance(out, nn.Linear) or out.bias is None:
+            return
+        cols = layer.out_map[idx].reshape(-1).to(out.weight.device)
+        out.bias.add_(out.weight[:, cols] @ self.mean_feature[i][cols])
+
+
+def _per_column(cols_mean: torch.Tensor, layer: UnitLayer) -> torch.Tensor:
+    """Map a per-feature mean (activation output channels) onto the consumer's input columns (``out_map`` order)."""
+    k = cols_mean.numel()
+    per = layer.out_map.numel() // max(k, 1)
+    return cols_mean.repeat_interleave(per) if per > 1 else cols_mean
+
+
+class ShrinkPerturbHook(Intervention):
+    """Every ``every`` gradient steps: ``theta <- shrink * theta + noise * N(0, 1)`` on every backbone parameter."""
+
+    def __init__(self, shrink: float = 0.999, noise: float = 1e-4, every: int = 1, seed: int = 0):
+        super().__init__(seed)
+        if not 0 < shrink <= 1 or noise < 0 or int(every) < 1:
+            raise ValueError("Shrink & Perturb needs 0 < shrink <= 1, noise >= 0, every >= 1")
+        self.shrink, self.noise, self.every = float(shrink), float(noise), int(every)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.num_steps % self.every:
+            return
+        for b in self.backbones:
+            for p in b.parameters():
+                p.mul_(self.shrink)
+                if self.noise > 0:
+                    eps = torch.randn(p.shape, generator=self.generator).to(p.device)
+                    p.add_(self.noise * eps)
+        self.stats["shrink_perturb_calls"] = self.stats.get("shrink_perturb_calls", 0) + 1
+
+
+INTERVENTIONS = {"redo": ReDoHook, "cbp": CBPHook, "shrink_perturb": ShrinkPerturbHook}
+
+
+def make_intervention(name: str, seed: int = 0, **kwargs) -> Intervention:
+    """``"redo"``, ``"cbp"`` or ``"shrink_perturb"`` with its keyword arguments."""
+    if name not in INTERVENTIONS:
+        raise ValueError(f"unknown intervention {name!r}; expected one of {sorted(INTERVENTIONS)}")
+    return INTERVENTIONS[name](seed=seed, **kwargs)
+
+
+class PlasticityOptimizerFactory(OptimizerFactory):
+    """A tianshou ``OptimizerFactory`` whose optimisers run ``interventions`` after every step.
+
+    Args:
+        interventions: :class:`Intervention` objects (one per created optimiser: an intervention attaches once).
+        base: the factory that creates the torch optimiser (default ``AdamOptimizerFactory(lr)``).
+    """
+
+    def __init__(self, interventions: list[Intervention] = (), base: OptimizerFactory | None = None,
+                 lr: float = 1e-3):
+        super().__init__()
+        self.base = base if base is not None else AdamOptimizerFactory(lr=lr)
+        self.interventions = list(interventions)
+        self._attached = False
+
+    def _create_optimizer_for_params(self, params):
+        return self.base._create_optimizer_for_params(params)
+
+    def create_instances(self, module: nn.Module):
+        optimizer, scheduler = super().create_instances(module)
+        if self.interventions:
+            if self._attached:
+                raise RuntimeError("this PlasticityOptimizerFactory already attached its interventions to an "
+                                   "optimiser; make one factory per optimised module")
+            backbones = [m for m in module.modules() if isinstance(m, Backbone)]
+            for iv in self.interventions:
+                iv.attach(backbones, optimizer)
+
+            def post_hook(opt, args, kwargs):
+                for iv in self.interventions:
+                    iv.after_step()
+
+            optimizer.register_step_post_hook(post_hook)
+            self._attached = True
+        return optimizer, scheduler

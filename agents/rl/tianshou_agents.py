@@ -1,0 +1,242 @@
+"""tianshou 2.0.1 Algorithms as clenv agents: ``agents.make("tianshou_dqn" | "tianshou_ppo", env, **hp)``.
+
+The clenv contract (``act`` / ``observe``) drives the Algorithm directly: ``observe`` adds each transition to a
+tianshou ``ReplayBuffer`` and runs the Algorithm's own ``update`` (DQN: one minibatch every ``train_every`` steps
+once ``start_steps`` transitions are stored; PPO: ``repeat`` epochs over every ``rollout_steps`` rollout). The same
+``agent.algorithm`` also trains inside tianshou's Collector and trainers on clenv envs (see :func:`tianshou_venv`).
+
+Networks are :mod:`agents.backbones` MLPs (``activation`` relu / tanh / prelu / crelu / fourier, ``layernorm``) or
+any module from ``network=callable((obs_dim,), num_outputs)``. ``intervention`` adds a per-gradient-step plasticity
+hook (``"redo"``, ``"cbp"``, ``"shrink_perturb"``; options in ``intervention_kwargs``) through
+:class:`agents.rl.hooks.PlasticityOptimizerFactory`.
+
+Randomness: exploration uses the agent's own generators and tianshou's buffer sampling (global numpy) runs inside a
+saved-and-restored numpy state, so the same seeds give the same run regardless of other code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.base import Agent, collect_defaults
+
+__all__ = ["TianshouAgent", "TianshouDQNAgent", "TianshouPPOAgent", "tianshou_venv"]
+
+
+def tianshou_venv(env_fns, subprocess: bool = False):
+    """A tianshou vector env over clenv env factories (tianshou rejects gymnasium's vector envs)."""
+    from tianshou.env import DummyVectorEnv, SubprocVectorEnv
+
+    return (SubprocVectorEnv if subprocess else DummyVectorEnv)(list(env_fns))
+
+
+class TianshouAgent(Agent):
+    """Shared machinery: hyperparameters, env reading, the network builder, seeded numpy state for tianshou."""
+
+    NAME = "tianshou"
+    DEFAULTS = dict(hidden=(64, 64), activation="relu", layernorm=False, network=None, lr=1e-3, gamma=0.99,
+                    intervention=None, intervention_kwargs=None, seed=0, device="cpu")
+
+    def __init__(self, env, **hparams):
+        from gymnasium import spaces
+
+        defaults = collect_defaults(type(self))
+        unknown = set(hparams) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)} for agent {self.NAME!r}; valid: "
+                            f"{sorted(defaults)}")
+        self.hparams = {**defaults, **hparams}
+        u = getattr(env, "unwrapped", env)
+        obs_space, act_space = env.observation_space, env.action_space
+        if not isinstance(act_space, spaces.Discrete):
+            raise TypeError(f"{self.NAME} needs a Discrete action space, got {act_space}")
+        if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+            raise TypeError(f"{self.NAME} needs a 1-D Box observation space (a vector), got {obs_space}")
+        del u
+        self.observation_space, self.action_space = obs_space, act_space
+        self.obs_dim, self.num_actions = int(obs_space.shape[0]), int(act_space.n)
+        self.device = torch.device(self.hparams["device"])
+        seed = int(self.hparams["seed"])
+        self.rng = np.random.default_rng(seed)
+        self._np_state = np.random.RandomState(seed).get_state()
+        self.task_id = None
+        self.num_env_steps = 0
+        self.num_updates = 0
+        self.intervention = None
+        if self.hparams["intervention"] is not None:
+            from agents.rl.hooks import make_intervention
+
+            self.intervention = make_intervention(self.hparams["intervention"], seed=seed + 1,
+                                                  **(self.hparams["intervention_kwargs"] or {}))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.build()
+
+    def backbone(self, num_outputs: int):
+        from agents.rl.networks import build_rl_backbone
+
+        h = self.hparams
+        return build_rl_backbone(self.obs_dim, num_outputs, hidden=h["hidden"], activation=h["activation"],
+                                 layernorm=h["layernorm"], network=h["network"]).to(self.device)
+
+    def optimizer_factory(self):
+        from agents.rl.hooks import PlasticityOptimizerFactory
+
+        return PlasticityOptimizerFactory([self.intervention] if self.intervention else [], lr=self.hparams["lr"])
+
+    def build(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _numpy_rng(self):
+        # tianshou samples minibatches with np.random; give it this agent's own stream.
+        outer = np.random.get_state()
+        np.random.set_state(self._np_state)
+        try:
+            yield
+        finally:
+            self._np_state = np.random.get_state()
+            np.random.set_state(outer)
+
+    def _obs(self, obs) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(obs, np.float32)[None], device=self.device)
+
+    def _transition(self, obs, action, reward, next_obs, terminated, truncated):
+        from tianshou.data import Batch
+
+        return Batch(obs=np.asarray(obs, np.float32), act=int(action), rew=float(reward),
+                     terminated=bool(terminated), truncated=bool(truncated),
+                     obs_next=np.asarray(next_obs, np.float32), info={})
+
+    def _update(self, **kw):
+        from tianshou.utils.torch_utils import policy_within_training_step
+
+        with self._numpy_rng(), policy_within_training_step(self.algorithm.policy):
+            stats = self.algorithm.update(buffer=self.buffer, **kw)
+        self.num_updates += 1
+        return stats
+
+    def on_task_switch(self, task_id) -> None:
+        self.task_id = task_id
+
+    @property
+    def intervention_stats(self) -> dict[str, float]:
+        return dict(self.intervention.stats) if self.intervention is not None else {}
+
+    def state_dict(self) -> dict:
+        return {"algorithm": self.algorithm.state_dict(), "num_env_steps": self.num_env_steps,
+                "num_updates": self.num_updates, "task_id": self.task_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.num_env_steps, self.num_updates = state["num_env_steps"], state["num_updates"]
+        self.task_id = state.get("task_id")
+
+
+class TianshouDQNAgent(TianshouAgent):
+    """tianshou's DQN (double Q by default) with epsilon-greedy exploration decayed linearly over
+    ``eps_decay_steps`` env steps (``eps_reset_on_task``: decay again after each task switch)."""
+
+    NAME = "tianshou_dqn"
+    DEFAULTS = dict(buffer_size=20_000, batch_size=64, start_steps=500, train_every=1, target_update_freq=200,
+                    eps_start=1.0, eps_end=0.05, eps_decay_steps=5_000, eps_reset_on_task=False, n_step=1,
+                    is_double=True, huber_loss_delta=None)
+
+    def build(self) -> None:
+        from tianshou.algorithm import DQN
+        from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
+        from tianshou.data import ReplayBuffer
+
+        from agents.rl.networks import QNet
+
+        h = self.hparams
+        self.network = self.backbone(self.num_actions)
+        self.policy = DiscreteQLearningPolicy(model=QNet(self.network), action_space=self.action_space,
+                                              observation_space=self.observation_space, eps_training=0.0)
+        self.algorithm = DQN(policy=self.policy, optim=self.optimizer_factory(), gamma=h["gamma"],
+                             n_step_return_horizon=h["n_step"], target_update_freq=h["target_update_freq"],
+                             is_double=h["is_double"], huber_loss_delta=h["huber_loss_delta"])
+        self.buffer = ReplayBuffer(int(h["buffer_size"]))
+        self._eps_origin = 0
+
+    @property
+    def epsilon(self) -> float:
+        h = self.hparams
+        frac = min(1.0, (self.num_env_steps - self._eps_origin) / max(1, h["eps_decay_steps"]))
+        return float(h["eps_start"] + frac * (h["eps_end"] - h["eps_start"]))
+
+    @torch.no_grad()
+    def q_values(self, obs) -> np.ndarray:
+        self.network.eval()
+        try:
+            return self.network(self._obs(obs))[0].cpu().numpy()
+        finally:
+            self.network.train()
+
+    def act(self, obs, info):
+        if self.rng.random() < self.epsilon:
+            return int(self.rng.integers(self.num_actions))
+        return int(np.argmax(self.q_values(obs)))
+
+    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
+        self.buffer.add(self._transition(obs, action, reward, next_obs, terminated, truncated))
+        self.num_env_steps += 1
+        h = self.hparams
+        if len(self.buffer) >= h["start_steps"] and self.num_env_steps % h["train_every"] == 0:
+            self._update(sample_size=int(h["batch_size"]))
+
+    def on_task_switch(self, task_id) -> None:
+        super().on_task_switch(task_id)
+        if self.hparams["eps_reset_on_task"]:
+            self._eps_origin = self.num_env_steps
+
+
+class TianshouPPOAgent(TianshouAgent):
+    """tianshou's PPO with separate actor and critic backbones; updates after every ``rollout_steps`` steps."""
+
+    NAME = "tianshou_ppo"
+    DEFAULTS = dict(lr=3e-4, rollout_steps=512, batch_size=64, repeat=4, eps_clip=0.2, vf_coef=0.5, ent_coef=0.01,
+                    gae_lambda=0.95, max_grad_norm=0.5, advantage_normalization=True)
+
+    def build(self) -> None:
+        from tianshou.algorithm import PPO
+        from tianshou.algorithm.modelfree.reinforce import DiscreteActorPolicy
+        from tianshou.data import ReplayBuffer
+
+        from agents.rl.networks import CriticNet, DiscreteActorNet
+
+        h = self.hparams
+        self.network = self.backbone(self.num_actions)  # the actor's backbone
+        self.critic_network = self.backbone(1)
+        self.policy = DiscreteActorPolicy(actor=DiscreteActorNet(self.network, self.num_actions),
+                                          action_space=self.action_space, observation_space=self.observation_space)
+        self.algorithm = PPO(policy=self.policy, critic=CriticNet(self.critic_network), optim=self.optimizer_factory(),
+                             eps_clip=h["eps_clip"], vf_coef=h["vf_coef"], ent_coef=h["ent_coef"],
+                             max_grad_norm=h["max_grad_norm"], gae_lambda=h["gae_lambda"], gamma=h["gamma"],
+                             advantage_normalization=h["advantage_normalization"])
+        self.buffer = ReplayBuffer(int(h["rollout_steps"]))
+        self._gen = torch.Generator().manual_seed(int(h["seed"]) + 2)
+
+    @torch.no_grad()
+    def action_logits(self, obs) -> torch.Tensor:
+        self.network.eval()
+        try:
+            return self.network(self._obs(obs))[0].cpu()
+        finally:
+            self.network.train()
+
+    def act(self, obs, info):
+        probs = torch.softmax(self.action_logits(obs).double(), 0)
+        return int(torch.multinomial(probs, 1, generator=self._gen))
+
+    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
+        self.buffer.add(self._transition(obs, action, reward, next_obs, terminated, truncated))
+        self.num_env_steps += 1
+        h = self.hparams
+        if len(self.buffer) >= h["rollout_steps"]:
+            self._update(batch_size=int(h["batch_size"]), repeat=int(h["repeat"]))
+            self.buffer.reset()
