@@ -60,6 +60,12 @@ def run_dir(root: str | os.PathLike, env_id: str | None, agent: str, seed: int |
     return Path(root) / _slug(env_id) / _slug(agent) / f"seed{_slug(seed)}-{ts}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file in the target's directory, fsync it, then ``os.replace`` it into place:
     readers see the old file or the new one, never a partial one."""
@@ -68,6 +74,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

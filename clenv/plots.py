@@ -1,0 +1,156 @@
+"""PNG figures from saved runs (matplotlib, Agg backend).
+
+Each function takes ``groups``: a dict mapping a label (e.g. ``"RandomLabelFashionMNIST-v0 / base"``) to the runs
+(:class:`~clenv.loop.RunResult`, usually seeds) of that configuration, draws the mean over runs (and a +/- std band
+where a curve is drawn), writes the PNG atomically and returns its path, or None when no run has the data.
+
+- :func:`learning_curves`: average online accuracy per task (NeuMoSync Figure 2 style), one line per label.
+- :func:`accuracy_matrices`: R[i][j] heatmaps (rows: after task i; columns: task j).
+- :func:`stability_curves`: continual-evaluation accuracy of every seen task over steps, task switches marked.
+- :func:`diagnostics_over_tasks`: dormant ratio, feature rank, weight magnitude, zero-gradient fraction per task.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from clenv.results import atomic_write_bytes
+
+__all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack ragged 1-D series by truncating to the shortest (seeds of one config have equal lengths)."""
+    n = min(len(r) for r in rows)
+    return np.stack([np.asarray(r, dtype=np.float64)[:n] for r in rows])
+
+
+def _band(ax, x, data, label):
+    mean = np.nanmean(data, 0)
+    line, = ax.plot(x, mean, label=label)
+    if data.shape[0] > 1:
+        std = np.nanstd(data, 0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def learning_curves(groups: dict, path) -> Path | None:
+    """Online task accuracy against task index, one panel per env, one line per agent."""
+    plt = _plt()
+    by_env: dict[str, list] = {}
+    for label, runs in groups.items():
+        runs = [r for r in runs if r.task_accuracy]
+        if runs:
+            by_env.setdefault(runs[0].env_id or "env", []).append((label, runs))
+    if not by_env:
+        return None
+    fig, axes = plt.subplots(1, len(by_env), figsize=(5.5 * len(by_env), 4), squeeze=False)
+    for ax, (env, items) in zip(axes[0], by_env.items()):
+        for label, runs in items:
+            data = _stack([np.asarray(r.task_accuracy) for r in runs])
+            _band(ax, np.arange(1, data.shape[1] + 1), data, f"{runs[0].agent} (n={len(runs)})")
+        ax.set(title=env, xlabel="task", ylabel="average online task accuracy", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def accuracy_matrices(groups: dict, path) -> Path | None:
+    """Mean held-out accuracy matrix R per label (rows: after training task i, columns: task j)."""
+    plt = _plt()
+    items = [(label, [r.records["accuracy_matrix"] for r in runs if "accuracy_matrix" in r.records])
+             for label, runs in groups.items()]
+    items = [(label, ms) for label, ms in items if ms]
+    if not items:
+        return None
+    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 4), squeeze=False)
+    for ax, (label, ms) in zip(axes[0], items):
+        n = min(m.shape[0] for m in ms)
+        R = np.nanmean(np.stack([np.asarray(m, dtype=np.float64)[:n, :n] for m in ms]), 0)
+        im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+        if n <= 12:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if R[i, j] < 0.5 else "black")
+        ax.set(title=f"{label} (n={len(ms)})", xlabel="evaluated task j", ylabel="after training task i")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def stability_curves(groups: dict, path) -> Path | None:
+    """Continual evaluation: each task's held-out accuracy over training steps (mean over runs), the task switches as
+    dashed lines, and the worst-case accuracy WC-ACC in black."""
+    plt = _plt()
+    items = [(label, [r for r in runs if "stability_acc" in r.records]) for label, runs in groups.items()]
+    items = [(label, runs) for label, runs in items if runs]
+    if not items:
+        return None
+    fig, axes = plt.subplots(len(items), 1, figsize=(9, 3.2 * len(items)), squeeze=False)
+    for ax, (label, runs) in zip(axes[:, 0], items):
+        n = min(len(r.records["stability_step"]) for r in runs)
+        steps = np.asarray(runs[0].records["stability_step"])[:n]
+        acc = np.stack([np.asarray(r.records["stability_acc"], dtype=np.float64)[:n] for r in runs])
+        block = np.asarray(runs[0].records["stability_block"])[:n]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # tasks not yet seen are all-NaN columns
+            mean = np.nanmean(acc, 0)
+        for j in range(mean.shape[1]):
+            if np.isfinite(mean[:, j]).any():
+                ax.plot(steps, mean[:, j], lw=1.2, label=f"task {j}")
+        wc = np.nanmean(np.stack([np.asarray(r.records["stability_wc_acc"], dtype=np.float64)[:n] for r in runs]), 0)
+        ax.plot(steps, wc, color="black", lw=1.5, ls=":", label="WC-ACC")
+        for s in steps[1:][np.diff(block) > 0]:
+            ax.axvline(s, color="grey", ls="--", lw=0.8)
+        ax.set(title=f"{label} (n={len(runs)})", xlabel="step", ylabel="held-out accuracy", ylim=(0, 1))
+        ax.legend(fontsize=7, ncol=min(6, mean.shape[1] + 1), loc="upper right")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+_DIAG = ("dormant_ratio", "feature_rank", "weight_magnitude", "zero_grad_fraction")
+
+
+def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
+    """The pooled plasticity diagnostics recorded at each task end, one panel per diagnostic."""
+    plt = _plt()
+    items = [(label, [r for r in runs if r.records.get("diagnostics")]) for label, runs in groups.items()]
+    items = [(label, runs) for label, runs in items if runs]
+    if not items:
+        return None
+    cols = 2
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        for label, runs in items:
+            series = [np.array([d.get(key, np.nan) if d.get(key) is not None else np.nan
+                                for d in r.records["diagnostics"]], dtype=np.float64) for r in runs]
+            data = _stack(series)
+            _band(ax, np.arange(1, data.shape[1] + 1), data, label)
+        ax.set(title=key, xlabel="task")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.set_visible(False)
+    return _save(fig, path)

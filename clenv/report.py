@@ -1,0 +1,168 @@
+"""``clenv report RUN_DIR... [--out DIR]``: aggregate saved runs into mean (std) tables and PNG figures.
+
+Runs (directories with ``result.json``, found at or below each RUN_DIR) are grouped by (env id, agent); seeds of a
+group are aggregated as "mean (std)" with the sample standard deviation (ddof=1; 0 for one seed). Tables follow the
+papers' layouts, one table per env with one row per agent:
+
+- online accuracy over the last 10/25/50/75/100% of tasks (NeuMoSync Tables 2, 27-33);
+- fast adaptation: BKT_γ/2, BKT_γ, BKT_mean, FKT_γ/2, FKT_γ, FKT_mean, LCA_0, LCA_F, LCA_B, final accuracy (Table 1);
+- forgetting: ACC, AF (Chaudhry), AF (NeuMoSync App. F), BWT, FWT, FM, last-25% accuracy (Table 3);
+- stability gap: min-ACC, WC-ACC, avg-SG and the NGM-SGD script's versions;
+- plasticity diagnostics at the last task end.
+
+Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
+appears only when some run has its metrics. Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and
+``learning_curves.png``, ``accuracy_matrix.png``, ``stability_gap.png``, ``diagnostics.png`` into ``--out``
+(default ``./report``), and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from clenv.results import atomic_write_bytes, find_runs, load_run
+
+__all__ = ["report_main", "aggregate", "TABLES", "format_table"]
+
+TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Average online task accuracy over the last x% of tasks (%)",
+     (("online_acc_last10", "10%"), ("online_acc_last25", "25%"), ("online_acc_last50", "50%"),
+      ("online_acc_last75", "75%"), ("online_acc_last100", "100%"))),
+    ("Fast adaptation (%)",
+     (("bkt_gamma_half", "BKT_γ/2"), ("bkt_gamma", "BKT_γ"), ("bkt", "BKT_mean"), ("fkt_gamma_half", "FKT_γ/2"),
+      ("fkt_gamma", "FKT_γ"), ("fkt", "FKT_mean"), ("lca_0", "LCA_0"), ("lca_f", "LCA_F"), ("lca_b", "LCA_B"),
+      ("acc", "Final accuracy"))),
+    ("Forgetting (%)",
+     (("acc", "ACC"), ("af_chaudhry", "AF (Chaudhry)"), ("af_neumosync", "AF (NeuMoSync)"), ("bwt", "BWT"),
+      ("fwt", "FWT"), ("fm", "FM"), ("online_acc_last25", "Last 25%"))),
+    ("Stability gap (accuracies in %, SG as a ratio)",
+     (("min_acc", "min-ACC"), ("wc_acc", "WC-ACC"), ("avg_sg", "avg-SG"), ("ngm_avg_acc", "NGM avg-ACC"),
+      ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"))),
+    ("Plasticity diagnostics at the last task end",
+     (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
+      ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
+    ("Held-out test accuracy (%)", (("test_acc", "test acc"), ("avg_online_acc", "avg online acc"))),
+)
+
+_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/")
+_NOT_PERCENT = {"avg_sg", "ngm_avg_sg", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
+                "zero_grad_fraction", "gamma", "probe_time_s"}
+
+
+def is_percent(name: str) -> bool:
+    """Whether a metric is an accuracy (or a difference of accuracies) shown in percent."""
+    return name not in _NOT_PERCENT and not name.startswith(_NOT_PERCENT_PREFIX) and "/" not in name
+
+
+def aggregate(runs) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+    """(env id, agent) -> metric -> (mean, sample std, number of finite values)."""
+    groups: dict[tuple[str, str], list] = {}
+    for r in runs:
+        groups.setdefault((str(r.env_id), str(r.agent)), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        names = dict.fromkeys(k for r in rs for k in r.metrics)
+        stats = {}
+        for name in names:
+            v = np.array([r.metrics.get(name, np.nan) for r in rs], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                stats[name] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size))
+            else:
+                stats[name] = (float("nan"), float("nan"), 0)
+        out[key] = stats
+    return out
+
+
+def _cell(stat, percent: bool) -> str:
+    mean, std, n = stat
+    if n == 0 or not math.isfinite(mean):
+        return "-"
+    s = 100.0 if percent else 1.0
+    return f"{mean * s:.2f} ({std * s:.2f})"
+
+
+def format_table(title: str, columns, agg: dict, env: str) -> str | None:
+    """A Markdown table for one env: rows are agents, cells "mean (std)"; None when no agent has these metrics."""
+    rows = [(agent, stats) for (e, agent), stats in sorted(agg.items()) if e == env]
+    rows = [(a, s) for a, s in rows if any(c in s for c, _ in columns)]
+    if not rows:
+        return None
+    cols = [(c, h) for c, h in columns if any(c in s for _, s in rows)]
+    n = max(max(s.get(c, (0, 0, 0))[2] for c, _ in cols) for _, s in rows)
+    lines = [f"### {title} — {env} (mean (std) over up to {n} seeds)", "",
+             "| Method | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for agent, s in rows:
+        cells = [_cell(s[c], is_percent(c)) if c in s else "-" for c, _ in cols]
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(agg) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["env", "agent", "metric", "mean", "std", "n"])
+    for (env, agent), stats in sorted(agg.items()):
+        for name, (mean, std, n) in stats.items():
+            w.writerow([env, agent, name, repr(mean), repr(std), n])
+    return buf.getvalue().encode()
+
+
+def report_main(argv=None) -> int:
+    """Entry point of ``clenv report``: returns the exit status (0 on success, 2 when no run was found)."""
+    p = argparse.ArgumentParser(prog="clenv report", description="Aggregate saved runs into mean (std) tables and "
+                                "PNG figures.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders containing them")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    args = p.parse_args(argv)
+    try:
+        dirs = find_runs(args.run_dirs)
+    except FileNotFoundError as e:
+        print(f"clenv report: {e}", file=sys.stderr)
+        return 2
+    if not dirs:
+        print(f"clenv report: no run (a directory with result.json) under {' '.join(args.run_dirs)}",
+              file=sys.stderr)
+        return 2
+    runs = [load_run(d) for d in dirs]
+    agg = aggregate(runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    envs = sorted({e for e, _ in agg})
+    parts = [f"# clenv report: {len(runs)} runs, {len(agg)} configurations", ""]
+    for title, columns in TABLES:
+        for env in envs:
+            t = format_table(title, columns, agg, env)
+            if t:
+                parts += [t, ""]
+    text = "\n".join(parts)
+    atomic_write_bytes(out / "report.md", text.encode())
+    atomic_write_bytes(out / "metrics.csv", _csv(agg))
+    written = [out / "report.md", out / "metrics.csv"]
+    if not args.no_figures:
+        from clenv import plots
+
+        groups: dict[str, list] = {}
+        for r in runs:
+            groups.setdefault(f"{r.env_id} / {r.agent}", []).append(r)
+        for fn, name in ((plots.learning_curves, "learning_curves.png"), (plots.accuracy_matrices,
+                         "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
+                         (plots.diagnostics_over_tasks, "diagnostics.png")):
+            path = fn(groups, out / name)
+            if path is not None:
+                written.append(path)
+    print(text)
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(report_main())
