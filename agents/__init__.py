@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "scratch": "agents.scratch:ScratchAgent",
     "tianshou_dqn": "agents.rl.tianshou_agents:TianshouDQNAgent",
     "tianshou_ppo": "agents.rl.tianshou_agents:TianshouPPOAgent",
+    "neumosync": "agents.neumosync:NeuMoSyncAgent",
 }
 
 

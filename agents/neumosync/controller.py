@@ -1,0 +1,280 @@
+"""NeuroSync controllers: neuron features (+ the input image) -> four raw coefficients per neuron.
+
+Every controller maps ``features`` (N, F) (one row per neuron: learnable vector, position, activity EMA) and the
+input batch ``x`` (B, C, H, W) to ``(B, N, 4)`` raw outputs, or ``(1, N, 4)`` when it ignores the input. The order
+of the four outputs is (delta a_SM, a_WC, a_AL, a_ARM).
+
+- :class:`TransformerController`: the paper's module, a one-layer encoder-only transformer with two heads over neuron
+  tokens plus image-patch tokens from a single-layer CNN (Appendix C.1, J), a linear decoder to four coefficients.
+- :class:`Conv1dController`: kernel-1 1D convolutions over the neuron sequence (C.5, Table 15): parameter sharing
+  without attention; the image enters as a pooled patch embedding added to every neuron token.
+- :class:`MLPController`: no parameter sharing (C.5): one MLP from all neuron features (and the pooled image) to
+  all coefficients; its size grows with the number of neurons.
+- :class:`SparseController`: the scalable encoder-decoder of Appendix E.1: a fraction K of neurons (drawn per
+  input) plus the patches go through the transformer encoder; queries for all N neurons (learnable features and
+  position) cross-attend to the encoded tokens; a two-layer MLP decodes the coefficients.
+- :class:`NoController`: the 'w/o NeuroSync' ablation: a learnable (N, 4) table, the same for every input.
+
+``input_conditioned=False`` (Appendix G.5) drops the image tokens: coefficients depend on neuron features only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "Conv1dController", "MLPController", "SparseController",
+           "NoController", "build_controller", "CONTROLLERS"]
+
+
+class PatchEncoder(nn.Module):
+    """Single-layer CNN tokeniser: non-overlapping ``patch`` x ``patch`` patches -> ``d`` dims, plus a learnable
+    position embedding per patch (ViT-style)."""
+
+    def __init__(self, input_shape, d: int, patch: int = 5):
+        super().__init__()
+        c, h, w = input_shape
+        patch = max(1, min(patch, h, w))
+        self.conv = nn.Conv2d(c, d, patch, stride=patch)
+        self.num_patches = (h // patch) * (w // patch)
+        self.pos = nn.Parameter(torch.zeros(self.num_patches, d))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        self.conv.reset_parameters()
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).transpose(1, 2) + self.pos
+
+
+def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
+    """(..., L, d) -> (..., h, L, d / h)."""
+    return t.unflatten(-1, (h, -1)).transpose(-3, -2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    """(..., h, L, dh) -> (..., L, h * dh)."""
+    return t.transpose(-3, -2).flatten(-2)
+
+
+class EncoderLayer(nn.Module):
+    """One pre-LN transformer encoder layer (multi-head self-attention, ReLU feed-forward, no dropout).
+
+    Same parameters as ``nn.TransformerEncoderLayer(norm_first=True)`` (4d^2 + 4d attention, 2 d d_ff + d_ff + d
+    feed-forward, two LayerNorms), written with plain matmuls: PyTorch's CPU flash-attention kernel is slow for the
+    controller's tiny head size (7). :meth:`neurons` exploits that neuron tokens are shared by every sample.
+    """
+
+    def __init__(self, d: int, heads: int, d_ff: int):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d_model ({d}) must be divisible by heads ({heads})")
+        self.heads = int(heads)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
+        self.scale = (d // heads) ** -0.5
+
+    def _ffn(self, h):
+        return h + self.ff(self.norm2(h))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every token attends to every token: (B, L, d) -> (B, L, d)."""
+        q, k, v = (_heads(t, self.heads) for t in self.qkv(self.norm1(tokens)).chunk(3, -1))
+        att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, -1)
+        return self._ffn(tokens + self.proj(_merge(att @ v)))
+
+    def neurons(self, neurons: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Outputs at the neuron positions of the sequence [neurons; context]: (N, d), (B, P, d) -> (B, N, d).
+
+        Equal to ``forward(cat([neurons expanded, context]))[:, :N]``. The neuron-neuron scores do not depend on
+        the sample, so their softmax numerator and its product with the neuron values are computed once; only the
+        N x P neuron-patch block is per sample (a streaming-softmax merge of the two blocks)."""
+        qn, kn, vn = (_heads(t, self.heads) for t in self.qkv(self.norm1(neurons)).chunk(3, -1))  # (h, N, dh)
+        s_nn = (qn @ kn.transpose(-1, -2)) * self.scale  # (h, N, N)
+        if context is None:
+            return self._ffn(neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None]
+        m_nn = s_nn.amax(-1, keepdim=True).detach()
+        e_nn = torch.exp(s_nn - m_nn)
+        num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
+        _, kc, vc = (_heads(t, self.heads) for t in self.qkv(self.norm1(context)).chunk(3, -1))  # (B, h, P, dh)
+        s_nc = (qn @ kc.transpose(-1, -2)) * self.scale  # (B, h, N, P)
+        m = torch.maximum(m_nn, s_nc.amax(-1, keepdim=True).detach())  # (B, h, N, 1)
+        e_nc = torch.exp(s_nc - m)
+        shift = torch.exp(m_nn - m)
+        out = (shift * num_nn + e_nc @ vc) / (shift * den_nn + e_nc.sum(-1, keepdim=True))
+        return self._ffn(neurons + self.proj(_merge(out)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention (queries from one set, keys and values from another), 4d^2 + 4d parameters."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = int(heads)
+        self.q, self.kv, self.proj = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+        self.scale = (d // heads) ** -0.5
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        q = _heads(self.q(queries), self.heads)
+        k, v = (_heads(t, self.heads) for t in self.kv(memory).chunk(2, -1))
+        return self.proj(_merge(torch.softmax((q @ k.transpose(-1, -2)) * self.scale, -1) @ v))
+
+
+class _Base(nn.Module):
+    """Shared pieces: the neuron-token projection and the optional patch encoder."""
+
+    def __init__(self, feature_dim: int, input_shape, d: int, patch: int, input_conditioned: bool):
+        super().__init__()
+        self.input_conditioned = bool(input_conditioned)
+        self.token = nn.Linear(feature_dim, d)
+        self.patches = PatchEncoder(input_shape, d, patch) if input_conditioned else None
+
+    def image_tokens(self, x):
+        return None if self.patches is None else self.patches(x)
+
+    def reset_parameters(self):
+        """Re-initialise every parameter (the G.2 'reset at each task end' ablation)."""
+        for m in self.modules():
+            if m is self:
+                continue
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+class TransformerController(_Base):
+    """One pre-LN encoder layer (``heads`` heads, feed-forward ``d_ff``) over [neuron tokens; patch tokens]; a
+    linear decoder ``d -> 4`` on the neuron outputs."""
+
+    def __init__(self, num_neurons, feature_dim, input_shape, d=14, d_ff=128, heads=2, patch=5,
+                 input_conditioned=True, **_):
+        super().__init__(feature_dim, input_shape, d, patch, input_conditioned)
+        self.encoder = EncoderLayer(d, heads, d_ff)
+        self.decoder = nn.Linear(d, 4)
+
+    def forward(self, features, x):
+        # Neuron tokens are the same for every sample; only the patch tokens differ.
+        return self.decoder(self.encoder.neurons(self.token(features), self.image_tokens(x)))
+
+
+class Conv1dController(_Base):
+    """Kernel-1 Conv1d stack d -> 16 -> 32 -> 64 -> 128 (ReLU) over the neurons, then Linear 128 -> 4 (Table 15)."""
+
+    def __init__(self, num_neurons, feature_dim, input_shape, d=14, patch=5, input_conditioned=True,
+                 channels=(16, 32, 64, 128), **_):
+        super().__init__(feature_dim, input_shape, d, patch, input_conditioned)
+        layers, c = [], d
+        for ch in channels:
+            layers += [nn.Conv1d(c, ch, 1), nn.ReLU()]
+            c = ch
+        self.convs = nn.Sequential(*layers)
+        self.decoder = nn.Linear(c, 4)
+
+    def forward(self, features, x):
+        tokens = self.token(features)[None]  # (1, N, d)
+        img = self.image_tokens(x)
+        if img is not None:
+            tokens = tokens + img.mean(1, keepdim=True)  # (B, N, d)
+        return self.decoder(self.convs(tokens.transpose(1, 2)).transpose(1, 2))
+
+
+class MLPController(_Base):
+    """All neuron features flattened (and the pooled image) -> hidden -> N*4: no sharing across neurons."""
+
+    def __init__(self, num_neurons, feature_dim, input_shape, d=14, patch=5, input_conditioned=True,
+                 mlp_hidden=32, **_):
+        super().__init__(feature_dim, input_shape, d, patch, input_conditioned)
+        self.token = None  # the MLP reads raw features directly
+        self.num_neurons = int(num_neurons)
+        in_dim = num_neurons * feature_dim + (d if input_conditioned else 0)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, num_neurons * 4))
+
+    def forward(self, features, x):
+        flat = features.reshape(1, -1)
+        img = self.image_tokens(x)
+        if img is not None:
+            flat = torch.cat([flat.expand(img.shape[0], -1), img.mean(1)], dim=1)
+        return self.mlp(flat).view(flat.shape[0], self.num_neurons, 4)
+
+
+class SparseController(_Base):
+    """Encoder-decoder controller for large backbones (Appendix E.1).
+
+    Per input, ``round(K * N)`` neurons are drawn uniformly (without replacement); their tokens and the patch tokens
+    pass the one-layer encoder. Queries for all N neurons, built from their learnable features and positions only,
+    cross-attend to the encoded tokens; a two-layer MLP gives the four coefficients. Cost is O(N * (K N + P)) per
+    input instead of the full transformer's O((N + P)^2). In eval mode the draw is fixed (seeded per call), so
+    predictions are repeatable."""
+
+    def __init__(self, num_neurons, feature_dim, input_shape, d=14, d_ff=128, heads=2, patch=5,
+                 input_conditioned=True, sparse_fraction=0.1, query_dim=6, decoder_hidden=32, seed=0, **_):
+        super().__init__(feature_dim, input_shape, d, patch, input_conditioned)
+        self.num_sampled = int(round(float(sparse_fraction) * num_neurons))
+        if self.num_sampled == 0 and not input_conditioned:
+            raise ValueError("the sparse controller needs sampled neurons (sparse_fraction > 0) or image tokens")
+        self.query_dim = int(query_dim)  # leading columns of the features: learnable vector + position
+        self.encoder = EncoderLayer(d, heads, d_ff)
+        self.query = nn.Linear(self.query_dim, d)
+        self.cross = CrossAttention(d, heads)
+        self.norm = nn.LayerNorm(d)
+        self.decoder = nn.Sequential(nn.Linear(d, decoder_hidden), nn.ReLU(), nn.Linear(decoder_hidden, 4))
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def _draw(self, batch: int, n: int, device) -> torch.Tensor:
+        g = self._generator if self.training else torch.Generator().manual_seed(self.seed + 1)
+        return torch.rand(batch, n, generator=g).argsort(1)[:, :self.num_sampled].to(device)
+
+    def forward(self, features, x):
+        img = self.image_tokens(x)
+        batch = 1 if img is None else img.shape[0]
+        n = features.shape[0]
+        parts = []
+        if self.num_sampled:
+            idx = self._draw(batch, n, features.device)
+            parts.append(self.token(features)[idx])  # (B, M, d)
+        if img is not None:
+            parts.append(img)
+        memory = self.encoder(torch.cat(parts, dim=1))
+        q = self.query(features[:, :self.query_dim])[None].expand(batch, -1, -1)
+        h = self.norm(q + self.cross(q, memory))
+        return self.decoder(h)
+
+    # The draw's generator is state: copies continue the same sequence; checkpoints carry it.
+    def get_extra_state(self):
+        return {"generator": self._generator.get_state()}
+
+    def set_extra_state(self, state):
+        self._generator.set_state(state["generator"])
+
+
+class NoController(nn.Module):
+    """'w/o NeuroSync': each neuron learns its own four coefficients; nothing depends on the input."""
+
+    input_conditioned = False
+
+    def __init__(self, num_neurons, *_, **__):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(num_neurons, 4))
+
+    def forward(self, features, x):
+        return self.table[None]
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.table)
+
+
+CONTROLLERS = {"transformer": TransformerController, "conv1d": Conv1dController, "mlp": MLPController,
+               "sparse": SparseController, "none": NoController}
+
+
+def build_controller(name: str, num_neurons: int, feature_dim: int, input_shape, **options) -> nn.Module:
+    """Controller ``name`` (one of :data:`CONTROLLERS`, or ``"unconditioned"``: the transformer without image
+    tokens)."""
+    if name == "unconditioned":
+        name, options = "transformer", {**options, "input_conditioned": False}
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; expected one of {sorted(CONTROLLERS) + ['unconditioned']}")
+    return CONTROLLERS[name](num_neurons, feature_dim, tuple(input_shape), **options)
