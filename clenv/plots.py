@@ -35,7 +35,7 @@ def _plt():
 
 def _save(fig, path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)
     _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
@@ -45,6 +45,12 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
     """Stack ragged 1-D series by truncating to the shortest (seeds of one config have equal lengths)."""
     n = min(len(r) for r in rows)
     return np.stack([np.asarray(r, dtype=np.float64)[:n] for r in rows])
+
+
+def _integer_ticks(ax, axis="x"):
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
 
 def _band(ax, x, data, label):
@@ -65,12 +71,13 @@ def learning_curves(groups: dict, path) -> Path | None:
             by_env.setdefault(runs[0].env_id or "env", []).append((label, runs))
     if not by_env:
         return None
-    fig, axes = plt.subplots(1, len(by_env), figsize=(5.5 * len(by_env), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(by_env), figsize=(5.5 * len(by_env), 4), squeeze=False, layout="constrained")
     for ax, (env, items) in zip(axes[0], by_env.items()):
         for label, runs in items:
             data = _stack([np.asarray(r.task_accuracy) for r in runs])
-            _band(ax, np.arange(1, data.shape[1] + 1), data, f"{runs[0].agent} (n={len(runs)})")
+            _band(ax, np.arange(data.shape[1]), data, f"{runs[0].agent} (n={len(runs)})")
         ax.set(title=env, xlabel="task", ylabel="average online task accuracy", ylim=(0, 1))
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -84,7 +91,7 @@ def accuracy_matrices(groups: dict, path) -> Path | None:
     items = [(label, ms) for label, ms in items if ms]
     if not items:
         return None
-    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(4.6 * len(items), 4), squeeze=False, layout="constrained")
     for ax, (label, ms) in zip(axes[0], items):
         n = min(m.shape[0] for m in ms)
         R = np.nanmean(np.stack([np.asarray(m, dtype=np.float64)[:n, :n] for m in ms]), 0)
@@ -95,6 +102,8 @@ def accuracy_matrices(groups: dict, path) -> Path | None:
                     ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if R[i, j] < 0.5 else "black")
         ax.set(title=f"{label} (n={len(ms)})", xlabel="evaluated task j", ylabel="after training task i")
+        _integer_ticks(ax, "x")
+        _integer_ticks(ax, "y")
         fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
@@ -107,7 +116,7 @@ def stability_curves(groups: dict, path) -> Path | None:
     items = [(label, runs) for label, runs in items if runs]
     if not items:
         return None
-    fig, axes = plt.subplots(len(items), 1, figsize=(9, 3.2 * len(items)), squeeze=False)
+    fig, axes = plt.subplots(len(items), 1, figsize=(9, 3.2 * len(items)), squeeze=False, layout="constrained")
     for ax, (label, runs) in zip(axes[:, 0], items):
         n = min(len(r.records["stability_step"]) for r in runs)
         steps = np.asarray(runs[0].records["stability_step"])[:n]
@@ -121,7 +130,7 @@ def stability_curves(groups: dict, path) -> Path | None:
                 ax.plot(steps, mean[:, j], lw=1.2, label=f"task {j}")
         wc = np.nanmean(np.stack([np.asarray(r.records["stability_wc_acc"], dtype=np.float64)[:n] for r in runs]), 0)
         ax.plot(steps, wc, color="black", lw=1.5, ls=":", label="WC-ACC")
-        for s in steps[1:][np.diff(block) > 0]:
+        for s in steps[:-1][np.diff(block) > 0]:  # the last evaluation of each task (its fin_k)
             ax.axvline(s, color="grey", ls="--", lw=0.8)
         ax.set(title=f"{label} (n={len(runs)})", xlabel="step", ylabel="held-out accuracy", ylim=(0, 1))
         ax.legend(fontsize=7, ncol=min(6, mean.shape[1] + 1), loc="upper right")
@@ -141,14 +150,15 @@ def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
         return None
     cols = 2
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.ravel(), keys):
         for label, runs in items:
             series = [np.array([d.get(key, np.nan) if d.get(key) is not None else np.nan
                                 for d in r.records["diagnostics"]], dtype=np.float64) for r in runs]
             data = _stack(series)
-            _band(ax, np.arange(1, data.shape[1] + 1), data, label)
+            _band(ax, np.arange(data.shape[1]), data, label)
         ax.set(title=key, xlabel="task")
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(keys):]:
