@@ -118,7 +118,7 @@ class HATAgent(SupervisedAgent):
         task, s = self.current_task(), self._s()
         gates = self.gates(task, s)
         for layer, g in zip(self.network.unit_layers, gates):
-            k = layer.out_map.shape[1] if layer.out_map.shape[1] in (1, 2) else 1
+            k = getattr(layer.activation, "width_factor", 1)
             layer.activation.hat_mask = g.repeat(k) if k > 1 else g
         if self.network.training and torch.is_grad_enabled():
             self._train_gates, self._train_s = gates, s
