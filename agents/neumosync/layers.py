@@ -125,7 +125,8 @@ def modulated_layers(network: nn.Module) -> list[nn.Module]:
 
 
 def modulate_backbone(backbone: nn.Module, ctx: ModulationContext) -> list[tuple[str, nn.Module, nn.Module | None]]:
-    """Turn ``backbone`` into an InferenceNetwork in place; return ``(name, layer, activation)`` per neuron layer.
+    """Turn ``backbone`` into an InferenceNetwork in place; return ``(name, layer, activation)`` per neuron layer
+    (the name is the unit layer's, e.g. ``fc0``, else the module path, e.g. ``head``).
 
     Neuron layers are every ``nn.Linear`` and ``nn.Conv2d`` (the head included: its units get a_SM / a_WC). Units of
     the backbone's ``unit_layers`` also get the modulated activation (a_AL, a_ARM); other activations (a ResNet's
@@ -144,14 +145,14 @@ def modulate_backbone(backbone: nn.Module, ctx: ModulationContext) -> list[tuple
                 raise ValueError(f"NeuMoSync does not modulate grouped convolutions ({name})")
             m.__class__ = ModulatedLinear if isinstance(m, nn.Linear) else ModulatedConv2d
             m._init_modulation(ctx, len(layers))
-            act = None
+            act, label = None, name
             if id(m) in units:
-                act = units[id(m)].activation
+                act, label = units[id(m)].activation, units[id(m)].name
                 for p in list(act.parameters(recurse=False)):  # a PReLU's own slope is replaced by a_AL
                     p.requires_grad_(False)
                 act.__class__ = ModulatedActivation
                 act.ctx, act.slot = ctx, m.slot
-            layers.append((name, m, act))
+            layers.append((label or name, m, act))
         elif isinstance(m, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)) and not isinstance(m, _Modulated):
             raise ValueError(f"NeuMoSync cannot modulate {type(m).__name__} ({name}); supported backbones: mlp, cnn, "
                              f"cnn_wide, resnet18, resnet50")

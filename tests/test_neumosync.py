@@ -1,0 +1,340 @@
+"""NeuMoSync: the factorised InferenceNetwork, the controller's exact shortcuts, EMAs, ablation switches, signals."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import agents
+from agents.neumosync import NeuMoSyncAgent
+from agents.neumosync.controller import EncoderLayer
+from agents.neumosync.layers import ModulatedActivation, ModulatedConv2d, ModulatedLinear, modulated_layers
+
+
+def spec(shape=(1, 8, 8), backbone="mlp", classes=10):
+    return {"input_shape": shape, "num_outputs": classes, "action_type": "labels", "backbone": backbone,
+            "task_aware": False, "num_tasks": 4, "device": "cpu"}
+
+
+def batch(shape=(1, 8, 8), b=6, seed=0, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, *shape, generator=g), torch.randint(0, classes, (b,), generator=g)
+
+
+def perturb_phi(agent, seed=1):
+    """Make phi differ from theta so that a_WC matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in modulated_layers(agent.network.backbone):
+            m.phi_weight.add_(torch.randn(m.phi_weight.shape, generator=g) * 0.1)
+            if m.phi_bias is not None:
+                m.phi_bias.add_(torch.randn(m.phi_bias.shape, generator=g) * 0.1)
+
+
+def naive_forward(net, x, alphas):
+    """The InferenceNetwork with explicitly built per-sample weights w_b = a_SM,b theta + a_WC,b phi, one sample at
+    a time (mlp / cnn bodies: a Sequential, then the head)."""
+    outs = []
+    for b in range(x.shape[0]):
+        h, start = x[b:b + 1], 0
+        a = alphas[b] if alphas.shape[0] > 1 else alphas[0]
+        slot_alpha = {}
+        for slot, n in enumerate(net.layer_sizes):
+            slot_alpha[slot] = a[start:start + n]
+            start += n
+        for m in list(net.backbone.body) + [net.backbone.head]:
+            if isinstance(m, (ModulatedLinear, ModulatedConv2d)):
+                c = slot_alpha[m.slot]
+                shape = (-1,) + (1,) * (m.weight.dim() - 1)
+                w = c[:, 0].view(shape) * m.weight + c[:, 1].view(shape) * m.phi_weight
+                bias = c[:, 0] * m.bias + c[:, 1] * m.phi_bias
+                h = F.linear(h, w, bias) if isinstance(m, ModulatedLinear) else F.conv2d(h, w, bias, m.stride,
+                                                                                         m.padding)
+                last = c
+            elif isinstance(m, ModulatedActivation):
+                view = (1, -1) + (1,) * (h.dim() - 2)
+                al, arm = last[:, 2].view(view), last[:, 3].view(view)
+                h = torch.where(h >= 0, h, al * h) + arm
+            else:
+                h = m(h)
+        outs.append(h)
+    return torch.cat(outs)
+
+
+# ---------------------------------------------------------------------------------------------- forward identities
+@pytest.mark.parametrize("backbone,shape", [("mlp", (1, 8, 8)), ("cnn", (3, 16, 16)), ("mlp", (3, 10, 10))])
+def test_factorised_forward_equals_per_sample_weights(backbone, shape):
+    agent = agents.make("neumosync", spec(shape, backbone))
+    perturb_phi(agent)
+    x, _ = batch(shape)
+    net = agent.network.eval()
+    with torch.no_grad():
+        alphas = net.alphas(x)
+        assert alphas.shape == (6, net.num_neurons, 4)
+        # Per-sample coefficients really differ across samples (else the test would not test per-sample weights).
+        assert (alphas[0] - alphas[1]).abs().max() > 1e-4
+        fast = net(x)
+        slow = naive_forward(net, x, alphas)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_neutral_coefficients_give_the_plain_relu_network():
+    """With the learnable table at zero, a_SM = 1 + 0, a_WC = a_AL = a_ARM = 0: the MainNetwork with ReLU."""
+    agent = agents.make("neumosync", spec(), controller="none")
+    perturb_phi(agent)  # phi must not leak in when a_WC = 0
+    x, _ = batch()
+    net = agent.network
+    with torch.no_grad():
+        expected = net.backbone(x)  # no coefficients in the context: the unmodulated MainNetwork
+        plain = x.flatten(1)
+        for m in modulated_layers(net.backbone):
+            plain = F.linear(plain, m.weight, m.bias)
+            if m is not net.backbone.head:
+                plain = torch.relu(plain)
+        torch.testing.assert_close(net(x), plain)
+        torch.testing.assert_close(expected, plain)
+        net.controller.table[:, 0] = 1.0  # delta a_SM = 1: a_SM = 2 doubles the first layer's pre-activations
+        first = modulated_layers(net.backbone)[0]
+        with net.capture() as cap:
+            net(x)
+        torch.testing.assert_close(cap["fc0"], torch.relu(2 * F.linear(x.flatten(1), first.weight, first.bias)))
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_encoder_neuron_shortcut_equals_pytorch_transformer_layer(context):
+    """EncoderLayer.neurons (shared neuron block, per-sample patch block) == nn.TransformerEncoderLayer on the full
+    token sequence, restricted to the neuron positions."""
+    torch.manual_seed(0)
+    d, heads, d_ff, n, p, b = 14, 2, 32, 11, 5, 3
+    mine = EncoderLayer(d, heads, d_ff)
+    ref = nn.TransformerEncoderLayer(d, heads, d_ff, dropout=0.0, batch_first=True, norm_first=True)
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(mine.qkv.weight), ref.self_attn.in_proj_bias.copy_(mine.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(mine.proj.weight), ref.self_attn.out_proj.bias.copy_(mine.proj.bias)
+        ref.linear1.load_state_dict(mine.ff[0].state_dict()), ref.linear2.load_state_dict(mine.ff[2].state_dict())
+        ref.norm1.load_state_dict(mine.norm1.state_dict()), ref.norm2.load_state_dict(mine.norm2.state_dict())
+    assert sum(q.numel() for q in mine.parameters()) == sum(q.numel() for q in ref.parameters())
+    neurons = torch.randn(n, d) * 3  # large scores exercise the streaming-softmax rescaling
+    ctx = torch.randn(b, p, d) * 3 if context else None
+    full = torch.cat([neurons.expand(b, -1, -1), ctx], 1) if context else neurons[None]
+    with torch.no_grad():
+        torch.testing.assert_close(mine.neurons(neurons, ctx), ref(full)[:, :n], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mine(full), ref(full), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- slow state
+def test_consolidated_network_is_an_ema_of_theta_after_every_step():
+    agent = agents.make("neumosync", spec(), beta=0.9)
+    layers = modulated_layers(agent.network.backbone)
+    for m in layers:
+        torch.testing.assert_close(m.phi_weight, m.weight.detach())  # phi <- theta at the start
+    x, y = batch()
+    for step in range(3):
+        phi0 = [m.phi_weight.clone() for m in layers]
+        agent.learn(x, y)
+        for m, p0 in zip(layers, phi0):
+            torch.testing.assert_close(m.phi_weight, 0.9 * p0 + 0.1 * m.weight.detach())
+            assert not torch.equal(m.phi_weight, m.weight)
+    assert not any(m.phi_weight.requires_grad for m in layers)
+
+
+def test_activity_features_track_the_training_pass():
+    agent = agents.make("neumosync", spec(), feature_ema=0.5)
+    net = agent.network
+    assert torch.count_nonzero(net.activity) == 0
+    x, y = batch()
+    agent.learn(x, y)
+    a1 = net.activity.clone()
+    assert a1.shape == (net.num_neurons, 3) and torch.count_nonzero(a1) > 0
+    frac_pos = a1[:, 2] * 2  # EMA from zero with rate 0.5: half the first value
+    assert ((frac_pos >= 0) & (frac_pos <= 1)).all()
+    agent.predict(x)  # evaluation passes do not move the statistics
+    torch.testing.assert_close(net.activity, a1)
+    agent.learn(x, y)
+    assert not torch.equal(net.activity, a1)
+
+
+# ---------------------------------------------------------------------------------------------- ablations
+VARIANTS = {
+    "w/o sm": dict(coefficients=("wc", "al", "arm")),
+    "w/o wc": dict(coefficients=("sm", "al", "arm")),
+    "w/o al": dict(coefficients=("sm", "wc", "arm")),
+    "w/o arm": dict(coefficients=("sm", "wc", "al")),
+    "only sm": dict(coefficients=("sm",)),
+    "only wc": dict(coefficients=("wc",)),
+    "only al": dict(coefficients=("al",)),
+    "only arm": dict(coefficients=("arm",)),
+    "no controller": dict(controller="none"),
+    "global sm/wc": dict(global_plasticity=True),
+    "unconditioned": dict(controller="unconditioned"),
+    "conv1d": dict(controller="conv1d"),
+    "mlp": dict(controller="mlp"),
+    "sparse": dict(controller="sparse", sparse_fraction=0.2),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_variant_changes_the_function(name):
+    x, _ = batch(shape=(1, 10, 10))
+    full = agents.make("neumosync", spec((1, 10, 10)))
+    variant = agents.make("neumosync", spec((1, 10, 10)), **VARIANTS[name])
+    for a in (full, variant):
+        perturb_phi(a)
+        with torch.no_grad():  # the no-controller table starts at zero: give it values so every mechanism acts
+            if isinstance(a.network.controller, agents.neumosync.controller.NoController):
+                a.network.controller.table.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (full.network(x) - variant.network(x)).abs().max() > 1e-4
+        alphas = variant.network.alphas(x)
+    neutral = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    coefs = VARIANTS[name].get("coefficients", ("sm", "wc", "al", "arm"))
+    for j, c in enumerate(("sm", "wc", "al", "arm")):
+        if c in coefs:
+            assert alphas[..., j].std() > 1e-4, c
+        else:
+            assert torch.equal(alphas[..., j], neutral[j].expand_as(alphas[..., j])), c
+    if name == "global sm/wc":
+        assert torch.allclose(alphas[:, :1, :2].expand(-1, alphas.shape[1], -1), alphas[..., :2])
+        assert alphas[0, :, 2].std() > 1e-4  # a_AL stays per neuron
+    if name in ("unconditioned", "no controller"):
+        assert alphas.shape[0] == 1  # the same coefficients for every input
+    else:
+        assert alphas.shape[0] == x.shape[0] and (alphas[0] - alphas[1]).abs().max() > 1e-5
+
+
+def test_no_controller_has_no_transformer_parameters():
+    agent = agents.make("neumosync", spec(), controller="none")
+    ctrl = agent.network.controller
+    assert not any(isinstance(m, (EncoderLayer, nn.MultiheadAttention, nn.TransformerEncoderLayer))
+                   for m in ctrl.modules())
+    assert sum(p.numel() for p in ctrl.parameters()) == agent.network.num_neurons * 4
+    full = agents.make("neumosync", spec())
+    assert any(isinstance(m, EncoderLayer) for m in full.network.controller.modules())
+
+
+def test_reset_controller_at_task_end():
+    x, y = batch()
+    kept = agents.make("neumosync", spec())
+    reset = agents.make("neumosync", spec(), reset_controller=True)
+    for a in (kept, reset):
+        a.on_task_switch(0)
+        for _ in range(3):
+            a.learn(x, y)
+    before = copy.deepcopy(reset.network.controller.state_dict())
+    theta = [p.detach().clone() for p in reset.network.backbone.parameters()]
+    kept_before = copy.deepcopy(kept.network.controller.state_dict())
+    for a in (kept, reset):
+        a.on_task_switch(1)
+    after = reset.network.controller.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert all(torch.equal(kept_before[k], v) for k, v in kept.network.controller.state_dict().items())
+    # The MainNetwork and its optimiser state survive; the controller's Adam moments are dropped.
+    assert all(torch.equal(a, b) for a, b in zip(theta, reset.network.backbone.parameters()))
+    ctrl = set(map(id, reset.network.controller.parameters()))
+    assert not any(id(p) in ctrl for p in reset.optimizer.state)
+    assert any(id(p) not in ctrl for p in reset.optimizer.state)
+    reset.learn(x, y)  # still trains
+
+
+def test_sparse_controller_samples_a_fraction_and_scales():
+    agent = agents.make("neumosync", spec((3, 8, 8), "cnn"), controller="sparse", sparse_fraction=0.25)
+    ctrl = agent.network.controller
+    assert ctrl.num_sampled == round(0.25 * agent.network.num_neurons)
+    x, y = batch((3, 8, 8))
+    agent.network.eval()
+    with torch.no_grad():  # eval draws are fixed: repeatable predictions
+        torch.testing.assert_close(agent.predict(x), agent.predict(x))
+    twin = agent.clone()
+    agent.learn(x, y), twin.learn(x, y)  # copies continue the same draw sequence
+    torch.testing.assert_close(agent.network.controller.state_dict()["encoder.qkv.weight"],
+                               twin.network.controller.state_dict()["encoder.qkv.weight"])
+
+
+# ---------------------------------------------------------------------------------------------- contract
+def test_same_seed_same_numbers_and_state_roundtrip():
+    x, y = batch()
+    a, b = agents.make("neumosync", spec(), seed=3), agents.make("neumosync", spec(), seed=3)
+    for _ in range(3):
+        la, lb = a.learn(x, y), b.learn(x, y)
+        assert torch.equal(la, lb)
+    c = agents.make("neumosync", spec(), seed=4)
+    c.load_state_dict(a.state_dict())
+    torch.testing.assert_close(c.predict(x), a.predict(x))
+    fresh = a.fresh()
+    assert not torch.equal(fresh.predict(x), a.predict(x))
+
+
+def test_trace_and_diagnostics_report_the_last_step():
+    agent = agents.make("neumosync", spec())
+    assert agent.trace() == {}
+    x, y = batch()
+    agent.learn(x, y)
+    tr = agent.trace()
+    net = agent.network
+    assert net.layer_names == ["fc0", "fc1", "head"]
+    a = net.last_alphas
+    assert tr["alpha_wc/fc1"] == pytest.approx(float(a[:, 100:200, 1].mean()), rel=1e-5)
+    assert tr["alpha_sm_abs/head"] == pytest.approx(float(a[:, 200:, 0].abs().mean()), rel=1e-5)
+    assert len(tr) == 5 * 3
+    d = agent.diagnostics()
+    assert d["units"] == [100, 100, 10] and d["alpha"]["al"]["fc0"].shape == (100,)
+    assert d["samples"]["sm"]["head"].shape == (6, 10)
+    np.testing.assert_allclose(d["alpha"]["sm"]["fc0"], a[:, :100, 0].mean(0).numpy(), rtol=1e-6)
+
+
+def test_parameter_overhead_matches_table_18_band():
+    """e = 128 on 28x28 inputs and e = 512 on 3x32x32 give the paper's 5-8 % overhead."""
+    mnist = agents.make("neumosync", spec((1, 28, 28)))
+    cifar = agents.make("neumosync", spec((3, 32, 32)), d_ff=512)
+    for agent, base in ((mnist, 89_610), (cifar, 318_410)):
+        o = agent.parameter_overhead()
+        assert o["base"] == base
+        assert 0.05 <= o["share"] <= 0.08, o
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="coefficients"):
+        agents.make("neumosync", spec(), coefficients=("sm", "gain"))
+    with pytest.raises(ValueError, match="activation='relu'"):
+        agents.make("neumosync", spec(), activation="tanh")
+    with pytest.raises(ValueError, match="backbones"):
+        agents.make("neumosync", spec((3, 16, 16)), backbone="vit")
+    with pytest.raises(ValueError, match="unknown controller"):
+        agents.make("neumosync", spec(), controller="lstm")
+    with pytest.raises(TypeError, match="unknown hyperparameter"):
+        agents.make("neumosync", spec(), bta=0.9)
+
+
+def test_composes_with_er():
+    pytest.importorskip("agents.er")
+    agent = agents.make("neumosync+er", spec(), buffer_size=4000)
+    assert isinstance(agent, NeuMoSyncAgent)
+    assert agent.hparams["optimizer"] == "adam" and agent.hparams["buffer_size"] == 4000
+    x, y = batch()
+    layers = modulated_layers(agent.network.backbone)
+    for step in range(3):
+        phi0 = layers[0].phi_weight.clone()
+        agent.learn(x, y)
+        # NeuMoSync's after_update ran inside the composition (phi moved), and ER stored the batch.
+        assert not torch.equal(phi0, layers[0].phi_weight)
+    assert len(agent.memory) > 0
+    assert agent.network.last_alphas.shape[0] > x.shape[0]  # trained on stream + replay
+
+
+@pytest.mark.slow
+def test_learns_random_labels_better_than_base():
+    import gymnasium as gym
+
+    import clenv
+
+    env = gym.make("RandomLabelDigits-v0", num_tasks=4, samples_per_task=128, epochs_per_task=15)
+    acc = {}
+    for name in ("base", "neumosync"):
+        torch.set_num_threads(1)
+        acc[name] = clenv.run(env, agents.make(name, env), seed=0, progress=False).last_fraction_accuracy(0.5)
+    assert acc["neumosync"] > acc["base"] + 0.05, acc
