@@ -54,10 +54,12 @@ def _integer_ticks(ax, axis="x"):
 
 
 def _band(ax, x, data, label):
-    mean = np.nanmean(data, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN points (a diagnostic not recorded) stay NaN
+        mean = np.nanmean(data, 0)
+        std = np.nanstd(data, 0, ddof=1) if data.shape[0] > 1 else None
     line, = ax.plot(x, mean, label=label)
-    if data.shape[0] > 1:
-        std = np.nanstd(data, 0, ddof=1)
+    if std is not None:
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
 
 

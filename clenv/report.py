@@ -92,10 +92,11 @@ def _cell(stat, percent: bool) -> str:
 def format_table(title: str, columns, agg: dict, env: str) -> str | None:
     """A Markdown table for one env: rows are agents, cells "mean (std)"; None when no agent has these metrics."""
     rows = [(agent, stats) for (e, agent), stats in sorted(agg.items()) if e == env]
-    rows = [(a, s) for a, s in rows if any(c in s for c, _ in columns)]
+    has = lambda s, c: c in s and s[c][2] > 0  # noqa: E731 - a finite value for metric c
+    rows = [(a, s) for a, s in rows if any(has(s, c) for c, _ in columns)]
     if not rows:
         return None
-    cols = [(c, h) for c, h in columns if any(c in s for _, s in rows)]
+    cols = [(c, h) for c, h in columns if any(has(s, c) for _, s in rows)]
     n = max(max(s.get(c, (0, 0, 0))[2] for c, _ in cols) for _, s in rows)
     lines = [f"### {title} — {env} (mean (std) over up to {n} seeds)", "",
              "| Method | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -1,0 +1,142 @@
+"""Result format (atomic JSON + npz), run layout, `clenv report` tables and figures, loggers."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from clenv.loggers import ConsoleSummary, TensorBoardLogger, format_summary
+from clenv.loop import RunResult
+from clenv.metrics import online_metrics
+from clenv.report import aggregate, report_main
+from clenv.results import FORMAT, atomic_write_bytes, find_runs, load_run, run_dir, save_run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(seed, acc=(0.1, 0.2, 0.3), agent="base", env="RandomLabelDigits-v0"):
+    """A RunResult shaped like an evaluated run, without training."""
+    T = len(acc)
+    rng = np.random.default_rng(seed)
+    r = RunResult(env_id=env, agent=agent, seed=seed, task_ids=list(range(T)), task_accuracy=list(acc),
+                  task_steps=[4] * T, num_task_switches=T - 1, steps=4 * T, episodes=1, wall_time=1.5,
+                  step_reward=rng.random(4 * T).astype(np.float32), step_task=np.repeat(np.arange(T), 4))
+    r.metrics = {**online_metrics(acc), "lca_f": 0.5 + seed / 100, "avg_sg": float("nan")}
+    R = rng.random((T, T))
+    steps = np.array([0, 2, 4, 6, 8, 10, 12])
+    block = np.array([0, 0, 0, 1, 1, 2, 2])
+    sacc = rng.random((7, T))
+    r.records = {"accuracy_matrix": R, "stability_step": steps, "stability_block": block, "stability_acc": sacc,
+                 "stability_wc_acc": sacc[:, 0], "diagnostics": [{"task": k, "dormant_ratio": 0.1 * k,
+                                                                   "feature_rank": 10.0 - k, "weight_magnitude": 0.02,
+                                                                   "zero_grad_fraction": float("nan")}
+                                                                  for k in range(T)],
+                 "probe_gamma_source": "table5"}
+    r.config = {"env": {"num_tasks": T}, "agent": {"lr": 0.01, "hidden": (100, 100)}}
+    return r
+
+
+def test_save_load_round_trip(tmp_path):
+    r = fake_run(0)
+    d = save_run(r, tmp_path / "run")
+    back = load_run(d)
+    assert (back.env_id, back.agent, back.seed, back.steps) == (r.env_id, r.agent, r.seed, r.steps)
+    assert back.task_accuracy == r.task_accuracy and back.task_ids == r.task_ids
+    np.testing.assert_array_equal(back.step_reward, r.step_reward)
+    np.testing.assert_array_equal(back.step_task, r.step_task)
+    np.testing.assert_array_equal(back.records["accuracy_matrix"], r.records["accuracy_matrix"])
+    assert back.metrics["lca_f"] == r.metrics["lca_f"] and np.isnan(back.metrics["avg_sg"])
+    assert back.records["diagnostics"][1]["dormant_ratio"] == pytest.approx(0.1)
+    assert back.records["diagnostics"][1]["zero_grad_fraction"] is None  # non-finite -> null in JSON
+    assert back.config["agent"]["hidden"] == [100, 100]
+    assert back.config["versions"]["numpy"] == np.__version__
+    # Strict JSON: no NaN tokens.
+    doc = json.loads((d / "result.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert doc["format"] == FORMAT and "torch" in doc["versions"]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "x.json"
+    atomic_write_bytes(p, b"old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(p, b"new")
+    assert p.read_bytes() == b"old"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["x.json"]  # no temp file left behind
+
+
+def test_run_dir_layout_and_find_runs(tmp_path):
+    d = run_dir(tmp_path / "runs", "RandomLabelDigits-v0", "cbp+er", 3, timestamp="T1")
+    assert d == tmp_path / "runs" / "RandomLabelDigits-v0" / "cbp+er" / "seed3-T1"
+    d2 = run_dir(tmp_path / "runs", "a/b", "x y", None)
+    assert d2.parent == tmp_path / "runs" / "a_b" / "x_y" and d2.name.startswith("seedNone-")
+    save_run(fake_run(0), d)
+    save_run(fake_run(1), run_dir(tmp_path / "runs", "RandomLabelDigits-v0", "base", 1, timestamp="T2"))
+    assert len(find_runs([tmp_path / "runs"])) == 2
+    assert find_runs([d, tmp_path / "runs"]).count(d.resolve()) == 1
+    with pytest.raises(FileNotFoundError):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(FileNotFoundError, match="no result.json"):
+        load_run(tmp_path)
+
+
+def test_aggregate_mean_and_sample_std():
+    runs = [fake_run(s, acc=(a, a)) for s, a in zip(range(3), (0.1, 0.2, 0.3))]
+    agg = aggregate(runs)[("RandomLabelDigits-v0", "base")]
+    mean, std, n = agg["avg_online_acc"]
+    assert (mean, n) == (pytest.approx(0.2), 3)
+    assert std == pytest.approx(0.1)  # sample std of 0.1, 0.2, 0.3
+    assert agg["avg_sg"][2] == 0  # NaN everywhere: no finite value
+
+
+def test_report_on_three_seeds_writes_tables_and_figures(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for s, a in zip(range(3), (0.1, 0.2, 0.3)):
+        save_run(fake_run(s, acc=(a, a, a)), run_dir(root, "RandomLabelDigits-v0", "base", s, timestamp=f"T{s}"))
+    save_run(fake_run(0, agent="scratch"), run_dir(root, "RandomLabelDigits-v0", "scratch", 0, timestamp="T"))
+    out = tmp_path / "report"
+    assert report_main([str(root), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| base | 20.00 (10.00) | 20.00 (10.00) |" in text  # 10% / 25% windows: mean 0.2, std 0.1, in %
+    assert "| scratch |" in text
+    assert "avg-SG" not in text  # a column with no finite value anywhere is left out
+    assert "LCA_F" in text and "51.00 (1.00)" in text  # lca_f = 0.50, 0.51, 0.52
+    assert "4 runs, 2 configurations" in capsys.readouterr().out
+    for name in ("learning_curves.png", "accuracy_matrix.png", "stability_gap.png", "diagnostics.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert csv[0] == "env,agent,metric,mean,std,n"
+
+
+def test_report_without_runs_fails_clearly(tmp_path, capsys):
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no run" in capsys.readouterr().err
+
+
+def test_console_summary_prints_metrics():
+    buf = io.StringIO()
+    r = fake_run(0)
+    ConsoleSummary(keys=["lca_f"], stream=buf).summary(r)
+    out = buf.getvalue()
+    assert out.startswith("base on RandomLabelDigits-v0  seed=0") and "lca_f" in out and "0.5000" in out
+    assert "avg_online_acc" not in out
+    assert "avg_online_acc" in format_summary(r)
+
+
+def test_tensorboard_logger_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    lg = TensorBoardLogger(str(tmp_path / "tb"))
+    lg.log({"lca_f": 0.5, "bad": float("nan")}, 3)
+    lg.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["lca_f"]  # the NaN was skipped
+    assert [(e.step, e.value) for e in acc.Scalars("lca_f")] == [(3, 0.5)]
