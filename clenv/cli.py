@@ -107,7 +107,8 @@ def _summary_rows(results_by_agent: dict[str, list]) -> list[list[str]]:
     return rows
 
 
-def _print_table(header, rows, file=sys.stdout):
+def _print_table(header, rows, file=None):
+    file = file or sys.stdout
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     print(line, file=file)
