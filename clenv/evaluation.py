@@ -30,9 +30,9 @@ Metric names (all floats; accuracies in [0, 1]):
   ``weight_magnitude``, ``zero_grad_fraction``; every task's per-layer values in ``records["diagnostics"]``
   (:mod:`clenv.metrics.plasticity`);
 - agent traces (``agent_traces=True``, on by default): an agent with ``diagnostics() -> dict[str, float]`` is read
-  every ``trace_every`` steps into ``records["agent_diagnostics"]`` (``{"step": [...], name: [...]}``) and its last
-  values become ``agent/{name}``; an agent with ``trace() -> dict`` is read at every task end into
-  ``records["agent_trace"]``;
+  every ``trace_every`` steps into ``records["agent_diagnostics"]`` (``{"step": [...], name: [...]}``; entries that
+  are not scalars are skipped) and its last values become ``agent/{name}``; an agent with ``trace() -> dict`` is
+  read at every task end into ``records["agent_trace"]`` (any JSON-able values, arrays included);
 - ``probe_time_s``: seconds spent in probes.
 
 What an agent must provide (duck typing; clenv never imports ``agents``):
@@ -422,6 +422,11 @@ class Evaluation(Callback):
         n = len(rec["step"])
         rec["step"].append(step)
         for k, v in values.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if k == "step" or isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                                     np.floating)):
+                continue  # only scalar signals are traced per step ("step" is the loop's); arrays go in trace()
             if k not in rec:
                 rec[k] = [float("nan")] * n  # a signal that appears late is NaN before it
             rec[k].append(float(v))

@@ -57,7 +57,8 @@ class CountingAgent:
         return CountingAgent(self.C, 0, "fresh", self.log)
 
     def diagnostics(self):
-        return {"n": float(self.n)}
+        # "step" collides with the loop's step and arrays are not per-step scalars: both are skipped.
+        return {"n": float(self.n), "step": -1, "hist": np.zeros(3)}
 
     def trace(self):
         return {"n_at_task_end": self.n}
@@ -185,6 +186,7 @@ def test_agent_diagnostics_and_traces_are_recorded():
     d = r.records["agent_diagnostics"]
     np.testing.assert_array_equal(d["step"], [2, 4, 6, 8, 10, 12])
     np.testing.assert_array_equal(d["n"], d["step"])  # read after the step's update
+    assert set(d) == {"step", "n"}
     assert r.metrics["agent/n"] == 12.0
     assert [t["n_at_task_end"] for t in r.records["agent_trace"]] == [4, 8, 12]
     assert [t["task"] for t in r.records["agent_trace"]] == [0, 1, 2]
