@@ -85,6 +85,7 @@ class ReDoHook(Intervention):
         if tau < 0 or int(every) < 1:
             raise ValueError(f"ReDo needs tau >= 0 and every >= 1, got tau={tau}, every={every}")
         self.tau, self.every = float(tau), int(every)
+        self.stats = {"redo_calls": 0, "units_reset": 0}
 
     def dormant(self, i: int) -> torch.Tensor:
         """Indices of the dormant units of layer ``i`` (empty before any forward pass)."""
@@ -111,6 +112,7 @@ class CBPHook(Intervention):
         if not 0 <= replacement_rate <= 1 or not 0 <= decay < 1 or int(maturity) < 0:
             raise ValueError("CBP needs 0 <= replacement_rate <= 1, 0 <= decay < 1, maturity >= 0")
         self.rate, self.decay, self.maturity = float(replacement_rate), float(decay), int(maturity)
+        self.stats = {"units_reset": 0}
         self.utility: list[torch.Tensor] = []
         self.mean_feature: list[torch.Tensor] = []
         self.age: list[torch.Tensor] = []
@@ -175,6 +177,7 @@ class ShrinkPerturbHook(Intervention):
         if not 0 < shrink <= 1 or noise < 0 or int(every) < 1:
             raise ValueError("Shrink & Perturb needs 0 < shrink <= 1, noise >= 0, every >= 1")
         self.shrink, self.noise, self.every = float(shrink), float(noise), int(every)
+        self.stats = {"shrink_perturb_calls": 0}
 
     @torch.no_grad()
     def step(self) -> None:
