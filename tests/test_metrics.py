@@ -285,9 +285,9 @@ def test_dormant_ratio_hand_case():
 
 @given(arrays(np.float64, (5, 4), elements=st.floats(0, 10)), st.floats(0.01, 100))
 def test_dormant_scores_average_one_and_are_scale_invariant(a, c):
-    if float(a.sum()) > 1e-3:
+    if float(a.mean()) > 1e-3:  # the 1e-9 guard in the denominator is then below 1e-5 relative
         s = dormant_scores(a)
-        assert float(s.mean()) == pytest.approx(1.0, rel=1e-6)
+        assert float(s.mean()) == pytest.approx(1.0, rel=1e-5)
         np.testing.assert_allclose(dormant_scores(a * c), s, rtol=1e-4, atol=1e-6)  # 1e-9 guard aside
 
 
