@@ -224,6 +224,7 @@ def _resnet(depth):
             for bi, block in enumerate(getattr(net, lname)):
                 tap, bn = _BlockTap(), block.bn1
                 block.bn1 = nn.Sequential(bn, tap)
+                block.relu = nn.ReLU()  # torchvision's in-place ReLU would overwrite the tap's output autograd needs
                 units.append(UnitLayer(f"{lname}.{bi}.conv1", block.conv1, block.conv2, tap,
                                        _out_map(block.conv1.out_channels, 1), bn))
         return Backbone(net, head, units, f"resnet{depth}")
