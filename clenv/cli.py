@@ -139,6 +139,11 @@ def cmd_list(args) -> int:
 
 
 def _common(args):
+    import torch
+
+    if args.threads < 1:
+        raise CliError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     env_kwargs = parse_assignments(args.env_set, "--env-set")
     agent_kwargs = parse_assignments(args.agent_set, "--agent-set")
     out = None if args.no_save else Path(args.out)
@@ -210,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         sp.add_argument("--evaluate", action="store_true", help="attach clenv.Evaluation with its defaults")
         sp.add_argument("--eval-set", action="append", metavar="K=V", help="clenv.Evaluation option (repeatable)")
+        sp.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: the papers' small networks run slower with more, "
+                             "and much slower when cores are shared)")
 
     r = sub.add_parser("run", help="run one agent on one stream")
     common(r)
