@@ -29,10 +29,10 @@ Metric names (all floats; accuracies in [0, 1]):
 - ``plasticity=True``: the last task's pooled ``dormant_ratio``, ``dead_fraction``, ``feature_rank``,
   ``weight_magnitude``, ``zero_grad_fraction``; every task's per-layer values in ``records["diagnostics"]``
   (:mod:`clenv.metrics.plasticity`);
-- agent traces (``agent_traces=True``, on by default): an agent with ``diagnostics() -> dict[str, float]`` is read
+- agent traces (``agent_traces=True``, on by default): an agent with ``trace() -> dict[str, float]`` is read
   every ``trace_every`` steps into ``records["agent_diagnostics"]`` (``{"step": [...], name: [...]}``; entries that
-  are not scalars are skipped) and its last values become ``agent/{name}``; an agent with ``trace() -> dict`` is
-  read at every task end into ``records["agent_trace"]`` (any JSON-able values, arrays included);
+  are not scalars are skipped) and its last values become ``agent/{name}``; an agent with ``diagnostics() -> dict``
+  is read at every task end into ``records["agent_trace"]`` (any JSON-able values, arrays included);
 - ``probe_time_s``: seconds spent in probes.
 
 What an agent must provide (duck typing; clenv never imports ``agents``):
@@ -118,7 +118,7 @@ class Evaluation(Callback):
             ``stability_samples`` held-out samples each; ``ngm_compat`` adds the NGM-SGD script's metrics.
         plasticity: per-layer diagnostics at every task end on ``plasticity_samples`` training samples of that task
             (ReDo ``tau``, srank ``delta``).
-        agent_traces: record the agent's ``diagnostics()`` every ``trace_every`` steps and ``trace()`` per task.
+        agent_traces: record the agent's ``trace()`` every ``trace_every`` steps and ``diagnostics()`` per task.
         eval_samples: held-out samples per task for R and ``test_acc``.
         loggers: objects with ``log(scalars: dict, step: int)`` and optionally ``summary(result)`` / ``close()``
             (:mod:`clenv.loggers`).
@@ -226,9 +226,9 @@ class Evaluation(Callback):
             if n % self.stability_every == 0 or task_end:
                 self._stability_eval(agent, n, task)
         if self.agent_traces and n % self.trace_every == 0:
-            diag = getattr(agent, "diagnostics", None)
-            if callable(diag):
-                self._record_agent_diagnostics(n, diag())
+            tr = getattr(agent, "trace", None)
+            if callable(tr):
+                self._record_agent_diagnostics(n, tr())
 
     def on_task_end(self, env, agent, task_id: int, result: RunResult) -> None:
         i = int(task_id)
@@ -251,9 +251,9 @@ class Evaluation(Callback):
                 self._diagnostics.append({"task": i, "step": self._step, **d})
                 scalars.update({k: v for k, v in d.items() if "/" not in k})
         if self.agent_traces:
-            tr = getattr(agent, "trace", None)
-            if callable(tr):
-                self._agent_trace.append({"task": i, "step": self._step, **dict(tr())})
+            diag = getattr(agent, "diagnostics", None)
+            if callable(diag):
+                self._agent_trace.append({"task": i, "step": self._step, **dict(diag())})
         self._log(scalars, self._step)
 
     def on_run_end(self, env, agent, result: RunResult) -> None:
@@ -426,7 +426,7 @@ class Evaluation(Callback):
                 v = v.item()
             if k == "step" or isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
                                                                                      np.floating)):
-                continue  # only scalar signals are traced per step ("step" is the loop's); arrays go in trace()
+                continue  # only scalar signals are traced per step ("step" is the loop's); arrays go in diagnostics()
             if k not in rec:
                 rec[k] = [float("nan")] * n  # a signal that appears late is NaN before it
             rec[k].append(float(v))

@@ -56,11 +56,11 @@ class CountingAgent:
     def fresh(self):
         return CountingAgent(self.C, 0, "fresh", self.log)
 
-    def diagnostics(self):
+    def trace(self):
         # "step" collides with the loop's step and arrays are not per-step scalars: both are skipped.
         return {"n": float(self.n), "step": -1, "hist": np.zeros(3)}
 
-    def trace(self):
+    def diagnostics(self):
         return {"n_at_task_end": self.n}
 
 
