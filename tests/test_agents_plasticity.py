@@ -268,3 +268,19 @@ def test_activation_baselines_build_their_networks(split_env):
     assert isinstance(agents.make("layernorm", split_env).network.unit_layers[0].norm, nn.LayerNorm)
     half = agents.make("crelu", split_env, width_multiplier=0.5)
     assert half.network.unit_layers[0].num_units == 50
+
+
+@pytest.mark.parametrize("name", ["cbp", "ewc", "l2init+ewc", "hare_tortoise", "er"])
+def test_clone_is_independent_and_state_dict_round_trips(split_env, name):
+    agent = agents.make(name, split_env)
+    clenv.run(split_env, agent, seed=0, progress=False)
+    x, y = _x(seed=5), _y(seed=5)
+    twin = agent.clone()
+    other = agents.make(name, split_env)
+    other.load_state_dict(agent.state_dict())
+    assert torch.equal(twin.predict(x), agent.predict(x)) and torch.equal(other.predict(x), agent.predict(x))
+    twin.learn(x, y)
+    assert torch.equal(other.predict(x), agent.predict(x))  # the clone trained alone
+    assert not torch.equal(twin.predict(x), agent.predict(x))
+    if name == "cbp":  # a clone captures its own activations (its unit ages advance)
+        assert torch.all(twin.cbp_state["fc0"]["age"] == agent.cbp_state["fc0"]["age"] + 1)

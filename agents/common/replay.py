@@ -113,7 +113,12 @@ class ReplayMemoryMixin:
         super().after_update(x, y)
         raw = self._raw_obs
         if raw is None or raw.shape[0] != x.shape[0]:
-            raw = x  # learn() called directly with float inputs: store them as they are
+            raw = x  # learn() called directly with preprocessed inputs
+        stored = self.memory.x.dtype if self.memory.x is not None else None
+        if stored == torch.uint8 and raw.dtype != torch.uint8:
+            raw = (raw * 255.0).round_().clamp_(0, 255).to(torch.uint8)  # inverse of the [0, 1] scaling
+        elif stored is not None and stored != torch.uint8 and raw.dtype == torch.uint8:
+            raw = super().preprocess(raw)
         self.memory.add(raw, y, -1 if self.task_id is None else int(self.task_id))
         self._raw_obs = None
 
