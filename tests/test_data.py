@@ -87,6 +87,20 @@ def test_tiny_imagenet_image_folder_with_val_annotations(tmp_path):
     assert torch.bincount(d.test.labels).tolist() == [4, 4, 4]
 
 
+def test_decoded_image_folder_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_image_folder(tmp_path / "imagenet", num_classes=2, per_class=3, size=32)
+    first = load_dataset("imagenet", root=tmp_path)
+    clear_cache()
+    second = load_dataset("imagenet", root=tmp_path)
+    assert " via " not in first.source and " via " in second.source
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.labels, second.test.labels)
+    write_image_folder(tmp_path / "imagenet", num_classes=3, per_class=3, size=32, seed=1)  # the tree changed
+    clear_cache()
+    third = load_dataset("imagenet", root=tmp_path)
+    assert third.num_classes == 3 and " via " not in third.source
+
+
 def test_image_folder_without_val_is_split_and_resized(tmp_path):
     write_image_folder(tmp_path / "mini-imagenet", num_classes=2, per_class=10, size=40, split_dirs=("train",))
     d = load_dataset("mini_imagenet", root=tmp_path)

@@ -203,10 +203,37 @@ def _image_folder(name: str, dirname: str, fix: str) -> Callable[..., Dataset]:
 
 
 def _decode_image_folder(name: str, base: Path, size: int) -> Dataset:
-    """Decode an ImageFolder tree (train/<class>/..., and val/ or test/ if present) into uint8 tensors."""
+    """Decode an ImageFolder tree (train/<class>/..., and val/ or test/ if present) into uint8 tensors.
+
+    Decoding a large tree takes minutes, so the tensors are kept in ``~/.cache/clenv/decoded/`` keyed by the files
+    (paths and modification times) and the size; a changed tree is decoded again."""
+    import hashlib
+
     from torchvision.datasets import ImageFolder
 
     train_folder = ImageFolder(str(base / "train"))
+    listing = "\n".join(f"{p}\t{c}\t{os.stat(p).st_mtime_ns}" for p, c in train_folder.samples)
+    key = hashlib.sha1(f"{base.resolve()}\n{size}\n{listing}".encode()).hexdigest()[:16]
+    cache = Path.home() / ".cache" / "clenv" / "decoded" / f"{name}-{size}-{key}.pt"
+    if cache.exists():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return Dataset(name, Split(saved["train_x"], saved["train_y"]), Split(saved["test_x"], saved["test_y"]),
+                           int(saved["num_classes"]), f"ImageFolder({base}) via {cache}")
+        except Exception:  # a damaged cache file is decoded again and replaced
+            pass
+    dataset = _decode_image_folder_uncached(name, base, size, train_folder)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"train_x": dataset.train.images, "train_y": dataset.train.labels, "test_x": dataset.test.images,
+                "test_y": dataset.test.labels, "num_classes": dataset.num_classes}, tmp)
+    os.replace(tmp, cache)
+    return dataset
+
+
+def _decode_image_folder_uncached(name: str, base: Path, size: int, train_folder) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
     classes = train_folder.classes
     train = _decode_samples(train_folder.samples, size, f"{name} train")
     test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
@@ -234,20 +261,33 @@ def _decode_image_folder(name: str, base: Path, size: int) -> Dataset:
     return Dataset(name, train, test, len(classes), f"ImageFolder({base})")
 
 
-def _decode_samples(samples, size: int, desc: str) -> Split:
-    """Decode with PIL (torchvision's ImageFolder loader) and resize to size x size."""
+def _decode_one(item, size: int):
     from PIL import Image
+
+    path, label = item
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy(), label
+
+
+def _decode_samples(samples, size: int, desc: str) -> Split:
+    """Decode with PIL (torchvision's ImageFolder loader), resized to size x size, on a thread pool (PIL releases
+    the GIL while decoding), into one uint8 tensor."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.int64)
-    for i, (path, label) in enumerate(tqdm(samples, desc=f"decoding {desc}", disable=len(samples) < 5000)):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            images[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        labels[i] = label
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = pool.map(lambda item: _decode_one(item, size), samples, chunksize=64)
+        for i, (img, label) in enumerate(tqdm(decoded, total=len(samples), desc=f"decoding {desc}",
+                                              disable=len(samples) < 5000)):
+            images[i] = torch.from_numpy(img)
+            labels[i] = label
     return Split(images, labels)
 
 
