@@ -21,6 +21,10 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
         from clenv.evaluation import Evaluation
 
         return Evaluation
+    if name in ("Checkpoint", "CheckpointError"):
+        from clenv import checkpoint
+
+        return getattr(checkpoint, name)
     if name == "SupervisedStreamEnv":
         from clenv.envs.supervised import SupervisedStreamEnv
 
@@ -29,4 +33,4 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
 
 
 __all__ = ["ENV_TABLE", "env_ids", "protocol", "register_all", "run", "Callback", "RunResult", "TaskTracker",
-           "SupervisedStreamEnv", "Evaluation", "__version__"]
+           "SupervisedStreamEnv", "Evaluation", "Checkpoint", "CheckpointError", "__version__"]

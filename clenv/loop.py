@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-__all__ = ["run", "Callback", "RunResult", "TaskTracker"]
+__all__ = ["run", "Callback", "RunResult", "TaskTracker", "LoopState"]
 
 
 class Callback:
@@ -29,6 +29,11 @@ class Callback:
     def on_task_end(self, env, agent, task_id: int, result: "RunResult") -> None: ...
 
     def on_run_end(self, env, agent, result: "RunResult") -> None: ...
+
+    def on_step_boundary(self, env, agent, state: "LoopState") -> None:
+        """Between two steps: after a step's callbacks, task-end hooks and the agent's ``on_task_switch``, before the
+        agent acts on the next observation (also once before the first step). :class:`clenv.Checkpoint` saves here;
+        called only on callbacks that override it."""
 
 
 class _Agent(Protocol):
@@ -114,13 +119,35 @@ class TaskTracker:
         result.steps = self.n
 
 
+@dataclass
+class LoopState:
+    """The loop's position between two steps: what :class:`clenv.Checkpoint` saves and ``run(resume_from=)``
+    restores (with the env's, the agent's and the callbacks' own state)."""
+
+    obs: Any
+    info: dict
+    current_task: Any
+    episodes: list
+    ep_return: float
+    ep_len: int
+    tracker: TaskTracker
+    result: RunResult
+    elapsed: float
+    callbacks: list = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        """Steps taken so far."""
+        return self.tracker.n
+
+
 def _agent_name(agent) -> str:
     return getattr(agent, "NAME", None) or type(agent).__name__
 
 
 def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, callbacks: Iterable[Callback] = (),
         total_steps: int | None = None, evaluation: Callback | None = None, reset_options: dict | None = None,
-        desc: str | None = None) -> RunResult:
+        desc: str | None = None, resume_from=None) -> RunResult:
     """Run ``agent`` on the stream ``env`` from reset to the stream's end (or ``total_steps``).
 
     Args:
@@ -132,6 +159,9 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         callbacks: :class:`Callback` objects (metrics, probes, loggers, checkpoints).
         total_steps: stop after this many steps (default: the end of the stream).
         evaluation: a :class:`clenv.Evaluation` (or any callback); its metrics land in ``result.metrics``.
+        resume_from: a :class:`clenv.Checkpoint` directory (or file): continue that run from its last checkpoint,
+            with the same env configuration, agent and hyperparameters, to the same final result as an uninterrupted
+            run. ``total_steps`` still counts from the run's start. See :mod:`clenv.checkpoint`.
     Returns:
         a :class:`RunResult` with per-task online accuracy and the number of task switches.
     """
@@ -145,19 +175,41 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
                      "agent": dict(getattr(agent, "hparams", {}) or {})}
     on_switch = getattr(agent, "on_task_switch", None)
     tracker = TaskTracker()
-    obs, info = env.reset(seed=seed, options=reset_options)
+    resumed = None
+    if resume_from is not None:
+        from clenv.checkpoint import restore_run
+
+        # Verifies the checkpoint against env, agent, seed and callbacks before changing anything.
+        resumed = restore_run(resume_from, env, agent, result, callbacks, seed=seed, reset_options=reset_options)
+        tracker, obs, info = resumed.state.tracker, resumed.state.obs, resumed.state.info
+        if total_steps is not None and tracker.n >= int(total_steps):
+            raise ValueError(f"the checkpoint is at step {tracker.n}: total_steps={total_steps} is already reached")
+    else:
+        obs, info = env.reset(seed=seed, options=reset_options)
     limit = int(total_steps) if total_steps is not None else _stream_length(unwrapped)
     bar = _progress_bar(progress, limit, desc or f"{result.agent} on {result.env_id or type(unwrapped).__name__}")
     start = time.perf_counter()
     for cb in callbacks:
         cb.on_run_start(env, agent, result)
-    if on_switch is not None and info.get("task_switch", False):
-        on_switch(info.get("task_id"))
-    current_task = info.get("task_id", 0)
-    episodes: list[tuple[int, float, int]] = []
-    ep_return, ep_len = 0.0, 0
+    if resumed is not None:
+        resumed.finish()  # callback states, then the global RNG states: nothing after this may draw from them
+        st = resumed.state
+        current_task, episodes, ep_return, ep_len = st.current_task, list(st.episodes), st.ep_return, st.ep_len
+        start -= st.elapsed
+    else:
+        if on_switch is not None and info.get("task_switch", False):
+            on_switch(info.get("task_id"))
+        current_task = info.get("task_id", 0)
+        episodes: list[tuple[int, float, int]] = []
+        ep_return, ep_len = 0.0, 0
+    boundary = [cb for cb in callbacks if _overrides(cb, "on_step_boundary")]
     try:
         while True:
+            if boundary:
+                state = LoopState(obs, info, current_task, episodes, ep_return, ep_len, tracker, result,
+                                  time.perf_counter() - start, callbacks)
+                for cb in boundary:
+                    cb.on_step_boundary(env, agent, state)
             action = agent.act(obs, info)
             next_obs, reward, terminated, truncated, next_info = env.step(action)
             agent.observe(obs, action, reward, next_obs, terminated, truncated, next_info)
@@ -201,6 +253,12 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     for cb in callbacks:
         cb.on_run_end(env, agent, result)
     return result
+
+
+def _overrides(cb, name: str) -> bool:
+    """Whether ``cb`` implements hook ``name`` (a :class:`Callback` subclass that overrides it, or duck typing)."""
+    impl = getattr(type(cb), name, None)
+    return impl is not None and impl is not getattr(Callback, name, None)
 
 
 def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> None:

@@ -230,6 +230,71 @@ class SupervisedStreamEnv(gym.Env):
         env.reset(options={"stream_seed": self.stream_seed})
         return env
 
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """The stream position: enough, with the same configuration, to continue mid-stream.
+
+        Holds the configuration (checked on load), the stream seed, the cursor (task, step in task), the step count,
+        the episode's first and last task, whether it has ended, the current batch's labels and the state of
+        ``np_random`` (which draws the next stream seed at a seedless ``reset``). The epoch cache is derived and is
+        rebuilt on load."""
+        rng = self._np_random
+        return {"config": dict(self.config), "stream_seed": self.stream_seed,
+                "cursor": (int(self._cursor.task), int(self._cursor.step_in_task)), "step": int(self._step),
+                "first_task": int(self._first_task), "last_task": int(self._last_task), "done": bool(self._done),
+                "labels": np.array(getattr(self, "_labels", np.zeros(0, np.int64)), copy=True),
+                "np_random": None if rng is None else rng.bit_generator.state,
+                "np_random_seed": getattr(self, "_np_random_seed", None)}
+
+    #: Config keys that may differ between a checkpoint and the env that loads it (where data lives, not what it is).
+    _STATE_FREE_CONFIG = ("data_root", "download")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream from :meth:`state_dict`'s position. Raises ``ValueError`` (and changes nothing) when
+        the state was saved by an env with another configuration or does not match this dataset."""
+        missing = {"config", "stream_seed", "cursor", "step", "first_task", "last_task", "done", "labels"} - set(state)
+        if missing:
+            raise ValueError(f"not a SupervisedStreamEnv state: missing {sorted(missing)}")
+        ours = {k: v for k, v in self.config.items() if k not in self._STATE_FREE_CONFIG}
+        theirs = {k: v for k, v in dict(state["config"]).items() if k not in self._STATE_FREE_CONFIG}
+        if ours != theirs:
+            diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<unset>") != theirs.get(k, "<unset>"))
+            raise ValueError("env state was saved with another configuration: "
+                             + ", ".join(f"{k}={theirs.get(k, '<unset>')!r} (this env: {ours.get(k, '<unset>')!r})"
+                                         for k in diff))
+        cursor = _Cursor(*(int(v) for v in state["cursor"]))
+        first, last = int(state["first_task"]), int(state["last_task"])
+        if not 0 <= first <= cursor.task <= last < self.num_tasks:
+            raise ValueError(f"env state has cursor task {cursor.task} outside tasks {first}..{last}")
+        labels = np.asarray(state["labels"], dtype=np.int64)
+        seed = None if state["stream_seed"] is None else int(state["stream_seed"])
+        done = bool(state["done"])
+        cache = None
+        if not done and seed is not None:
+            # Rebuild the current batch: it must give the saved labels, else the data are not the saved run's.
+            prev = (self.stream_seed, self._epoch_cache)
+            self.stream_seed, self._epoch_cache = seed, None
+            try:
+                _, check = self._batch(cursor)
+                cache = self._epoch_cache
+            finally:
+                self.stream_seed, self._epoch_cache = prev
+            if not np.array_equal(check, labels):
+                raise ValueError("env state does not match this dataset: the batch at the saved position has other "
+                                 "labels")
+        rng = None
+        if state.get("np_random") is not None:
+            bit_state = state["np_random"]
+            rng = np.random.Generator(getattr(np.random, bit_state["bit_generator"])())
+            rng.bit_generator.state = bit_state
+        # Everything is checked: apply.
+        self.stream_seed, self._cursor, self._step = seed, cursor, int(state["step"])
+        self._first_task, self._last_task, self._done = first, last, done
+        self._labels, self._epoch_cache = labels, cache
+        if rng is not None:
+            self._np_random = rng
+            self._np_random_seed = state.get("np_random_seed")
+
     # ----------------------------------------------------------------- internals
     @property
     def _x_shape(self):
