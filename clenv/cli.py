@@ -1,4 +1,4 @@
-"""The ``clenv`` command: ``list``, ``run``, ``compare`` and ``report``.
+"""The ``clenv`` command: ``list``, ``run``, ``compare``, ``sweep`` and ``report``.
 
 Agents are found through the ``clenv.agents`` entry-point group (the bundled ``agents`` package declares itself
 there), so this module never imports ``agents`` by name.
@@ -191,6 +191,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from clenv.sweep import sweep_main
+
+    return sweep_main(args.rest)
+
+
 def cmd_report(args) -> int:
     from clenv.report import report_main
 
@@ -231,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     c.set_defaults(func=cmd_compare, per_agent=False)
 
+    sw = sub.add_parser("sweep", help="methods x grid x seeds x streams on Ray (or sequentially), resumable",
+                        add_help=False)
+    sw.add_argument("rest", nargs=argparse.REMAINDER)
+    sw.set_defaults(func=cmd_sweep)
+
     rep = sub.add_parser("report", help="aggregate run folders into tables and figures", add_help=False)
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     rep.set_defaults(func=cmd_report)
@@ -238,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # its own parser: argparse's REMAINDER drops a leading --option
+        from clenv.sweep import sweep_main
+
+        return sweep_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
