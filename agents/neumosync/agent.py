@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from agents.base import SupervisedAgent
 from agents.neumosync.controller import build_controller
-from agents.neumosync.layers import COEFFICIENTS, ModulationContext, modulate_backbone, modulated_layers
+from agents.neumosync.layers import COEFFICIENTS, ModulationContext, modulate_backbone, unit_stats
 
 __all__ = ["NeuMoSyncNetwork", "NeuMoSyncAgent"]
 
@@ -55,6 +55,7 @@ class NeuMoSyncNetwork(nn.Module):
         self.backbone = backbone
         layers = modulate_backbone(backbone, self.ctx)
         self.layer_names = [name or "layer" for name, _, _ in layers]
+        self._layers = [m for _, m, _ in layers]  # slot order (module objects survive deep copies and .to())
         self.layer_sizes = [int(m.weight.shape[0]) for _, m, _ in layers]
         self.num_neurons = sum(self.layer_sizes)
         self.coefficients = _parse_coefficients(coefficients)
@@ -103,15 +104,15 @@ class NeuMoSyncNetwork(nn.Module):
         raw = self.controller(self.neuron_features(), x)
         if self.global_plasticity:  # G.4: one a_SM and one a_WC for the whole network (per sample)
             raw = torch.cat([raw[..., :2].mean(1, keepdim=True).expand(-1, raw.shape[1], -1), raw[..., 2:]], -1)
+        if len(self.coefficients) == len(COEFFICIENTS):
+            return raw + self._offset
         return torch.where(self._mask, raw + self._offset, self._offset)
 
-    def _split(self, alphas: torch.Tensor) -> dict[int, dict[str, torch.Tensor]]:
-        out, start = {}, 0
-        for slot, n in enumerate(self.layer_sizes):
-            part = alphas[:, start:start + n]
-            out[slot] = {c: part[..., j] for j, c in enumerate(COEFFICIENTS) if c in self.coefficients}
-            start += n
-        return out
+    def _split(self, alphas: torch.Tensor) -> dict[int, tuple]:
+        """Per slot, the tuple (sm, wc, al, arm) of (B or 1, units) views; None for mechanisms that are off."""
+        on = [c in self.coefficients for c in COEFFICIENTS]
+        return {slot: tuple(a if keep else None for a, keep in zip(part.unbind(-1), on))
+                for slot, part in enumerate(alphas.split(self.layer_sizes, dim=1))}
 
     @contextlib.contextmanager
     def _modulated(self, x):
@@ -136,9 +137,9 @@ class NeuMoSyncNetwork(nn.Module):
     # ------------------------------------------------------------------ slow state
     @torch.no_grad()
     def consolidate(self, beta: float) -> None:
-        """phi <- beta phi + (1 - beta) theta for every modulated layer."""
+        """phi <- beta phi + (1 - beta) theta for every modulated layer (one foreach call)."""
         thetas, phis = [], []
-        for m in modulated_layers(self.backbone):
+        for m in self._layers:
             thetas.append(m.weight), phis.append(m.phi_weight)
             if m.bias is not None:
                 thetas.append(m.bias), phis.append(m.phi_bias)
@@ -150,7 +151,11 @@ class NeuMoSyncNetwork(nn.Module):
         stats = self.ctx.stats
         if len(stats) != len(self.layer_sizes):
             return
-        new = torch.cat([stats[s] for s in range(len(self.layer_sizes))])
+        ys = [stats[s] for s in range(len(self.layer_sizes))]
+        if all(y.dim() == 2 for y in ys) and len({y.shape[0] for y in ys}) == 1:
+            new = unit_stats(torch.cat(ys, 1))  # every layer in one reduction (MLP bodies)
+        else:
+            new = torch.cat([unit_stats(y) for y in ys])
         self.activity.lerp_(new, 1.0 - self.feature_ema)
         stats.clear()
 
