@@ -6,6 +6,9 @@ of the four outputs is (delta a_SM, a_WC, a_AL, a_ARM).
 
 - :class:`TransformerController`: the paper's module, a one-layer encoder-only transformer with two heads over neuron
   tokens plus image-patch tokens from a single-layer CNN (Appendix C.1, J), a linear decoder to four coefficients.
+- :class:`LowRankController` (``lowrank``, not in the paper: a speed variant): the encoder layer runs once per
+  batch on the neuron tokens only; the image enters through a rank-d bilinear read-out (see its docstring for the
+  deviation).
 - :class:`Conv1dController`: kernel-1 1D convolutions over the neuron sequence (C.5, Table 15): parameter sharing
   without attention; the image enters as a pooled patch embedding added to every neuron token.
 - :class:`MLPController`: no parameter sharing (C.5): one MLP from all neuron features (and the pooled image) to
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "Conv1dController", "MLPController", "SparseController",
-           "NoController", "build_controller", "CONTROLLERS"]
+__all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "LowRankController",
+           "Conv1dController", "MLPController", "SparseController", "NoController", "build_controller", "CONTROLLERS"]
 
 
 class PatchEncoder(nn.Module):
@@ -86,26 +90,47 @@ class EncoderLayer(nn.Module):
         att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, -1)
         return self._ffn(tokens + self.proj(_merge(att @ v)))
 
-    def neurons(self, neurons: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """Outputs at the neuron positions of the sequence [neurons; context]: (N, d), (B, P, d) -> (B, N, d).
+    def neurons(self, neurons: torch.Tensor, context: torch.Tensor | None,
+                decoder: nn.Linear | None = None) -> torch.Tensor:
+        """Outputs at the neuron positions of the sequence [neurons; context]: (N, d), (B, P, d) -> (B, N, d)
+        (``(1, N, d)`` without context); with ``decoder``, ``decoder`` applied to them: (B, N, out).
 
-        Equal to ``forward(cat([neurons expanded, context]))[:, :N]``. The neuron-neuron scores do not depend on
-        the sample, so their softmax numerator and its product with the neuron values are computed once; only the
-        N x P neuron-patch block is per sample (a streaming-softmax merge of the two blocks)."""
-        qn, kn, vn = (_heads(t, self.heads) for t in self.qkv(self.norm1(neurons)).chunk(3, -1))  # (h, N, dh)
-        s_nn = (qn @ kn.transpose(-1, -2)) * self.scale  # (h, N, N)
+        Equal to ``forward(cat([neurons expanded, context]))[:, :N]``, computed with what the structure allows:
+
+        - the neuron-neuron scores do not depend on the sample: their softmax numerator and its product with the
+          neuron values are computed once; only the N x P neuron-patch block is per sample (a streaming-softmax
+          merge of the two blocks); context tokens need keys and values only, not queries;
+        - with a linear ``decoder`` D after the residual feed-forward block, D(u + W2 relu(.) + b2) =
+          D u + (D W2) relu(.) + D b2: the feed-forward output layer is folded into the decoder (one (out, d_ff)
+          matrix per batch), so the per-token output GEMM has ``out`` columns instead of d.
+        """
+        d, h = neurons.shape[-1], self.heads
+        qn, kn, vn = _heads(self.qkv(self.norm1(neurons)), 3 * h).split(h, 0)  # (h, N, dh) each
+        qn = qn * self.scale
+        s_nn = qn @ kn.transpose(-1, -2)  # (h, N, N)
         if context is None:
-            return self._ffn(neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None]
-        m_nn = s_nn.amax(-1, keepdim=True).detach()
-        e_nn = torch.exp(s_nn - m_nn)
-        num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
-        _, kc, vc = (_heads(t, self.heads) for t in self.qkv(self.norm1(context)).chunk(3, -1))  # (B, h, P, dh)
-        s_nc = (qn @ kc.transpose(-1, -2)) * self.scale  # (B, h, N, P)
-        m = torch.maximum(m_nn, s_nc.amax(-1, keepdim=True).detach())  # (B, h, N, 1)
-        e_nc = torch.exp(s_nc - m)
-        shift = torch.exp(m_nn - m)
-        out = (shift * num_nn + e_nc @ vc) / (shift * den_nn + e_nc.sum(-1, keepdim=True))
-        return self._ffn(neurons + self.proj(_merge(out)))
+            u = (neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None]
+        else:
+            m_nn = s_nn.amax(-1, keepdim=True).detach()
+            e_nn = torch.exp(s_nn - m_nn)
+            num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
+            kvc = F.linear(self.norm1(context), self.qkv.weight[d:], self.qkv.bias[d:])  # (B, P, 2d)
+            kc, vc = _heads(kvc, 2 * h).split(h, 1)  # (B, h, P, dh) each
+            s_nc = qn @ kc.transpose(-1, -2)  # (B, h, N, P)
+            m = torch.maximum(m_nn, s_nc.amax(-1, keepdim=True)).detach()  # (B, h, N, 1)
+            e_nc = torch.exp(s_nc - m)
+            shift = torch.exp(m_nn - m)
+            out = torch.addcmul(e_nc @ vc, shift, num_nn) / torch.addcmul(e_nc.sum(-1, keepdim=True), shift, den_nn)
+            u = neurons + self.proj(_merge(out))  # (B, N, d)
+        if decoder is None:
+            return self._ffn(u)
+        lin1, lin2 = self.ff[0], self.ff[2]
+        u2 = u.reshape(-1, d)
+        hidden = torch.relu_(torch.addmm(lin1.bias, self.norm2(u2), lin1.weight.t()))  # (B N, d_ff)
+        w_out = decoder.weight @ lin2.weight  # (out, d_ff)
+        b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
+        out = torch.addmm(torch.addmm(b_out, u2, decoder.weight.t()), hidden, w_out.t())
+        return out.view(*u.shape[:-1], -1)
 
 
 class CrossAttention(nn.Module):
@@ -156,7 +181,53 @@ class TransformerController(_Base):
 
     def forward(self, features, x):
         # Neuron tokens are the same for every sample; only the patch tokens differ.
-        return self.decoder(self.encoder.neurons(self.token(features), self.image_tokens(x)))
+        return self.encoder.neurons(self.token(features), self.image_tokens(x), self.decoder)
+
+
+class LowRankController(_Base):
+    """The transformer controller with a low-rank per-sample path (an opt-in speed variant, not the paper's module).
+
+    Deviation from the paper (Appendix C.1, J): there, neuron tokens and image-patch tokens share one self-attention
+    layer, so every neuron's coefficients are a nonlinear function of (neuron, image) and the feed-forward block runs
+    on B x N tokens per batch; at the paper's sizes that per-sample part alone costs several base MLP steps on CPU
+    (benchmarks/neumosync_step.py). Here the encoder layer (self-attention + feed-forward) runs once per batch on the
+    N neuron tokens only (sample-independent, as in the G.5 'input-unconditioned' controller), and the image enters
+    through a bilinear read-out of rank ``d``::
+
+        alpha[b, n] = D(h_n) + U(h_n) c_b / sqrt(d),   c_b = LayerNorm(E(mean patch of x_b))
+
+    with ``D: d -> 4`` and ``U: d -> 4 x d`` linear maps of the encoded neuron token h_n (FiLM-style conditioning,
+    Perez et al. 2018, which the paper cites for its additive mechanism) and ``E`` the patch embedding (the mean of
+    the embedded patches equals the embedding of the mean patch, as E is linear). The coefficients of the whole
+    network for a batch form a (B, 4N) matrix of rank <= d + 1 computed by one GEMM: the per-sample cost is O(N d)
+    instead of O(N (P + d_ff) d). Coefficients stay per sample and per neuron; the modulated network is unchanged.
+    """
+
+    def __init__(self, num_neurons, feature_dim, input_shape, d=14, d_ff=128, heads=2, patch=5,
+                 input_conditioned=True, **_):
+        super().__init__(feature_dim, input_shape, d, patch, input_conditioned=False)
+        self.input_conditioned = bool(input_conditioned)
+        self.encoder = EncoderLayer(d, heads, d_ff)
+        # One linear read-out: columns [0, 4) are D, the rest U (4 rows of d per neuron).
+        self.decoder = nn.Linear(d, 4 * (1 + d) if input_conditioned else 4)
+        if input_conditioned:
+            c, h, w = input_shape
+            self.patch = max(1, min(int(patch), h, w))
+            self.embed = nn.Linear(c * self.patch ** 2, d)
+            self.image_norm = nn.LayerNorm(d, elementwise_affine=False)
+
+    def forward(self, features, x):
+        h = self.encoder.neurons(self.token(features), None)[0]  # (N, d), once per batch
+        out = self.decoder(h)  # (N, 4) or (N, 4 + 4d)
+        if not self.input_conditioned:
+            return out[None]
+        n, d = h.shape
+        k = self.patch
+        b, c, hh, ww = x.shape
+        mean_patch = x[:, :, :hh // k * k, :ww // k * k].reshape(b, c, hh // k, k, ww // k, k).mean((2, 4))
+        code = self.image_norm(self.embed(mean_patch.flatten(1))) * d ** -0.5  # (B, d)
+        base, u = out[:, :4], out[:, 4:].reshape(n * 4, d)  # row (n, j): neuron n's read-out for alpha_j
+        return torch.addmm(base.reshape(-1), code, u.t()).view(b, n, 4)
 
 
 class Conv1dController(_Base):
@@ -266,8 +337,8 @@ class NoController(nn.Module):
         nn.init.zeros_(self.table)
 
 
-CONTROLLERS = {"transformer": TransformerController, "conv1d": Conv1dController, "mlp": MLPController,
-               "sparse": SparseController, "none": NoController}
+CONTROLLERS = {"transformer": TransformerController, "lowrank": LowRankController, "conv1d": Conv1dController,
+               "mlp": MLPController, "sparse": SparseController, "none": NoController}
 
 
 def build_controller(name: str, num_neurons: int, feature_dim: int, input_shape, **options) -> nn.Module:
