@@ -13,7 +13,12 @@ After every optimiser step, generate-and-test on each hidden unit layer (spec se
    utility, mean activation and age are set to 0.
 
 Zero outgoing weights make the re-drawn incoming weights invisible at the moment of replacement. ``utility="
-adaptable"`` uses the ``adaptable_contribution`` variant ``mean|w_out| * |h - h_mean| / mean|w_in|``.
+adaptable"`` uses the ``adaptable_contribution`` variant ``mean|w_out| * |h - h_mean| / mean|w_in|``. With
+``absorb_mean=True`` (the MLP algorithm ``gnt.py``) a Linear consumer's bias also absorbs the removed unit's mean
+contribution, so the batch-mean output is kept too.
+
+The mechanism is :class:`GenerateAndTest`, which works on any list of unit layers: :class:`CBPAgent` runs it after
+each supervised step and ``agents.rl.hooks.CBPHook`` after each tianshou gradient step.
 
 Defaults from NeuMoSync Tables 7-10 (Random-Label MNIST / CIFAR-10, Permuted MNIST, Shuffle CIFAR-10): Adam, lr
 1e-3, replacement rate 1e-3; maturity 100 and decay 0.99 from the authors' Permuted-MNIST configuration.
@@ -28,7 +33,7 @@ import torch
 from agents.base import SupervisedAgent
 from agents.common.units import reinit_units
 
-__all__ = ["CBPAgent"]
+__all__ = ["CBPAgent", "GenerateAndTest"]
 
 
 def _mean_abs_out(layer) -> torch.Tensor:
@@ -43,31 +48,122 @@ def _mean_abs_in(layer) -> torch.Tensor:
     return w.reshape(w.shape[0], -1).mean(1)
 
 
+class GenerateAndTest:
+    """CBP's generate-and-test over ``layers`` (:class:`agents.backbones.UnitLayer`); one state per layer."""
+
+    def __init__(self, layers, *, replacement_rate: float, maturity_threshold: int, decay_rate: float,
+                 utility: str = "contribution", reset_momentum: bool = True, absorb_mean: bool = False,
+                 generator: torch.Generator | None = None):
+        if utility not in ("contribution", "adaptable"):
+            raise ValueError(f"utility must be 'contribution' or 'adaptable', got {utility!r}")
+        if not 0 <= replacement_rate <= 1 or not 0 <= decay_rate < 1 or int(maturity_threshold) < 0:
+            raise ValueError("CBP needs 0 <= replacement_rate <= 1, 0 <= decay_rate < 1, maturity_threshold >= 0")
+        self.layers = list(layers)
+        self.replacement_rate, self.maturity_threshold = float(replacement_rate), int(maturity_threshold)
+        self.decay_rate, self.utility, self.reset_momentum = float(decay_rate), utility, bool(reset_momentum)
+        self.absorb_mean = bool(absorb_mean)
+        self.generator = generator
+        self.replaced_total = 0
+        self.states = []
+        for l in self.layers:
+            dev = l.incoming.weight.device
+            self.states.append({"age": torch.zeros(l.num_units, dtype=torch.long, device=dev),
+                                "util": torch.zeros(l.num_units, device=dev),
+                                "mean_act": torch.zeros(l.num_units, device=dev),
+                                "mean_col": torch.zeros(l.out_map.numel(), device=dev),
+                                "accum": 0.0})
+
+    @torch.no_grad()
+    def step(self, features: list, optimizer) -> dict[int, torch.Tensor]:
+        """One round from the post-activations ``features[i]`` of layer i (None: skip the layer) of the training
+        forward pass; returns the replaced unit indices per layer index."""
+        eta = self.decay_rate
+        replaced = {}
+        for i, (layer, h) in enumerate(zip(self.layers, features)):
+            if h is None:
+                continue
+            st = self.states[i]
+            act = layer.unit_activity(h).mean(0)  # (units,) batch mean of |h|
+            st["age"] += 1
+            if self.utility == "contribution":
+                new = act * _mean_abs_out(layer)
+            else:
+                st["mean_act"].mul_(eta).add_((1 - eta) * act)
+                mean_hat = st["mean_act"] / (1 - eta ** st["age"].double()).float().clamp_min(1e-12)
+                new = _mean_abs_out(layer) * (act - mean_hat).abs() / _mean_abs_in(layer).clamp_min(1e-12)
+            st["util"].mul_(eta).add_((1 - eta) * new)
+            if self.absorb_mean:
+                st["mean_col"].mul_(eta).add_((1 - eta) * _column_means(h, layer))
+            eligible = torch.nonzero(st["age"] > self.maturity_threshold).squeeze(1)
+            if eligible.numel() == 0:
+                continue
+            st["accum"] += self.replacement_rate * eligible.numel()
+            n_new = min(int(math.floor(st["accum"])), eligible.numel())
+            if n_new == 0:
+                continue
+            st["accum"] -= n_new
+            corr = 1 - eta ** st["age"][eligible].double() if eta > 0 else torch.ones(eligible.numel(),
+                                                                                      dtype=torch.double)
+            u_hat = st["util"][eligible] / corr.float().to(st["util"].device).clamp_min(1e-12)
+            idx = eligible[torch.topk(-u_hat, n_new).indices]
+            if self.absorb_mean:
+                _absorb_into_bias(layer, idx, st["mean_col"])
+            reinit_units(layer, idx, optimizer, generator=self.generator, reset_momentum=self.reset_momentum)
+            for key in ("util", "mean_act", "age"):
+                st[key][idx] = 0
+            replaced[i] = idx
+            self.replaced_total += n_new
+        return replaced
+
+    def state_dict(self) -> dict:
+        return {"states": self.states, "replaced_total": self.replaced_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.states = [dict(s) for s in state["states"]]
+        self.replaced_total = int(state.get("replaced_total", 0))
+
+
+def _column_means(h: torch.Tensor, layer) -> torch.Tensor:
+    """Batch-mean activation per consumer input column (``out_map`` order; a conv channel's spatial mean repeated
+    over the columns its flattened positions feed)."""
+    per_feature = (h.flatten(2).mean(2) if h.dim() > 2 else h).mean(0)
+    per = layer.out_map.numel() // max(per_feature.numel(), 1)
+    return per_feature.repeat_interleave(per) if per > 1 else per_feature
+
+
+def _absorb_into_bias(layer, idx: torch.Tensor, mean_col: torch.Tensor) -> None:
+    out = layer.outgoing
+    if isinstance(out, torch.nn.Linear) and out.bias is not None:
+        cols = layer.out_map[idx].reshape(-1).to(out.weight.device)
+        out.bias.add_(out.weight[:, cols] @ mean_col[cols])
+
+
 class CBPAgent(SupervisedAgent):
     """Base learner plus generate-and-test replacement of low-utility mature units."""
 
     NAME = "cbp"
     DEFAULTS = dict(optimizer="adam", lr=1e-3, replacement_rate=1e-3, maturity_threshold=100, decay_rate=0.99,
-                    utility="contribution", reset_momentum=True)
+                    utility="contribution", reset_momentum=True, absorb_mean=False)
 
     def __init__(self, env, **hparams):
         super().__init__(env, **hparams)
-        if self.hparams["utility"] not in ("contribution", "adaptable"):
-            raise ValueError(f"utility must be 'contribution' or 'adaptable', got {self.hparams['utility']!r}")
-        self._init_cbp_state()
+        h = self.hparams
+        self.gnt = GenerateAndTest(
+            self.network.unit_layers, replacement_rate=h["replacement_rate"],
+            maturity_threshold=h["maturity_threshold"], decay_rate=h["decay_rate"], utility=h["utility"],
+            reset_momentum=h["reset_momentum"], absorb_mean=h["absorb_mean"],
+            generator=torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 1_000_003))
         self._features = None
         self._train_features = None
-        self.cbp_generator = torch.Generator(device=self.device).manual_seed(int(self.hparams["seed"]) + 1_000_003)
-        self.replaced_total = 0
 
-    def _init_cbp_state(self):
-        dev = self.device
-        self.cbp_state = {
-            l.name: {"age": torch.zeros(l.num_units, dtype=torch.long, device=dev),
-                     "util": torch.zeros(l.num_units, device=dev),
-                     "mean_act": torch.zeros(l.num_units, device=dev),
-                     "accum": 0.0}
-            for l in self.network.unit_layers}
+    @property
+    def cbp_state(self) -> dict[str, dict]:
+        """Per-layer state (age, util, mean_act, accum) by layer name."""
+        return {l.name: st for l, st in zip(self.gnt.layers, self.gnt.states)}
+
+    @property
+    def replaced_total(self) -> int:
+        return self.gnt.replaced_total
 
     # Record the post-activations of the training forward pass (the one whose loss is backpropagated).
     def forward(self, x):
@@ -88,53 +184,19 @@ class CBPAgent(SupervisedAgent):
         if feats:
             self.generate_and_test(feats)
 
-    @torch.no_grad()
     def generate_and_test(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One generate-and-test round from post-activation ``features``; returns the replaced unit indices."""
-        h = self.hparams
-        eta = float(h["decay_rate"])
-        replaced = {}
-        for layer in self.network.unit_layers:
-            if layer.name not in features:
-                continue
-            st = self.cbp_state[layer.name]
-            act = layer.unit_activity(features[layer.name]).mean(0)  # (units,) batch mean of |h|
-            st["age"] += 1
-            if h["utility"] == "contribution":
-                new = act * _mean_abs_out(layer)
-            else:
-                raw = layer.unit_activity(features[layer.name].detach()).mean(0)
-                st["mean_act"].mul_(eta).add_((1 - eta) * raw)
-                bias_corr = 1 - eta ** st["age"].double()
-                mean_hat = (st["mean_act"] / bias_corr.float().clamp_min(1e-12))
-                new = _mean_abs_out(layer) * (raw - mean_hat).abs() / _mean_abs_in(layer).clamp_min(1e-12)
-            st["util"].mul_(eta).add_((1 - eta) * new)
-            eligible = torch.nonzero(st["age"] > int(h["maturity_threshold"])).squeeze(1)
-            if eligible.numel() == 0:
-                continue
-            st["accum"] += float(h["replacement_rate"]) * eligible.numel()
-            n_new = min(int(math.floor(st["accum"])), eligible.numel())
-            if n_new == 0:
-                continue
-            st["accum"] -= n_new
-            corr = 1 - eta ** st["age"][eligible].double() if eta > 0 else torch.ones(eligible.numel(),
-                                                                                      dtype=torch.double)
-            u_hat = st["util"][eligible] / corr.float().to(st["util"].device).clamp_min(1e-12)
-            idx = eligible[torch.topk(-u_hat, n_new).indices]
-            reinit_units(layer, idx, self.optimizer, generator=self.cbp_generator,
-                         reset_momentum=bool(h["reset_momentum"]))
-            st["util"][idx] = 0.0
-            st["mean_act"][idx] = 0.0
-            st["age"][idx] = 0
-            replaced[layer.name] = idx
-            self.replaced_total += n_new
-        return replaced
+        """One generate-and-test round from post-activation ``features`` by layer name; returns the replaced unit
+        indices by layer name."""
+        # hparams stay the source of truth for the schedule (they may be changed between steps)
+        self.gnt.maturity_threshold = int(self.hparams["maturity_threshold"])
+        self.gnt.replacement_rate = float(self.hparams["replacement_rate"])
+        replaced = self.gnt.step([features.get(l.name) for l in self.gnt.layers], self.optimizer)
+        return {self.gnt.layers[i].name: idx for i, idx in replaced.items()}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "cbp_state": self.cbp_state, "replaced_total": self.replaced_total}
+        return {**super().state_dict(), "cbp": self.gnt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if "cbp_state" in state:
-            self.cbp_state = {k: dict(v) for k, v in state["cbp_state"].items()}
-        self.replaced_total = state.get("replaced_total", 0)
+        if "cbp" in state:
+            self.gnt.load_state_dict(state["cbp"])

@@ -9,14 +9,14 @@ Interventions read unit activity from the last forward pass that built a graph i
 the gradient step just taken); target-network and no-grad forwards are ignored.
 
 - :class:`ReDoHook` (Sokar et al. 2023): every ``every`` steps reset units whose normalised activity
-  ``s_i = mean|h_i| / mean_j mean|h_j|`` is at most ``tau``.
-- :class:`CBPHook` (Dohare et al. 2024): running contribution utility ``|h_i| * sum|w_out_i|``; each step replaces
-  ``replacement_rate`` of the mature units (age > ``maturity``) with the lowest utility, moving their mean
-  contribution into the next layer's bias.
+  ``s_i = mean|h_i| / mean_j mean|h_j|`` is at most ``tau`` (the score of :mod:`agents.redo`).
+- :class:`CBPHook` (Dohare et al. 2024): the generate-and-test of :mod:`agents.cbp`, with the removed units' mean
+  contribution moved into the next layer's bias.
 - :class:`ShrinkPerturbHook` (Ash & Adams 2020): every ``every`` steps ``theta <- shrink * theta + noise * eps``.
 
-Unit resets go through :func:`agents.common.units.reinit_units` (fresh incoming weights, zero outgoing weights, zeroed
-optimiser moments of exactly those slices).
+The mechanisms are the supervised agents' own (one implementation each); unit resets go through
+:func:`agents.common.units.reinit_units` (fresh incoming weights, zero outgoing weights, zeroed optimiser moments of
+exactly those slices).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class Intervention:
 
 
 class ReDoHook(Intervention):
-    """Recycle dormant units: every ``every`` gradient steps, reset units with normalised activity <= ``tau``."""
+    """Recycle dormant units: every ``every`` gradient steps, reset units whose ReDo score
+    (:func:`agents.redo.dormant_scores`) is at most ``tau``."""
 
     def __init__(self, tau: float = 0.1, every: int = 1000, seed: int = 0):
         super().__init__(seed)
@@ -89,12 +90,12 @@ class ReDoHook(Intervention):
 
     def dormant(self, i: int) -> torch.Tensor:
         """Indices of the dormant units of layer ``i`` (empty before any forward pass)."""
-        a = self.activity(i)
-        if a is None:
+        from agents.redo import dormant_scores
+
+        h = self._last.get(i)
+        if h is None:
             return torch.zeros(0, dtype=torch.long)
-        s = a.mean(0)
-        s = s / (s.mean() + 1e-9)
-        return torch.nonzero(s <= self.tau).flatten()
+        return torch.nonzero(dormant_scores(self.layers[i], h) <= self.tau).flatten()
 
     def step(self) -> None:
         if self.num_steps % self.every:
@@ -105,68 +106,30 @@ class ReDoHook(Intervention):
 
 
 class CBPHook(Intervention):
-    """Continual backpropagation: replace the lowest-utility mature units at rate ``replacement_rate`` per step."""
+    """Continual backpropagation (:class:`agents.cbp.GenerateAndTest`, the MLP algorithm with the removed units'
+    mean contribution moved into the next layer's bias) after every gradient step."""
 
     def __init__(self, replacement_rate: float = 1e-4, decay: float = 0.99, maturity: int = 100, seed: int = 0):
         super().__init__(seed)
+        self.settings = dict(replacement_rate=replacement_rate, decay_rate=decay, maturity_threshold=maturity)
         if not 0 <= replacement_rate <= 1 or not 0 <= decay < 1 or int(maturity) < 0:
             raise ValueError("CBP needs 0 <= replacement_rate <= 1, 0 <= decay < 1, maturity >= 0")
-        self.rate, self.decay, self.maturity = float(replacement_rate), float(decay), int(maturity)
         self.stats = {"units_reset": 0}
-        self.utility: list[torch.Tensor] = []
-        self.mean_feature: list[torch.Tensor] = []
-        self.age: list[torch.Tensor] = []
-        self.pending: list[float] = []
+        self.gnt = None
 
     def attach(self, backbones, optimizer):
+        from agents.cbp import GenerateAndTest
+
         super().attach(backbones, optimizer)
-        for layer in self.layers:
-            dev = layer.incoming.weight.device
-            self.utility.append(torch.zeros(layer.num_units, device=dev))
-            self.age.append(torch.zeros(layer.num_units, dtype=torch.long, device=dev))
-            self.mean_feature.append(torch.zeros(layer.out_map.numel(), device=dev))
-            self.pending.append(0.0)
+        self.gnt = GenerateAndTest(self.layers, absorb_mean=True, generator=self.generator, **self.settings)
 
-    @torch.no_grad()
+    @property
+    def age(self) -> list[torch.Tensor]:
+        return [st["age"] for st in self.gnt.states]
+
     def step(self) -> None:
-        for i, layer in enumerate(self.layers):
-            h = self._last.get(i)
-            if h is None:
-                continue
-            self.age[i] += 1
-            feats = h.flatten(2).mean(2) if h.dim() > 2 else h  # (B, columns): one per out_map entry
-            cols_mean = feats.mean(0)
-            self.mean_feature[i].mul_(self.decay).add_((1 - self.decay) * _per_column(cols_mean, layer))
-            w_out = layer.outgoing.weight
-            out_mag = w_out.abs().sum(0) if w_out.dim() == 2 else w_out.abs().sum((0, 2, 3))  # per input column
-            contrib = layer.unit_activity(h).mean(0) * out_mag[layer.out_map].sum(1)
-            self.utility[i].mul_(self.decay).add_((1 - self.decay) * contrib)
-            mature = torch.nonzero(self.age[i] > self.maturity).flatten()
-            self.pending[i] += self.rate * mature.numel()
-            n = min(int(self.pending[i]), mature.numel())
-            if n == 0:
-                continue
-            self.pending[i] -= n
-            worst = mature[torch.argsort(self.utility[i][mature])[:n]]
-            self._move_mean_to_bias(layer, i, worst)
-            self._reset(i, worst)
-            self.utility[i][worst] = 0.0
-            self.age[i][worst] = 0
-
-    def _move_mean_to_bias(self, layer: UnitLayer, i: int, idx: torch.Tensor) -> None:
-        # Keeps the next layer's output unchanged in expectation once the unit's outgoing weights are zeroed.
-        out = layer.outgoing
-        if not isinstance(out, nn.Linear) or out.bias is None:
-            return
-        cols = layer.out_map[idx].reshape(-1).to(out.weight.device)
-        out.bias.add_(out.weight[:, cols] @ self.mean_feature[i][cols])
-
-
-def _per_column(cols_mean: torch.Tensor, layer: UnitLayer) -> torch.Tensor:
-    """Map a per-feature mean (activation output channels) onto the consumer's input columns (``out_map`` order)."""
-    k = cols_mean.numel()
-    per = layer.out_map.numel() // max(k, 1)
-    return cols_mean.repeat_interleave(per) if per > 1 else cols_mean
+        replaced = self.gnt.step([self._last.get(i) for i in range(len(self.layers))], self.optimizer)
+        self.stats["units_reset"] += sum(int(idx.numel()) for idx in replaced.values())
 
 
 class ShrinkPerturbHook(Intervention):
