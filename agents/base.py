@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
 
-__all__ = ["Agent", "SupervisedAgent", "collect_defaults"]
+__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams"]
 
 
 class Agent:
@@ -64,6 +64,16 @@ def collect_defaults(cls) -> dict[str, Any]:
     return merged
 
 
+def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The class's merged defaults overridden by ``hparams``; an unknown name is a clear error."""
+    defaults = collect_defaults(cls)
+    unknown = set(hparams) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)} for agent {cls.NAME!r}; valid: "
+                        f"{sorted(defaults)}")
+    return {**defaults, **hparams}
+
+
 def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float, betas) -> torch.optim.Optimizer:
     # foreach: one fused call per group instead of a Python loop per tensor (the nets here are small).
     if name == "sgd":
@@ -88,12 +98,7 @@ class SupervisedAgent(Agent):
                     momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), seed=0, device=None)
 
     def __init__(self, env, **hparams):
-        defaults = collect_defaults(type(self))
-        unknown = set(hparams) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)} for agent {self.NAME!r}; valid: "
-                            f"{sorted(defaults)}")
-        self.hparams = {**defaults, **hparams}
+        self.hparams = resolve_hparams(type(self), hparams)
         # ``env`` may be an env or the ``env_spec`` dict of another agent (how fresh() rebuilds without the env).
         self.env_spec = dict(env) if isinstance(env, dict) else self._read_env(env, getattr(env, "unwrapped", env))
         self.device = torch.device(self.hparams["device"] or self.env_spec["device"])

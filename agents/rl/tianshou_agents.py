@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import Agent, collect_defaults
+from agents.base import Agent, resolve_hparams
 
 __all__ = ["TianshouAgent", "TianshouDQNAgent", "TianshouPPOAgent", "tianshou_venv"]
 
@@ -44,12 +44,7 @@ class TianshouAgent(Agent):
     def __init__(self, env, **hparams):
         from gymnasium import spaces
 
-        defaults = collect_defaults(type(self))
-        unknown = set(hparams) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown hyperparameter(s) {sorted(unknown)} for agent {self.NAME!r}; valid: "
-                            f"{sorted(defaults)}")
-        self.hparams = {**defaults, **hparams}
+        self.hparams = resolve_hparams(type(self), hparams)
         u = getattr(env, "unwrapped", env)
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(act_space, spaces.Discrete):

@@ -29,6 +29,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from clenv.streams import start_stream, task_rng
+
 __all__ = ["ContinualRLEnv", "ContinualCartPoleEnv", "TaskSequenceEnv", "ContinualAcrobot", "ContinualMountainCar",
            "RL_INFO_KEYS"]
 
@@ -36,10 +38,6 @@ __all__ = ["ContinualRLEnv", "ContinualCartPoleEnv", "TaskSequenceEnv", "Continu
 RL_INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task",
                 "stream_done")
 
-
-def _task_rng(seed: int, *keys: int) -> np.random.Generator:
-    # Same construction as clenv.streams.task_rng; kept local so RL envs do not import torch.
-    return np.random.default_rng([int(seed) & (2**63 - 1), *map(int, keys)])
 
 
 class ContinualRLEnv(gym.Env):
@@ -97,7 +95,7 @@ class ContinualRLEnv(gym.Env):
             raise RuntimeError("call reset() first: the stream seed is drawn at reset")
         if not 0 <= int(task_id) < self.num_tasks:
             raise ValueError(f"task_id must be in 0..{self.num_tasks - 1}, got {task_id}")
-        return self._task_params(int(task_id), _task_rng(self.stream_seed, int(task_id)))
+        return self._task_params(int(task_id), task_rng(self.stream_seed, int(task_id)))
 
     def _task_params(self, task_id: int, rng: np.random.Generator) -> dict[str, Any]:
         return {}
@@ -116,24 +114,10 @@ class ContinualRLEnv(gym.Env):
         episode used up the current task's budget); ``seed`` restarts it. ``options``: ``task_id`` replays only
         that task; ``stream_seed`` sets the stream directly."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        bad = set(options) - {"task_id", "stream_seed"}
-        if bad:
-            raise ValueError(f"unknown reset option(s) {sorted(bad)}; expected 'task_id' and/or 'stream_seed'")
         restart = seed is not None or bool(options) or self._stream_over
         switch = False
         if restart:
-            if "stream_seed" in options:
-                self.stream_seed = int(options["stream_seed"])
-            elif seed is not None or self.stream_seed is None or "task_id" not in options:
-                self.stream_seed = int(self.np_random.integers(2**62))
-            if "task_id" in options:
-                k = int(options["task_id"])
-                if not 0 <= k < self.num_tasks:
-                    raise ValueError(f"task_id must be in 0..{self.num_tasks - 1}, got {k}")
-                self._first_task = self._last_task = k
-            else:
-                self._first_task, self._last_task = 0, self.num_tasks - 1
+            self._first_task, self._last_task = start_stream(self, seed, options)
             self._task, self._step, self._step_in_task = self._first_task, 0, 0
             self._inner_task = -1
             self._stream_over = False
@@ -145,7 +129,7 @@ class ContinualRLEnv(gym.Env):
         if self._inner_task != self._task:
             if self._inner is not None:
                 self._inner.close()
-            self._inner = self._make_task_env(self._task, _task_rng(self.stream_seed, self._task))
+            self._inner = self._make_task_env(self._task, task_rng(self.stream_seed, self._task))
             self._inner_task = self._task
         obs, _ = self._inner.reset(seed=int(self.np_random.integers(2**31 - 1)))
         self._episode_steps = 0

@@ -19,7 +19,7 @@ from gymnasium.vector.utils import batch_space
 
 from clenv.data.augment import Augmentation
 from clenv.data.sources import load_dataset
-from clenv.streams import Stream, Task, make_stream, task_rng
+from clenv.streams import Stream, Task, make_stream, start_stream, task_rng
 
 __all__ = ["SupervisedStreamEnv", "INFO_KEYS"]
 
@@ -156,21 +156,7 @@ class SupervisedStreamEnv(gym.Env):
         """Start the stream. ``options``: ``task_id`` replays only that task (an evaluation env), keeping the
         current stream seed unless ``seed`` or ``stream_seed`` is given; ``stream_seed`` sets the stream directly."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        bad = set(options) - {"task_id", "stream_seed"}
-        if bad:
-            raise ValueError(f"unknown reset option(s) {sorted(bad)}; expected 'task_id' and/or 'stream_seed'")
-        if "stream_seed" in options:
-            self.stream_seed = int(options["stream_seed"])
-        elif seed is not None or self.stream_seed is None or "task_id" not in options:
-            self.stream_seed = int(self.np_random.integers(2**62))
-        if "task_id" in options:
-            k = int(options["task_id"])
-            if not 0 <= k < self.num_tasks:
-                raise ValueError(f"task_id must be in 0..{self.num_tasks - 1}, got {k}")
-            self._first_task = self._last_task = k
-        else:
-            self._first_task, self._last_task = 0, self.num_tasks - 1
+        self._first_task, self._last_task = start_stream(self, seed, options)
         self._cursor = _Cursor(self._first_task, 0)
         self._step = 0
         self._done = False

@@ -15,12 +15,35 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng"]
+__all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng", "start_stream"]
 
 
 def task_rng(seed: int, *keys: int) -> np.random.Generator:
     """The generator for one (stream seed, keys...) tuple; independent of any other tuple."""
     return np.random.default_rng([int(seed) & (2**63 - 1), *map(int, keys)])
+
+
+def start_stream(env, seed: int | None, options: dict | None) -> tuple[int, int]:
+    """Apply a stream env's ``reset`` options (shared by the supervised and RL streams) and return the episode's
+    (first task, last task).
+
+    ``stream_seed`` sets the stream; ``task_id`` selects one task (an evaluation env replaying it) and keeps the
+    current stream seed unless a ``seed`` is given; otherwise a new stream seed is drawn from ``env.np_random``.
+    """
+    options = dict(options or {})
+    bad = set(options) - {"task_id", "stream_seed"}
+    if bad:
+        raise ValueError(f"unknown reset option(s) {sorted(bad)}; expected 'task_id' and/or 'stream_seed'")
+    if "stream_seed" in options:
+        env.stream_seed = int(options["stream_seed"])
+    elif seed is not None or env.stream_seed is None or "task_id" not in options:
+        env.stream_seed = int(env.np_random.integers(2**62))
+    if "task_id" not in options:
+        return 0, env.num_tasks - 1
+    k = int(options["task_id"])
+    if not 0 <= k < env.num_tasks:
+        raise ValueError(f"task_id must be in 0..{env.num_tasks - 1}, got {k}")
+    return k, k
 
 
 @dataclass(frozen=True)
