@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 import agents
 from agents.neumosync import NeuMoSyncAgent
-from agents.neumosync.controller import EncoderLayer
-from agents.neumosync.layers import ModulatedActivation, ModulatedConv2d, ModulatedLinear, modulated_layers
+from agents.neumosync.controller import EncoderLayer, LowRankController, TransformerController
+from agents.neumosync.layers import (ModulatedActivation, ModulatedConv2d, ModulatedLinear, _DualLinear,
+                                     modulated_layers, unit_stats)
 
 
 def spec(shape=(1, 8, 8), backbone="mlp", classes=10):
@@ -127,6 +128,98 @@ def test_encoder_neuron_shortcut_equals_pytorch_transformer_layer(context):
         torch.testing.assert_close(mine(full), ref(full), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("controller", ["transformer", "lowrank"])
+def test_gradients_equal_those_of_per_sample_weights(controller):
+    """The fused theta/phi layer's hand-written backward gives the same theta, controller and feature gradients as
+    autograd through explicitly built per-sample weights."""
+    agent = agents.make("neumosync", spec((1, 10, 10)), controller=controller)
+    perturb_phi(agent)
+    x, y = batch((1, 10, 10))
+    net = agent.network
+    params = [p for p in net.parameters() if p.requires_grad]
+    fast = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    slow = torch.autograd.grad(F.cross_entropy(naive_forward(net, x, net.alphas(x)), y), params)
+    for p, a, b in zip(params, fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dual_linear_backward_is_the_derivative(shared, bias):
+    """gradcheck of the hand-written backward, with per-sample and batch-shared ((1, units)) coefficients."""
+    g = torch.Generator().manual_seed(0)
+    d = dict(dtype=torch.float64)
+    x = torch.randn(5, 7, generator=g, **d).requires_grad_()
+    w = torch.randn(4, 7, generator=g, **d).requires_grad_()
+    b = torch.randn(4, generator=g, **d).requires_grad_() if bias else None
+    pw, pb = torch.randn(4, 7, generator=g, **d), (torch.randn(4, generator=g, **d) if bias else None)
+    rows = 1 if shared else 5
+    sm = torch.randn(rows, 4, generator=g, **d).requires_grad_()
+    wc = torch.randn(rows, 4, generator=g, **d).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: _DualLinear.apply(*a), (x, w, b, pw, pb, sm, wc))
+    ref = sm * F.linear(x, w, b) + wc * F.linear(x, pw, pb)
+    torch.testing.assert_close(_DualLinear.apply(x, w, b, pw, pb, sm, wc), ref)
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_transformer_controller_folds_the_decoder_exactly(context):
+    """TransformerController (decoder folded into the feed-forward output layer) == the linear decoder applied to
+    nn.TransformerEncoderLayer over [neuron tokens; patch tokens], at the neuron positions."""
+    torch.manual_seed(0)
+    n, b = 30, 4
+    ctrl = TransformerController(n, 9, (3, 10, 10), d=14, d_ff=32, heads=2, patch=5, input_conditioned=context)
+    ref = nn.TransformerEncoderLayer(14, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+    enc = ctrl.encoder
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(enc.qkv.weight), ref.self_attn.in_proj_bias.copy_(enc.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(enc.proj.weight), ref.self_attn.out_proj.bias.copy_(enc.proj.bias)
+        ref.linear1.load_state_dict(enc.ff[0].state_dict()), ref.linear2.load_state_dict(enc.ff[2].state_dict())
+        ref.norm1.load_state_dict(enc.norm1.state_dict()), ref.norm2.load_state_dict(enc.norm2.state_dict())
+    feats, x = torch.randn(n, 9), torch.rand(b, 3, 10, 10)
+    with torch.no_grad():
+        tokens = ctrl.token(feats)
+        seq = torch.cat([tokens.expand(b, -1, -1), ctrl.patches(x)], 1) if context else tokens[None]
+        expected = ctrl.decoder(ref(seq)[:, :n])
+        torch.testing.assert_close(ctrl(feats, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lowrank_controller_is_a_rank_d_image_readout():
+    """alpha = D(h) + U(h) c_b: the per-sample coefficients of all neurons form a rank-d matrix, c_b is the
+    layer-normed embedding of the mean patch (= the mean of the embedded patches), and without image conditioning
+    the coefficients are the shared D(h)."""
+    torch.manual_seed(0)
+    n, b, d = 40, 24, 6
+    ctrl = LowRankController(n, 9, (3, 10, 10), d=d, d_ff=16, heads=2, patch=5)
+    feats, x = torch.randn(n, 9), torch.rand(b, 3, 10, 10)
+    with torch.no_grad():
+        alphas = ctrl(feats, x)
+        assert alphas.shape == (b, n, 4)
+        flat = alphas.reshape(b, -1)
+        # generic rank d: the shared part plus the d - 1 directions a layer-normed (zero-mean) code spans
+        assert torch.linalg.matrix_rank(flat) == d
+        assert (alphas[0] - alphas[1]).abs().max() > 1e-4
+        # the mean of per-patch embeddings (a conv with stride = kernel) equals the embedding of the mean patch
+        w = ctrl.embed.weight.view(d, 3, 5, 5)
+        per_patch = F.conv2d(x, w, ctrl.embed.bias, stride=5).mean((2, 3))
+        code = F.layer_norm(per_patch, (d,)) * d ** -0.5
+        h = ctrl.encoder.neurons(ctrl.token(feats), None)[0]
+        out = ctrl.decoder(h)
+        expected = out[:, :4] + torch.einsum("bk,njk->bnj", code, out[:, 4:].view(n, 4, d))
+        torch.testing.assert_close(alphas, expected, rtol=1e-4, atol=1e-5)
+    plain = LowRankController(n, 9, (3, 10, 10), d=d, d_ff=16, heads=2, input_conditioned=False)
+    assert plain(feats, x).shape == (1, n, 4)
+
+
+def test_activity_statistics_reduced_in_one_pass_match_per_layer():
+    g = torch.Generator().manual_seed(0)
+    ys = [torch.randn(6, k, generator=g) for k in (5, 3, 2)]
+    torch.testing.assert_close(unit_stats(torch.cat(ys, 1)), torch.cat([unit_stats(y) for y in ys]))
+    conv = torch.randn(4, 3, 5, 5, generator=g)
+    flat = conv.transpose(0, 1).reshape(3, -1)
+    expected = torch.stack([flat.mean(1), flat.abs().mean(1), (flat > 0).float().mean(1)], 1)
+    torch.testing.assert_close(unit_stats(conv), expected)
+
+
 # ---------------------------------------------------------------------------------------------- slow state
 def test_consolidated_network_is_an_ema_of_theta_after_every_step():
     agent = agents.make("neumosync", spec(), beta=0.9)
@@ -175,6 +268,7 @@ VARIANTS = {
     "conv1d": dict(controller="conv1d"),
     "mlp": dict(controller="mlp"),
     "sparse": dict(controller="sparse", sparse_fraction=0.2),
+    "lowrank": dict(controller="lowrank"),
 }
 
 

@@ -199,7 +199,8 @@ class LowRankController(_Base):
     with ``D: d -> 4`` and ``U: d -> 4 x d`` linear maps of the encoded neuron token h_n (FiLM-style conditioning,
     Perez et al. 2018, which the paper cites for its additive mechanism) and ``E`` the patch embedding (the mean of
     the embedded patches equals the embedding of the mean patch, as E is linear). The coefficients of the whole
-    network for a batch form a (B, 4N) matrix of rank <= d + 1 computed by one GEMM: the per-sample cost is O(N d)
+    network for a batch form a (B, 4N) matrix of rank <= d (the shared part plus the d - 1 directions of the
+    zero-mean normalised code) computed by one GEMM: the per-sample cost is O(N d)
     instead of O(N (P + d_ff) d). Coefficients stay per sample and per neuron; the modulated network is unchanged.
     """
 
