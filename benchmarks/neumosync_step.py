@@ -1,11 +1,18 @@
 """Time one NeuMoSync training step against one ``base`` step on RandomLabelCIFAR10 shapes (CPU, same run).
 
-Shapes: 3x32x32 uint8-range inputs, batch 16, 10 classes, the paper's MLP 100-100 MainNetwork. A step is the agent's
-whole ``learn`` (forward, backward, optimiser step, after-update hooks: for NeuMoSync the activity EMA and the
-ConsolidatedNetwork EMA). Steps alternate between the agents so that machine load hits both alike; the median is
-reported. The last line is ``ratio=<neumosync/base>`` for the transformer controller with the paper's CIFAR-10
-embedding (e = d_ff = 512, Table 10). ``--resnet`` also times the sparse encoder-decoder controller (K = 0.1,
-Appendix E.1) on ResNet-18 against a ``base`` ResNet-18 step.
+Shapes: 3x32x32 inputs, batch 16, 10 classes, the paper's MLP 100-100 MainNetwork. A step is the agent's whole
+``learn`` (forward, backward, optimiser step, after-update hooks: for NeuMoSync the activity EMA and the
+ConsolidatedNetwork EMA). Steps alternate between the agents so that machine load hits all alike; the median thread
+CPU time is reported (wall time too: on a shared machine it includes time spent descheduled).
+
+Contenders: ``base`` with its paper optimiser (SGD lr 1e-2, Table 10) and with NeuMoSync's (Adam lr 1e-3, the
+ratio's reference: the optimiser is not NeuMoSync's cost, and foreach Adam costs ~35 us per parameter tensor here);
+NeuMoSync with no controller (the floor: theta/phi matmuls, modulated activations, EMAs); the ``lowrank``
+controller (opt-in, not the paper's); the paper's transformer controller with e = 128 and e = 512 (Table 10,
+Random-Label CIFAR-10). For each: median ms, ratio to both bases, aten ops per step and matmul FLOPs per step
+(forward + backward, ``torch.utils.flop_counter``). The last line is ``ratio=<neumosync/base>`` for the paper's
+controller with e = 512 against base with the same optimiser. ``--resnet`` also times the sparse encoder-decoder
+controller (K = 0.1, Appendix E.1) on ResNet-18 against a ``base`` ResNet-18 step.
 
     python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--resnet]
 """
@@ -17,26 +24,66 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import agents
 
 SPEC = {"input_shape": (3, 32, 32), "num_outputs": 10, "action_type": "labels", "backbone": "mlp",
         "task_aware": False, "num_tasks": 1, "device": "cpu"}
 
+CONTENDERS = {
+    "base_sgd": ("base", dict(optimizer="sgd", lr=1e-2)),
+    "base_adam": ("base", dict(optimizer="adam", lr=1e-3)),
+    "neumosync_no_controller": ("neumosync", dict(controller="none")),
+    "neumosync_lowrank_e128": ("neumosync", dict(controller="lowrank", d_ff=128)),
+    "neumosync_e128": ("neumosync", dict(d_ff=128)),
+    "neumosync_e512": ("neumosync", dict(d_ff=512)),
+}
 
-def _time_steps(named_agents: dict, steps: int, batch: int = 16) -> dict[str, float]:
-    """Median seconds per learn() for each agent, interleaved step by step."""
+
+class _OpCounter(TorchDispatchMode):
+    """Counts aten ops that reach the dispatcher (forward, backward and optimiser)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _batches(batch: int = 16, n: int = 8):
     g = torch.Generator().manual_seed(0)
-    xs = [torch.rand(batch, 3, 32, 32, generator=g) for _ in range(8)]
-    ys = [torch.randint(0, 10, (batch,), generator=g) for _ in range(8)]
-    times = {k: [] for k in named_agents}
+    return ([torch.rand(batch, 3, 32, 32, generator=g) for _ in range(n)],
+            [torch.randint(0, 10, (batch,), generator=g) for _ in range(n)])
+
+
+def _time_steps(named_agents: dict, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median thread-CPU and wall seconds per learn() for each agent, interleaved step by step."""
+    xs, ys = _batches()
+    cpu = {k: [] for k in named_agents}
+    wall = {k: [] for k in named_agents}
     for i in range(steps + 5):
         for name, agent in named_agents.items():
-            t = time.perf_counter()
+            c, w = time.thread_time(), time.perf_counter()
             agent.learn(xs[i % 8], ys[i % 8])
             if i >= 5:  # warm-up
-                times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+                cpu[name].append(time.thread_time() - c)
+                wall[name].append(time.perf_counter() - w)
+    return ({k: statistics.median(v) for k, v in cpu.items()}, {k: statistics.median(v) for k, v in wall.items()})
+
+
+def _count(agent) -> tuple[int, float]:
+    """(aten ops, matmul/conv FLOPs) of one learn() step."""
+    xs, ys = _batches()
+    agent.learn(xs[0], ys[0])
+    with _OpCounter() as ops:
+        agent.learn(xs[1], ys[1])
+    with FlopCounterMode(display=False) as flops:
+        agent.learn(xs[2], ys[2])
+    return ops.count, flops.get_total_flops()
 
 
 def main(argv=None) -> None:
@@ -47,17 +94,20 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    contenders = {
-        "base": agents.make("base", SPEC),
-        "neumosync_e128": agents.make("neumosync", SPEC, d_ff=128),
-        "neumosync_e512": agents.make("neumosync", SPEC, d_ff=512),
-    }
-    for name in ("neumosync_e128", "neumosync_e512"):
-        o = contenders[name].parameter_overhead()
-        print(f"{name}: MainNetwork {o['base']:,} params, overhead {o['overhead']:,} ({100 * o['share']:.2f}%)")
-    med = _time_steps(contenders, args.steps)
-    for name, t in med.items():
-        print(f"{name:>16}: {1e3 * t:8.3f} ms/step   x{t / med['base']:.2f}")
+    contenders = {k: agents.make(name, SPEC, **hp) for k, (name, hp) in CONTENDERS.items()}
+    for name, agent in contenders.items():
+        if name.startswith("neumosync"):
+            o = agent.parameter_overhead()
+            print(f"{name}: MainNetwork {o['base']:,} params, overhead {o['overhead']:,} ({100 * o['share']:.2f}%)")
+    counts = {k: _count(a) for k, a in contenders.items()}
+    cpu, wall = _time_steps(contenders, args.steps)
+    print(f"{args.steps} interleaved steps, batch 16, {args.threads} thread(s); median per step")
+    print(f"{'':>24} {'cpu ms':>8} {'wall ms':>8} {'/base_adam':>10} {'/base_sgd':>9} {'aten ops':>9} {'MFLOP':>8}")
+    for name in contenders:
+        ops, flops = counts[name]
+        print(f"{name:>24} {1e3 * cpu[name]:8.3f} {1e3 * wall[name]:8.3f} {cpu[name] / cpu['base_adam']:10.2f} "
+              f"{cpu[name] / cpu['base_sgd']:9.2f} {ops:9d} {flops / 1e6:8.1f}")
+    print(f"reference: base_adam {1e3 * cpu['base_adam']:.3f} ms/step, base_sgd {1e3 * cpu['base_sgd']:.3f} ms/step")
 
     if args.resnet:
         spec = {**SPEC, "backbone": "resnet18"}
@@ -67,11 +117,13 @@ def main(argv=None) -> None:
         n = res["neumosync_sparse_resnet18"].network.num_neurons
         print(f"resnet18: {n} neurons, MainNetwork {o['base']:,} params, controller+features {o['overhead']:,} "
               f"({100 * o['share']:.3f}%)")
-        rmed = _time_steps(res, max(3, args.steps // 20))
-        for name, t in rmed.items():
+        rcpu, _ = _time_steps(res, max(3, args.steps // 20))
+        for name, t in rcpu.items():
             print(f"{name:>26}: {1e3 * t:9.1f} ms/step")
-        print(f"resnet18_sparse_ratio={rmed['neumosync_sparse_resnet18'] / rmed['base_resnet18']:.2f}")
-    print(f"ratio={med['neumosync_e512'] / med['base']:.2f}")
+        print(f"resnet18_sparse_ratio={rcpu['neumosync_sparse_resnet18'] / rcpu['base_resnet18']:.2f}")
+    for name in ("neumosync_no_controller", "neumosync_lowrank_e128", "neumosync_e128"):
+        print(f"ratio_{name.removeprefix('neumosync_')}={cpu[name] / cpu['base_adam']:.2f}")
+    print(f"ratio={cpu['neumosync_e512'] / cpu['base_adam']:.2f}")
 
 
 if __name__ == "__main__":
