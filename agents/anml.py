@@ -21,6 +21,8 @@ import contextlib
 import copy
 
 import torch
+
+from agents.base import seeded
 import torch.nn as nn
 
 from agents.backbones import Backbone, build_backbone
@@ -96,8 +98,7 @@ class ANMLAgent(MetaEnvMixin):
             _META_CACHE[key] = {"init": copy.deepcopy(self.network.state_dict()), "history": self.meta_history}
         self.network.load_state_dict(_META_CACHE[key]["init"])
         self.meta_history = list(_META_CACHE[key]["history"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.hparams["seed"]) + 6_000_007)
+        with seeded(int(self.hparams["seed"]) + 6_000_007):
             self.network.pln.head.reset_parameters()  # the classifier is re-initialised once
         late = self.late_parameter_names()
         for n, p in self.network.named_parameters():

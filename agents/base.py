@@ -20,6 +20,7 @@ that methods compose by class composition (``agents.make("cbp+er", env)`` builds
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
 
-__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams"]
+__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded"]
 
 
 class Agent:
@@ -54,6 +55,15 @@ class Agent:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block with torch's global RNG seeded to ``seed`` and restore it afterwards: network
+    (re)initialisations are reproducible without disturbing any other random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def collect_defaults(cls) -> dict[str, Any]:
@@ -103,8 +113,7 @@ class SupervisedAgent(Agent):
         self.env_spec = dict(env) if isinstance(env, dict) else self._read_env(env, getattr(env, "unwrapped", env))
         self.device = torch.device(self.hparams["device"] or self.env_spec["device"])
         self.num_outputs = self.env_spec["num_outputs"]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.hparams["seed"]))
+        with seeded(int(self.hparams["seed"])):
             self.network = self.build_network().to(self.device)
         self.optimizer = self.build_optimizer()
         self.task_id: int | None = None

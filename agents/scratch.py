@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.base import SupervisedAgent
+from agents.base import SupervisedAgent, seeded
 
 
 class ScratchAgent(SupervisedAgent):
@@ -19,7 +19,6 @@ class ScratchAgent(SupervisedAgent):
         if self.num_updates == 0:
             return  # already fresh at the first task
         # A different, seeded initialisation per task: same seed and task order give the same networks.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.hparams["seed"]) * 100003 + self.num_updates)
+        with seeded(int(self.hparams["seed"]) * 100003 + self.num_updates):
             self.network = self.build_network().to(self.device)
         self.reset_optimizer()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from agents.base import SupervisedAgent
+from agents.base import SupervisedAgent, seeded
 
 __all__ = ["ShrinkPerturbAgent", "ContinualShrinkPerturbAgent", "ShrinkPerturbToInitAgent"]
 
@@ -35,8 +35,7 @@ class ShrinkPerturbAgent(SupervisedAgent):
     @torch.no_grad()
     def shrink_and_perturb(self) -> None:
         # A new, seeded draw per switch: same seed and schedule give the same run.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.hparams["seed"]) * 1_000_033 + self.num_updates)
+        with seeded(int(self.hparams["seed"]) * 1_000_033 + self.num_updates):
             fresh = self.build_network().to(self.device)
         fresh_params = dict(fresh.named_parameters())
         s, p = float(self.hparams["shrink"]), float(self.hparams["perturb"])

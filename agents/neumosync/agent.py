@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from agents.base import SupervisedAgent
+from agents.base import SupervisedAgent, seeded
 from agents.neumosync.controller import build_controller
 from agents.neumosync.layers import COEFFICIENTS, ModulationContext, modulate_backbone, unit_stats
 
@@ -223,8 +223,7 @@ class NeuMoSyncAgent(SupervisedAgent):
     def reset_controller(self) -> None:
         """Re-initialise the controller (seeded by the update count) and drop its optimiser state (G.2)."""
         ctrl = self.network.controller
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.hparams["seed"]) * 100003 + self.num_updates)
+        with seeded(int(self.hparams["seed"]) * 100003 + self.num_updates):
             ctrl.reset_parameters()
         for p in ctrl.parameters():
             self.optimizer.state.pop(p, None)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import Agent, resolve_hparams
+from agents.base import Agent, resolve_hparams, seeded
 
 __all__ = ["TianshouAgent", "TianshouDQNAgent", "TianshouPPOAgent", "tianshou_venv"]
 
@@ -67,8 +67,7 @@ class TianshouAgent(Agent):
 
             self.intervention = make_intervention(self.hparams["intervention"], seed=seed + 1,
                                                   **(self.hparams["intervention_kwargs"] or {}))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.build()
 
     def backbone(self, num_outputs: int):
