@@ -77,10 +77,9 @@ class RunResult:
 
     def last_fraction_accuracy(self, fraction: float) -> float:
         """Average online accuracy over the last ``fraction`` of tasks (the papers' last-25% column: 0.25)."""
-        if not self.task_accuracy:
-            return float("nan")
-        n = max(1, int(round(len(self.task_accuracy) * fraction)))
-        return float(np.mean(self.task_accuracy[-n:]))
+        from clenv.metrics.online import window_accuracy
+
+        return window_accuracy(self.task_accuracy, fraction)
 
 
 class TaskTracker:
@@ -248,6 +247,10 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     result.wall_time = time.perf_counter() - start
     tracker.fill(result)
     _fill_returns(result, episodes)
+    # The online metrics cost nothing, so every run has them (reports need no Evaluation for the papers' main table).
+    from clenv.metrics.online import online_metrics
+
+    result.metrics.update(online_metrics(result.task_accuracy))
     for cb in callbacks:
         cb.on_task_end(env, agent, current_task, result)
     for cb in callbacks:

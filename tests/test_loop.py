@@ -49,6 +49,9 @@ def test_run_reports_per_task_online_accuracy_and_switches():
     for k in range(3):
         mask = result.step_task == k
         assert result.task_accuracy[k] == pytest.approx(result.step_reward[mask].mean(), abs=1e-6)
+    # online metrics come with every run, no Evaluation needed
+    assert result.metrics["avg_online_acc"] == pytest.approx(np.mean(result.task_accuracy))
+    assert result.metrics["online_acc_last25"] == pytest.approx(result.task_accuracy[-1])  # 25% of 3 tasks: 1
 
 
 def test_total_steps_and_callbacks():
