@@ -301,3 +301,29 @@ def test_colon_form_works_without_importing_clenv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "(16, 1, 8, 8)" in out.stdout
+
+
+def test_torch_output_matches_numpy_output():
+    import torch
+
+    a, b = small(augment=True), small(augment=True, output="torch")
+    oa, _ = a.reset(seed=4)
+    ob, _ = b.reset(seed=4)
+    assert isinstance(ob, torch.Tensor) and ob.dtype == torch.uint8
+    np.testing.assert_array_equal(oa, ob.numpy())
+    action = np.zeros(16, np.int64)
+    for _ in range(5):
+        (oa, ra, *_), (ob, rb, *_) = a.step(action), b.step(torch.as_tensor(action))
+        np.testing.assert_array_equal(oa, ob.numpy())
+        assert ra == rb
+
+
+def test_gymnasium_vector_env_runs_independent_streams():
+    venv = gym.make_vec("RandomLabelDigits-v0", num_envs=2, vectorization_mode="sync", num_tasks=2,
+                        samples_per_task=32)
+    obs, info = venv.reset(seed=0)
+    assert obs.shape == (2, 16, 1, 8, 8)  # (N sub-envs, batch, ...): two runs, not a bigger batch
+    assert not np.array_equal(obs[0], obs[1])
+    obs, reward, term, trunc, info = venv.step(np.zeros((2, 16), np.int64))
+    assert reward.shape == (2,) and info["labels"].shape == (2, 16)
+    venv.close()
