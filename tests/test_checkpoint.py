@@ -263,3 +263,23 @@ def test_checkpoint_args_and_missing_state():
         clenv.Checkpoint("x", every=0)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         read_checkpoint("/nonexistent/dir")
+
+
+SLOW_AGENTS = ("maml",)  # meta-trains at construction; minutes on this stream
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in agents.available() if not n.startswith("tianshou")
+                                  and n not in SLOW_AGENTS] + ["cbp+er"])
+def test_every_supervised_agent_resumes_exactly(tmp_path, name):
+    """The agent contract: state_dict() holds all state that affects later steps (replay, Fisher, EMAs, ...)."""
+    def fresh():
+        env = gym.make("RandomLabelDigits-v0", **ENV_KW)
+        return env, agents.make(name, env)
+
+    env, agent = fresh()
+    full = clenv.run(env, agent, seed=3, progress=False)
+    env, agent = fresh()
+    clenv.run(env, agent, seed=3, progress=False, callbacks=[clenv.Checkpoint(tmp_path, every=5)], total_steps=19)
+    env, agent = fresh()
+    assert_same(clenv.run(env, agent, seed=3, progress=False, resume_from=tmp_path), full)
