@@ -22,7 +22,8 @@ Metric names (all floats; accuracies in [0, 1]):
 - ``adaptation=True``: ``lca_f``, ``lca_b``, ``lca_0``, ``lca_0_b``, ``fkt``, ``bkt``, ``fkt_gamma_half``,
   ``fkt_gamma``, ``bkt_gamma_half``, ``bkt_gamma``, ``gamma`` (:mod:`clenv.metrics.adaptation`);
   ``records["probe_b"]``, ``records["probe_forward"]``, ``records["probe_backward"]``, ``records["probe_scratch"]``;
-- ``stability_every=k``: ``min_acc``, ``wc_acc``, ``avg_sg``, ``sg_{k}to{k+1}``; with ``ngm_compat=True`` also
+- ``stability_every=k``: ``min_acc``, ``wc_acc``, ``avg_sg``, ``sg_{k}to{k+1}``, windowed forgetting / plasticity
+  ``wf_{10,100}`` / ``wp_{10,100}`` (De Lange); with ``ngm_compat=True`` also
   ``ngm_avg_acc``, ``ngm_avg_min_acc``, ``ngm_wc_acc``, ``ngm_avg_sg``, ``ngm_sg_{k}to{k+1}`` on task 0's accuracy
   (:mod:`clenv.metrics.stability`); ``records["stability_step"|"stability_block"|"stability_acc"|
   "stability_min_acc"|"stability_wc_acc"]``;

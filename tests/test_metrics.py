@@ -334,3 +334,23 @@ def test_network_diagnostics_on_a_backbone():
     assert all(p.grad is None for p in net.parameters())  # nothing written into .grad
     assert net.training  # mode restored
     assert d["weight_magnitude"] == pytest.approx(weight_magnitude(net.parameters()))
+
+
+def test_windowed_forgetting_hand_case_and_window_limit():
+    from clenv.metrics.stability import windowed_forgetting
+
+    series = [0.9, 0.5, 0.8, 0.2, 0.6]
+    # largest drop within 2 evaluations: 0.8 -> 0.2 (0.6); within 5: 0.9 -> 0.2 (0.7); rise: 0.2 -> 0.6 or 0.5->0.8
+    assert windowed_forgetting(series, 2) == pytest.approx((0.6, 0.4))
+    assert windowed_forgetting(series, 5) == pytest.approx((0.7, 0.4))
+    assert np.isnan(windowed_forgetting([0.3], 10)[0])
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=30), st.integers(2, 40))
+def test_windowed_forgetting_matches_brute_force(series, w):
+    from clenv.metrics.stability import windowed_forgetting
+
+    pairs = [(series[i], series[j]) for i in range(len(series)) for j in range(i + 1, len(series)) if j - i < w]
+    wf, wp = windowed_forgetting(series, w)
+    assert wf == pytest.approx(max(a - b for a, b in pairs))
+    assert wp == pytest.approx(max(b - a for a, b in pairs))

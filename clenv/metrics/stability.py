@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["continual_eval_metrics", "ngm_stability", "min_acc_curve"]
+__all__ = ["continual_eval_metrics", "ngm_stability", "min_acc_curve", "windowed_forgetting"]
+
+#: De Lange's window sizes (in evaluations) for windowed forgetting and plasticity.
+WF_WINDOWS = (10, 100)
 
 
 def _check(acc, block):
@@ -61,11 +64,33 @@ def min_acc_curve(acc, block) -> tuple[np.ndarray, np.ndarray]:
     return min_acc, wc
 
 
-def continual_eval_metrics(acc, block) -> dict[str, float]:
-    """``min_acc``, ``wc_acc``, ``avg_sg`` and ``sg_{k}to{k+1}`` for each transition seen."""
+def windowed_forgetting(series, w: int) -> tuple[float, float]:
+    """De Lange's windowed forgetting and plasticity on one task's evaluation series (NaNs dropped): the largest
+    drop ``a_i - a_j`` and the largest rise ``a_j - a_i`` over pairs i < j less than ``w`` evaluations apart.
+    NaN when fewer than two evaluations exist."""
+    a = np.asarray(series, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    if a.size < 2 or w < 2:
+        return float("nan"), float("nan")
+    drop = rise = -np.inf
+    for lag in range(1, min(w, a.size)):
+        diff = a[:-lag] - a[lag:]  # earlier minus later
+        drop, rise = max(drop, diff.max()), max(rise, (-diff).max())
+    return float(drop), float(rise)
+
+
+def continual_eval_metrics(acc, block, windows=WF_WINDOWS) -> dict[str, float]:
+    """``min_acc``, ``wc_acc``, ``avg_sg``, ``sg_{k}to{k+1}`` for each transition seen, and windowed forgetting /
+    plasticity ``wf_{w}`` / ``wp_{w}`` (per task, averaged over the tasks with two or more evaluations)."""
     acc, block = _check(acc, block)
     min_acc, wc = min_acc_curve(acc, block)
     out = {"min_acc": float(min_acc[-1]), "wc_acc": float(wc[-1])}
+    for w in windows:
+        pairs = [windowed_forgetting(acc[:, j], w) for j in range(acc.shape[1])]
+        wf = [p[0] for p in pairs if not np.isnan(p[0])]
+        wp = [p[1] for p in pairs if not np.isnan(p[1])]
+        out[f"wf_{w}"] = float(np.mean(wf)) if wf else float("nan")
+        out[f"wp_{w}"] = float(np.mean(wp)) if wp else float("nan")
     sgs = []
     for k in range(int(block.max())):
         in_k, in_next = np.flatnonzero(block == k), np.flatnonzero(block == k + 1)
