@@ -431,7 +431,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
         report["done"].append(s.key)
         r = outcome["result"]
         log(f"[{i}/{len(pending)}] {s.describe()}: avg online acc {r.average_accuracy * 100:.2f}%, "
-            f"{r.steps} steps, {outcome['seconds']:.1f} s -> {path}")
+            f"{r.steps} steps, {r.wall_time:.1f} s -> {path}")
 
     if pending and backend == "sequential":
         import torch
