@@ -1,0 +1,398 @@
+"""The papers' reference numbers, stored as data: what ``clenv reproduce`` runs and compares against.
+
+Two things live here:
+
+- :data:`BENCHMARKS`: each benchmark of the NeuMoSync paper as a protocol: the paper's env id, the env that stands in
+  for it on machines that only have Fashion-MNIST, the protocol changes a setting makes (the forgetting experiments
+  of Appendix F use 10 Permuted-MNIST tasks and the wide CNN), the probe budget gamma. A benchmark's ``key`` also
+  names the hyperparameter row that ``agents.paper_hparams`` applies (clenv never imports agents; the key is the
+  shared vocabulary).
+- :data:`TABLES`: the paper's result tables. Rows are kept as the paper prints them ("mean (spread)" per cell, in
+  percent) and parsed on import, so each row can be checked against the paper's text. Every cell names a clenv
+  metric (:mod:`clenv.metrics`, :data:`clenv.report.TABLES`) and every method the agent (and hyperparameters) that
+  runs it.
+
+Metric choices worth knowing: Table 1's "Average Final Accuracy" and Table 4's "Acc" are the average online task
+accuracy over all tasks (``avg_online_acc``): NeuMoSync's 64.74 on Random-Label CIFAR-10 is the same number as its
+100% column in Tables 2 and 31. The "Average Forgetting" of Tables 3 and 23 is Appendix F's final accuracy on the
+previous tasks (higher is better), ``af_neumosync``, not Chaudhry's forgetting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Benchmark", "Method", "Cell", "PaperTable", "BENCHMARKS", "TABLES", "table", "table_ids",
+           "benchmark", "normalize_table_id"]
+
+PAPER = "NeuMoSync (/work/shared/seeds/000)"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark as a runnable protocol.
+
+    ``env_kwargs`` change the paper env's registered protocol (every key a ``gym.make`` kwarg); ``stand_in`` is the
+    Fashion-MNIST id that runs the same protocol when the paper's dataset is missing, with ``stand_in_kwargs`` on top
+    (e.g. classes drawn per task, as Fashion-MNIST has 10 classes). ``agent_kwargs`` go to every agent (the
+    backbone of the setting). ``gamma``: the probe budget in steps for the paper's per-task budget (None: the
+    registry's, Table 5)."""
+
+    key: str
+    name: str
+    paper_env: str
+    stand_in: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    stand_in_kwargs: dict[str, Any] = field(default_factory=dict)
+    agent_kwargs: dict[str, Any] = field(default_factory=dict)
+    gamma: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row label of a paper table and how to run it: agent name, hyperparameters beyond the paper row, and
+    multiplicative env changes (Table 31 trains 4x the epochs)."""
+
+    label: str
+    agent: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    env_factors: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        """A stable name for result folders: the agent and its extra hyperparameters."""
+        extra = ",".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
+                         for k, v in sorted(self.hparams.items()))
+        factors = ",".join(f"{k}x{v:g}" for k, v in sorted(self.env_factors.items()))
+        return self.agent + "".join(f"[{s}]" for s in (extra, factors) if s)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of a table: the paper's mean and its parenthesised spread, both in percent."""
+
+    benchmark: str
+    method: str
+    metric: str
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    id: str
+    title: str
+    probes: str  # "online", "adaptation" or "forgetting": which clenv.Evaluation the runs need
+    columns: tuple[tuple[str, str, str], ...]  # (benchmark key, metric, the paper's column header)
+    methods: tuple[Method, ...]
+    cells: tuple[Cell, ...]
+    gamma: dict[str, int] = field(default_factory=dict)  # per-benchmark probe budget overriding Table 5
+    note: str = ""
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(dict.fromkeys(b for b, _, _ in self.columns))
+
+    def method(self, label: str) -> Method:
+        for m in self.methods:
+            if m.label == label:
+                return m
+        raise KeyError(label)
+
+
+# ---------------------------------------------------------------------------------------------------- benchmarks
+_FORGET = "NeuMoSync Appendix F: 10 / 5 / 20 / 10 tasks, batch 64, the wide CNN (256-128-64-32 filters, 2 x 256 FC)"
+_BENCH = (
+    Benchmark("random_label_mnist", "Random-Label MNIST", "RandomLabelMNIST-v0", "RandomLabelFashionMNIST-v0"),
+    Benchmark("random_label_cifar10", "Random-Label CIFAR-10", "RandomLabelCIFAR10-v0", "RandomLabelFashionMNIST-v0"),
+    Benchmark("shuffle_cifar10", "Shuffle CIFAR-10", "ShuffleCIFAR10-v0", "ShuffleFashionMNIST-v0"),
+    Benchmark("permuted_mnist", "Permuted MNIST", "PermutedMNIST-v0", "PermutedFashionMNIST-v0"),
+    Benchmark("class_split_cifar100", "Class Split CIFAR-100", "ClassSplitCIFAR100-v0", "SplitFashionMNIST-v0",
+              stand_in_kwargs=dict(disjoint=False)),
+    Benchmark("class_split_tiny_imagenet", "Class Split T-ImageNet", "ClassSplitTinyImageNet-v0",
+              "SplitFashionMNIST-v0", stand_in_kwargs=dict(disjoint=False)),
+    Benchmark("permuted_mnist_forgetting", "Permuted MNIST (forgetting)", "PermutedMNIST-v0",
+              "PermutedFashionMNIST-v0", env_kwargs=dict(num_tasks=10), agent_kwargs=dict(backbone="cnn_wide"),
+              note=_FORGET),
+    Benchmark("split_cifar10", "Class-split CIFAR-10 (forgetting)", "SplitCIFAR10-v0", "SplitFashionMNIST-v0",
+              agent_kwargs=dict(backbone="cnn_wide"), note=_FORGET),
+    Benchmark("class_split_cifar100_forgetting", "Class-split CIFAR-100 (forgetting)", "ClassSplitCIFAR100-v0",
+              "SplitFashionMNIST-v0", env_kwargs=dict(num_tasks=20, batch_size=64),
+              stand_in_kwargs=dict(disjoint=False), agent_kwargs=dict(backbone="cnn_wide"), note=_FORGET),
+    Benchmark("class_split_tiny_imagenet_forgetting", "Class-split T-ImageNet (forgetting)",
+              "ClassSplitTinyImageNet-v0", "SplitFashionMNIST-v0", env_kwargs=dict(num_tasks=10, batch_size=64),
+              stand_in_kwargs=dict(disjoint=False), agent_kwargs=dict(backbone="cnn_wide"),
+              note=_FORGET + "; the classes per task are not given there, so the registry's 2 are kept"),
+)
+BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
+
+
+def benchmark(name: str) -> Benchmark:
+    """A benchmark by key or by name, case and punctuation ignored ("Random-Label MNIST", "random_label_mnist")."""
+    want = re.sub(r"[^a-z0-9]", "", name.lower())
+    for b in _BENCH:
+        if want in (re.sub(r"[^a-z0-9]", "", b.key), re.sub(r"[^a-z0-9]", "", b.name.lower())):
+            return b
+    raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+def _m(label, agent, note="", env_factors=None, **hp):
+    return Method(label, agent, hp, dict(env_factors or {}), note)
+
+
+_TRANSFER = (_m("CBP", "cbp"), _m("CReLU", "crelu"), _m("ReDo", "redo"), _m("L2Init + EWC", "l2init+ewc"),
+             _m("NeuMoSync", "neumosync"))
+_FORGETTING = (_m("EWC", "ewc"), _m("HAT", "hat"), _m("A-GEM", "agem"), _m("ER", "er"), _m("CBP + ER", "cbp+er"),
+               _m("CReLU + ER", "crelu+er"), _m("NeuMoSync + ER", "neumosync+er"))
+_ONLY = {"α_AL-Only": ("al",), "α_ARM-Only": ("arm",), "α_SM-Only": ("sm",), "α_WC-Only": ("wc",)}
+_WITH_NS = tuple(_m(k, "neumosync", coefficients=v) for k, v in _ONLY.items()) + (_m("NeuMoSync", "neumosync"),)
+_WITHOUT_NS = tuple(_m("w/o NeuroSync + " + k, "neumosync", controller="none", coefficients=v)
+                    for k, v in _ONLY.items())
+_BETA = (_m("0.999 (chosen)", "neumosync", beta=0.999), _m("0.9", "neumosync", beta=0.9),
+         _m("0.99", "neumosync", beta=0.99), _m("0.9999", "neumosync", beta=0.9999))
+
+# ---------------------------------------------------------------------------------------------------- tables
+# Rows as printed in the paper (bold markup removed): label, tab, one "mean (spread)" per column.
+_T1 = {
+    "random_label_cifar10": """
+CBP	0.54 (0.19)	2.60 (0.53)	0.77 (0.41)	2.20 (0.72)	3.03 (1.24)	1.60 (1.18)	12.13 (1.39)	14.23 (0.59)	12.30 (0.92)	38.21 (0.24)
+CReLU	3.56 (0.53)	5.87 (0.72)	3.33 (1.01)	2.80 (0.53)	4.34 (0.70)	2.13 (1.15)	11.87 (1.04)	14.42 (0.72)	15.20 (1.09)	35.03 (0.25)
+ReDo	0.70 (0.21)	0.04 (0.01)	0.43 (1.21)	0.93 (0.05)	0.76 (0.21)	0.90 (0.20)	11.87 (1.46)	12.19 (0.84)	11.33 (0.59)	27.14 (0.87)
+L2Init + EWC	1.51 (0.05)	2.65 (1.35)	1.50 (1.10)	0.98 (0.21)	1.75 (0.36)	0.17 (0.80)	11.81 (1.47)	12.58 (0.88)	13.47 (1.05)	25.14 (0.32)
+NeuMoSync	7.12 (1.33)	13.77 (1.12)	8.10 (1.36)	5.03 (1.08)	8.06 (1.20)	4.77 (0.55)	10.68 (0.73)	16.06 (0.79)	18.90 (0.58)	64.74 (1.96)
+""",
+    "random_label_mnist": """
+CBP	0.45 (0.15)	1.02 (0.05)	0.50 (0.42)	1.33 (0.32)	1.05 (0.18)	0.70 (0.56)	10.65 (0.71)	11.68 (0.77)	10.73 (1.44)	36.41 (1.25)
+CReLU	2.10 (1.15)	3.87 (1.11)	1.80 (0.67)	2.57 (1.23)	3.50 (0.66)	1.47 (0.28)	10.74 (1.49)	12.65 (1.14)	12.53 (1.06)	32.47 (0.81)
+ReDo	0.12 (0.03)	0.03 (0.26)	0.33 (1.16)	0.72 (0.13)	0.11 (0.05)	0.16 (0.47)	10.74 (0.77)	10.97 (0.71)	10.10 (1.44)	27.24 (0.74)
+L2Init + EWC	1.04 (0.44)	1.04 (0.16)	0.83 (0.98)	0.09 (0.05)	0.08 (0.13)	0.34 (0.06)	10.03 (0.76)	10.55 (0.75)	11.10 (1.06)	17.49 (0.12)
+NeuMoSync	3.65 (0.76)	7.22 (1.08)	8.53 (1.40)	4.66 (0.90)	6.95 (0.72)	7.17 (1.50)	10.13 (1.01)	18.81 (0.59)	19.87 (0.55)	58.67 (1.42)
+""",
+    "shuffle_cifar10": """
+CBP	0.21 (0.16)	0.87 (0.19)	0.36 (1.19)	0.67 (0.26)	0.13 (0.10)	0.31 (0.05)	37.17 (1.50)	37.72 (1.03)	38.67 (1.47)	90.14 (0.47)
+CReLU	14.56 (1.36)	17.24 (0.51)	12.10 (1.22)	6.87 (1.18)	12.86 (1.04)	8.22 (0.77)	31.12 (1.14)	39.93 (0.61)	43.29 (0.93)	89.41 (0.34)
+ReDo	12.02 (0.95)	13.55 (1.45)	10.44 (1.38)	2.34 (0.76)	3.10 (1.20)	1.44 (0.13)	32.17 (1.41)	33.88 (1.37)	42.71 (0.80)	77.36 (0.57)
+L2Init + EWC	5.10 (1.14)	7.67 (1.11)	4.53 (0.65)	3.44 (1.26)	4.50 (1.04)	2.92 (1.28)	32.05 (1.03)	35.46 (0.50)	36.75 (0.82)	69.65 (0.24)
+NeuMoSync	14.90 (0.52)	16.45 (1.43)	13.24 (1.38)	4.33 (1.33)	12.37 (0.81)	8.92 (0.56)	32.02 (1.38)	40.17 (1.45)	45.90 (0.59)	92.84 (0.36)
+""",
+    "permuted_mnist": """
+CBP	17.65 (0.99)	14.88 (0.57)	13.71 (1.26)	14.77 (1.27)	18.32 (0.63)	17.14 (0.98)	20.50 (1.05)	38.75 (0.77)	35.29 (1.37)	69.21 (0.27)
+CReLU	23.53 (0.92)	20.98 (0.71)	18.86 (1.04)	4.93 (1.23)	7.67 (0.70)	5.57 (0.81)	33.11 (1.50)	39.38 (1.15)	53.44 (0.94)	69.38 (0.31)
+ReDo	25.87 (1.02)	26.33 (0.62)	20.71 (0.72)	13.87 (0.84)	14.65 (1.09)	12.43 (0.73)	12.12 (0.72)	25.50 (0.57)	36.29 (1.13)	35.71 (0.38)
+L2Init + EWC	24.74 (0.73)	24.21 (1.41)	19.86 (1.36)	12.21 (0.57)	13.33 (0.74)	12.65 (1.17)	12.12 (0.71)	25.52 (0.63)	35.57 (1.44)	34.24 (0.42)
+NeuMoSync	22.76 (1.07)	28.65 (0.97)	24.57 (1.28)	12.87 (1.31)	19.22 (0.69)	17.71 (0.60)	30.02 (0.93)	47.13 (0.92)	55.71 (0.97)	74.36 (1.36)
+""",
+    "class_split_cifar100": """
+CBP	12.04 (1.23)	10.65 (1.17)	13.86 (1.48)	8.21 (0.60)	5.77 (0.90)	7.52 (0.84)	51.09 (1.36)	59.08 (0.75)	63.57 (0.69)	72.36 (0.67)
+ReDo	2.76 (1.50)	2.87 (1.34)	2.46 (1.47)	0.31 (0.19)	0.21 (0.27)	0.11 (0.25)	56.20 (0.99)	58.19 (0.71)	56.06 (0.90)	72.51 (0.75)
+L2Init + EWC	3.45 (0.56)	3.01 (0.88)	3.94 (1.49)	2.00 (0.77)	3.64 (1.28)	2.10 (0.96)	55.77 (0.92)	57.52 (1.46)	57.67 (1.50)	68.24 (0.31)
+NeuMoSync	9.87 (1.06)	19.05 (1.22)	11.95 (0.65)	7.10 (0.80)	17.44 (1.47)	8.19 (1.08)	51.69 (1.04)	60.77 (1.25)	62.43 (0.56)	78.68 (0.91)
+""",
+    "class_split_tiny_imagenet": """
+CBP	4.67 (1.08)	3.11 (1.34)	5.27 (1.35)	2.06 (0.66)	1.01 (0.48)	1.88 (0.58)	70.30 (0.69)	72.37 (1.10)	76.88 (1.18)	83.21 (0.57)
+CReLU	1.06 (0.35)	5.43 (0.18)	3.65 (1.34)	3.64 (0.75)	4.43 (1.09)	2.54 (1.12)	69.07 (0.92)	71.74 (1.08)	72.76 (0.78)	84.27 (1.02)
+ReDo	5.21 (1.43)	4.43 (0.70)	6.88 (1.22)	2.76 (0.74)	2.87 (0.90)	2.19 (1.17)	69.33 (0.80)	70.52 (0.82)	74.69 (1.25)	83.26 (1.32)
+L2Init + EWC	1.04 (0.04)	1.40 (0.23)	3.54 (1.50)	0.66 (0.14)	0.06 (0.11)	0.08 (0.32)	72.48 (0.77)	71.56 (1.43)	75.77 (1.38)	82.76 (1.27)
+NeuMoSync	7.30 (1.38)	6.56 (0.87)	8.23 (0.66)	2.65 (1.33)	3.57 (1.20)	3.27 (1.11)	67.96 (1.49)	70.44 (1.15)	76.08 (0.51)	86.37 (1.06)
+""",
+}
+_T1_COLS = (("bkt_gamma_half", "BKT_γ/2"), ("bkt_gamma", "BKT_γ"), ("bkt", "BKT_mean"),
+            ("fkt_gamma_half", "FKT_γ/2"), ("fkt_gamma", "FKT_γ"), ("fkt", "FKT_mean"), ("lca_0", "LCA_0"),
+            ("lca_f", "LCA_F"), ("lca_b", "LCA_B"), ("avg_online_acc", "Average Final Accuracy"))
+
+_T2 = """
+ViT	47.20(1.76)	48.72(1.98)	53.61(1.56)	61.15(1.21)	60.38(1.54)
+NeuMoSync (MLP)	48.47(1.15)	49.17(1.23)	49.31(1.54)	50.26(1.26)	47.51(1.32)
+NeuMoSync (1D Conv)	70.04(1.07)	68.11(1.12)	67.11(1.11)	65.24(1.32)	63.34(1.82)
+NeuMoSync	69.31(1.10)	68.32(1.04)	68.81(1.03)	67.33(1.46)	64.74(1.96)
+"""
+_W5 = (("online_acc_last10", "10%"), ("online_acc_last25", "25%"), ("online_acc_last50", "50%"),
+       ("online_acc_last75", "75%"), ("online_acc_last100", "100%"))
+_W4 = (_W5[0], _W5[1], _W5[2], _W5[4])
+
+_F4 = ("permuted_mnist_forgetting", "split_cifar10", "class_split_cifar100_forgetting",
+       "class_split_tiny_imagenet_forgetting")
+_F4_HEAD = ("P-MNIST", "Split C10", "Split C100", "Split T-ImgNet")
+_T3 = """
+EWC	46.23(1.34)	18.00(0.92)	4.57(1.28)	8.41(0.73)	62.09(0.84)	94.32(1.12)	89.98(0.65)	92.40(1.27)
+HAT	22.19(0.84)	58.44(1.67)	25.00 (0.91)	51.62 (1.42)	25.83(1.05)	87.05(0.78)	49.53(1.44)	78.73(0.91)
+A-GEM	50.71(1.11)	20.36(0.87)	1.29(1.58)	12.88(0.93)	70.69(0.96)	95.68 (1.38)	17.27(0.72)	70.69(1.09)
+ER	63.00(0.95)	61.55(1.21)	7.42(0.82)	32.18(1.36)	68.12(1.22)	91.22(0.86)	37.90(1.41)	91.60(0.67)
+CBP + ER	49.83(1.12)	30.27(0.79)	4.00(1.47)	28.64(0.86)	68.69(0.94)	82.81(1.19)	53.47(0.73)	68.69(1.06)
+CReLU + ER	63.39(0.97)	60.00(1.53)	1.78(0.88)	40.22(1.26)	68.87(1.11)	92.72(0.82)	68.65(1.36)	83.89(0.97)
+NeuMoSync + ER	64.00 (1.05)	66.47 (0.96)	18.91(1.38)	41.00(0.99)	75.58 (0.88)	94.73(1.25)	95.68 (0.91)	95.30 (1.14)
+"""
+_T4_B = ("permuted_mnist", "random_label_mnist", "random_label_cifar10", "shuffle_cifar10", "class_split_cifar100",
+         "class_split_tiny_imagenet")
+_T4 = """
+MAML	24.44(0.93)	60.39(1.23)	12.01(1.83)	20.21(1.23)	12.94(0.94)	21.56(0.99)	41.33(1.43)	92.35 (1.04)	47.12(1.11)	75.34(1.23)	64.14 (1.65)	87.96(0.93)
+ANML	19.39(1.27)	47.23(1.65)	10.97(1.54)	12.34(1.76)	13.04(0.87)	14.27(0.73)	19.44(1.29)	30.41(1.32)	55.31(1.32)	80.05 (1.06)	61.19(0.76)	88.18 (1.01)
+NeuMoSync	26.64 (1.63)	74.36 (1.36)	25.54 (1.31)	58.67 (1.42)	21.81 (1.06)	64.74 (1.96)	51.43 (0.83)	92.84 (0.36)	57.22 (0.85)	78.68(0.91)	62.44(1.63)	86.37(1.06)
+"""
+_T23 = """
+EWC	46.23(1.34)	18.00(0.92)	04.57(1.28)	08.41(0.73)
+HAT	22.19(0.84)	58.44(1.67)	25.00 (0.91)	51.62 (1.42)
+A-GEM	50.71(1.11)	20.36(0.87)	01.29(1.58)	12.88(0.93)
+ER	63.00(0.95)	61.55(1.21)	07.42(0.82)	32.18(1.36)
+CBP + ER	49.83(1.12)	30.27(0.79)	04.00(1.47)	28.64(0.86)
+CReLU + ER	63.39(0.97)	60.00(1.53)	01.78(0.88)	40.22(1.26)
+NeuMoSync + ER	64.00 (1.05)	66.47 (0.96)	18.91(1.38)	41.00(0.99)
+"""
+_T24 = """
+EWC	65.05(1.23)	93.50(0.94)	90.33(1.11)	90.99(0.86)
+HAT	37.69(0.77)	89.20(1.45)	61.71(0.92)	81.52(1.36)
+A-GEM	69.03(1.18)	93.76(0.83)	58.21(1.42)	69.03(0.91)
+ER	71.35(0.95)	92.21(1.07)	75.81(0.89)	90.18(1.27)
+CBP + ER	63.24(1.14)	89.25(0.93)	71.32(1.39)	63.24(0.84)
+CReLU + ER	69.96(0.98)	92.07(1.31)	81.32(0.87)	84.98(1.25)
+NeuMoSync + ER	75.58(1.09)	93.17(0.96)	94.35(1.22)	91.25(0.88)
+"""
+_T25 = """
+EWC	62.09 (0.84)	94.32 (1.12)	89.98 (0.65)	92.40 (1.27)
+HAT	25.83 (1.05)	87.05 (0.78)	49.53 (1.44)	78.73 (0.91)
+A-GEM	70.69 (0.96)	95.68 (1.38)	17.27 (0.72)	70.69 (1.09)
+ER	68.12 (1.22)	91.22 (0.86)	37.90 (1.41)	91.60 (0.67)
+CBP + ER	68.69 (0.94)	82.81 (1.19)	53.47 (0.73)	68.69 (1.06)
+CReLU + ER	68.87 (1.11)	92.72 (0.82)	68.65 (1.36)	83.89 (0.97)
+NeuMoSync + ER	75.58 (0.88)	94.73 (1.25)	95.68 (0.91)	95.30 (1.14)
+"""
+_T27 = """
+α_AL-Only	24.69(1.73)	23.70(1.72)	23.28(1.84)	23.38(1.74)
+α_ARM-Only	18.08(1.57)	18.60(1.59)	20.02(1.57)	18.23(1.67)
+α_SM-Only	11.45(1.45)	11.84(1.84)	14.53(1.53)	22.52(1.87)
+α_WC-Only	11.42(1.59)	11.32(1.73)	11.12(1.65)	11.85(1.96)
+NeuMoSync	69.31(1.10)	68.32(1.04)	68.81(1.03)	64.74(1.96)
+"""
+# The paper prints the fourth row of Table 28 as a second "α_SM-Only"; Table 27's order makes it α_WC-Only.
+_T28 = """
+α_AL-Only	65.07(0.24)	66.16(0.31)	65.80(0.28)	69.78(0.19)
+α_ARM-Only	43.92(0.15)	43.56(0.18)	43.14(0.22)	45.22(0.16)
+α_SM-Only	71.35(0.03)	70.76(0.02)	73.25(0.04)	78.11(0.25)
+α_WC-Only	10.40(0.08)	11.03(0.05)	10.07(0.12)	14.41(0.33)
+NeuMoSync	93.00(0.41)	92.84(0.29)	92.17(0.38)	92.84(0.36)
+"""
+_T29 = """
+w/o NeuroSync + α_AL-Only	59.25(0.32)	60.24(0.28)	61.00(0.35)	61.04(0.21)
+w/o NeuroSync + α_ARM-Only	10.07(0.11)	12.60(0.49)	11.40(0.07)	12.98(0.19)
+w/o NeuroSync + α_SM-Only	10.20(0.33)	11.01(0.03)	11.00(0.4)	12.52(0.17)
+w/o NeuroSync + α_WC-Only	10.67(0.80)	10.10(0.09)	11.11(0.13)	14.82(0.23)
+"""
+_T30 = """
+w/o NeuroSync + α_AL-Only	24.02(0.18)	24.16(0.15)	24.29(0.22)	23.91(0.19)
+w/o NeuroSync + α_ARM-Only	11.46(0.12)	11.48(0.08)	11.42(0.11)	11.73(0.14)
+w/o NeuroSync + α_SM-Only	10.56(0.31)	11.40(0.55)	11.02(0.13)	12.52(0.17)
+w/o NeuroSync + α_WC-Only	11.40(0.09)	11.41(0.07)	11.41(0.10)	11.70(0.13)
+"""
+_T31 = """
+NeuMoSync w resetting	57.94(1.33)	58.32(1.53)	61.23(1.87)	60.13(1.43)	59.38(1.87)
+NeuroSync w/o resetting	69.31(1.10)	68.32(1.04)	68.81(1.03)	67.33(1.46)	64.74(1.96)
+"""
+_T32 = """
+0.999 (chosen)	69.31(1.10)	68.32(1.04)	68.81(1.46)	67.33(1.46)	64.74(1.96)
+0.9	35.50(1.45)	33.63(1.28)	36.67(1.34)	38.96(1.82)	40.35(2.15)
+0.99	36.56(1.38)	37.77(1.22)	39.67(1.41)	39.24(1.76)	40.04(2.08)
+0.9999	21.90(1.02)	21.82(0.95)	25.78(1.18)	27.15(1.52)	30.43(1.89)
+"""
+_T33 = """
+0.999 (chosen)	93.00(0.41)	92.84(0.36)	92.17(0.38)	91.56(0.29)	92.84(0.36)
+0.9	83.55(0.33)	83.90(0.40)	83.39(0.31)	86.19(0.35)	87.92(0.32)
+0.99	83.80(0.35)	81.45(0.39)	82.82(0.34)	85.26(0.37)	86.37(0.30)
+0.9999	57.80(0.37)	56.45(0.32)	57.82(0.36)	60.26(0.41)	64.37(0.38)
+"""
+
+_NUM = re.compile(r"(-?\d+(?:\.\d+)?)\s*\(\s*(\d+(?:\.\d+)?)\s*\)")
+
+
+def parse_rows(text: str, columns) -> list[Cell]:
+    """Cells of a block of ``label<TAB>mean (spread)...`` rows; a row whose number of values is not the number of
+    columns is an error (a copy slip)."""
+    cells = []
+    for line in text.strip().splitlines():
+        label, _, rest = line.partition("\t")
+        values = _NUM.findall(rest)
+        if len(values) != len(columns) or _NUM.sub("", rest).strip():
+            raise ValueError(f"row {label!r}: {len(values)} values for {len(columns)} columns: {rest!r}")
+        cells += [Cell(b, label.strip(), metric, float(m), float(s)) for (b, metric, _), (m, s) in zip(columns, values)]
+    return cells
+
+
+def _table(id, title, probes, columns, methods, rows, gamma=None, note=""):
+    if isinstance(rows, dict):  # one block per benchmark, the same columns in each
+        cells = [c for b, text in rows.items() for c in parse_rows(text, [(b, m, h) for m, h in columns])]
+        cols = tuple((b, m, h) for b in rows for m, h in columns)
+    else:
+        cols = tuple(columns)
+        cells = parse_rows(rows, cols)
+    return PaperTable(id, title, probes, cols, tuple(methods), tuple(cells), dict(gamma or {}), note)
+
+
+def _one(bench, cols):
+    return tuple((bench, m, h) for m, h in cols)
+
+
+def _each(benchmarks, heads, metric):
+    return tuple((b, metric, h) for b, h in zip(benchmarks, heads))
+
+
+_TABLES = (
+    _table("table1", "Knowledge transfer and learning speed (gamma: 20% of a task's budget, Table 5)",
+           "adaptation", _T1_COLS, _TRANSFER, _T1),
+    _table("table2", "Controller ablation on Random-Label CIFAR-10: average online accuracy over the last x% of "
+           "tasks", "online", _one("random_label_cifar10", _W5),
+           (_m("ViT", "base", backbone="vit"), _m("NeuMoSync (MLP)", "neumosync", controller="mlp"),
+            _m("NeuMoSync (1D Conv)", "neumosync", controller="conv1d"), _m("NeuMoSync", "neumosync")), _T2),
+    _table("table3", "Forgetting (Average Forgetting, App. F: final accuracy on previous tasks) and late plasticity "
+           "(last 25% of tasks)", "forgetting",
+           _each(_F4, _F4_HEAD, "af_neumosync") + _each(_F4, _F4_HEAD, "online_acc_last25"), _FORGETTING, _T3),
+    _table("table4", "Meta-learning comparison: LCA_F and average accuracy (gamma: Table 13)", "adaptation",
+           tuple(c for b in _T4_B for c in ((b, "lca_f", "LCA_F"), (b, "avg_online_acc", "Acc"))),
+           (_m("MAML", "maml"), _m("ANML", "anml"), _m("NeuMoSync", "neumosync")), _T4,
+           gamma=dict(permuted_mnist=78, random_label_mnist=1500, random_label_cifar10=374, shuffle_cifar10=156,
+                      class_split_cifar100=78, class_split_tiny_imagenet=375)),
+    _table("table23", "Average Forgetting (App. F: final accuracy on previous tasks; higher is better)",
+           "forgetting", _each(_F4, _F4_HEAD, "af_neumosync"), _FORGETTING, _T23),
+    _table("table24", "Average online accuracy across all tasks (forgetting protocol)", "forgetting",
+           _each(_F4, _F4_HEAD, "avg_online_acc"), _FORGETTING, _T24),
+    _table("table25", "Average online accuracy across the last 25% of tasks (forgetting protocol)", "forgetting",
+           _each(_F4, _F4_HEAD, "online_acc_last25"), _FORGETTING, _T25),
+    _table("table27", "One mechanism at a time, with NeuroSync, Random-Label CIFAR-10", "online",
+           _one("random_label_cifar10", _W4), _WITH_NS, _T27),
+    _table("table28", "One mechanism at a time, with NeuroSync, Shuffle CIFAR-10", "online",
+           _one("shuffle_cifar10", _W4), _WITH_NS, _T28,
+           note="the paper prints the 4th row as a second 'α_SM-Only'; kept here as α_WC-Only (Table 27's order)"),
+    _table("table29", "One mechanism at a time, without NeuroSync (per-neuron coefficients), Shuffle CIFAR-10",
+           "online", _one("shuffle_cifar10", _W4), _WITHOUT_NS, _T29),
+    _table("table30", "One mechanism at a time, without NeuroSync (per-neuron coefficients), Random-Label CIFAR-10",
+           "online", _one("random_label_cifar10", _W4), _WITHOUT_NS, _T30),
+    _table("table31", "NeuroSync reset at every task end (4x epochs) vs not, Random-Label CIFAR-10", "online",
+           _one("random_label_cifar10", _W5),
+           (_m("NeuMoSync w resetting", "neumosync", env_factors={"epochs_per_task": 4}, reset_controller=True),
+            _m("NeuroSync w/o resetting", "neumosync")), _T31),
+    _table("table32", "Consolidation rate beta, Random-Label CIFAR-10", "online", _one("random_label_cifar10", _W5),
+           _BETA, _T32),
+    _table("table33", "Consolidation rate beta, Shuffle CIFAR-10", "online", _one("shuffle_cifar10", _W5), _BETA,
+           _T33),
+)
+TABLES: dict[str, PaperTable] = {t.id: t for t in _TABLES}
+
+
+def normalize_table_id(text: str) -> str:
+    """``"1"``, ``"T1"``, ``"table1"``, ``"Table 1"`` -> ``"table1"``."""
+    digits = re.sub(r"^(table|tab|t)", "", re.sub(r"[\s_-]", "", str(text).lower()))
+    return f"table{digits}"
+
+
+def table(table_id: str) -> PaperTable:
+    key = normalize_table_id(table_id)
+    if key not in TABLES:
+        raise KeyError(f"no reference data for {table_id!r}; tables: {', '.join(table_ids())}")
+    return TABLES[key]
+
+
+def table_ids() -> list[str]:
+    return list(TABLES)
