@@ -70,9 +70,22 @@ def agent_class(name: str):
     return compose(name, classes)
 
 
-def make(name: str, env, **hparams):
-    """Build agent ``name`` for ``env`` with the paper's defaults, overridden by ``hparams``."""
-    return agent_class(name)(env, **hparams)
+def make(name: str, env, paper_benchmark: str | bool | None = None, **hparams):
+    """Build agent ``name`` for ``env``: the class ``DEFAULTS``, then the paper's row for ``env``'s benchmark
+    (:mod:`agents.paper_hparams`), then ``hparams`` (explicit values win). ``paper_benchmark``: a benchmark key
+    to take the row from instead of the env's, or False for the class defaults only. ``agent.hparam_source``
+    says where the values came from."""
+    from agents.paper_hparams import PaperRow, lookup
+
+    cls = agent_class(name)
+    if paper_benchmark is False:
+        row = PaperRow({}, "class DEFAULTS", None)
+    else:
+        row = lookup(name, env, paper_benchmark or None)
+    agent = cls(env, **{**row.hparams, **hparams})
+    explicit = sorted(hparams)
+    agent.hparam_source = row.source + (f"; explicit: {', '.join(explicit)}" if explicit else "")
+    return agent
 
 
 def add_arguments_help() -> str:  # used by the CLI's `clenv list --agents`
