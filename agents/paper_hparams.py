@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clenv.papers import paper_steps_per_task
+
 __all__ = ["PAPER_HPARAMS", "ENV_BENCHMARK", "FALLBACK", "STEP_HPARAMS", "PaperRow", "lookup", "paper_hparams",
            "benchmark_for_env"]
 
@@ -203,28 +205,6 @@ def _rows_for(name: str, family: str) -> tuple[str, dict[str, Any]] | None:
     return "; ".join(sources), merged
 
 
-def _paper_steps_per_task(family: str) -> int | None:
-    """Steps per task of the paper's protocol for ``family`` (Table 5), or None when not determined."""
-    try:
-        from clenv.papers import BENCHMARKS
-        from clenv.registry import protocol
-    except ImportError:  # pragma: no cover - clenv is a dependency
-        return None
-    bench = BENCHMARKS.get(family)
-    row = protocol(bench.paper_env) if bench else None
-    if row is None:
-        return None
-    kw = {**row.kwargs, **bench.env_kwargs}
-    if kw.get("steps_per_task"):
-        return int(kw["steps_per_task"])
-    samples = kw.get("samples_per_task")
-    if samples is None and kw.get("classes_per_task") and kw.get("samples_per_class"):
-        samples = kw["classes_per_task"] * kw["samples_per_class"]
-    if not samples:
-        return None
-    return (int(samples) // int(kw.get("batch_size", 16))) * int(kw.get("epochs_per_task", 1))
-
-
 def _env_steps_per_task(env) -> int | None:
     u = getattr(env, "unwrapped", env)
     fn = getattr(u, "steps_per_task", None)
@@ -260,7 +240,7 @@ def lookup(agent_name: str, env, benchmark: str | None = None, *, rescale_steps:
     source, values = row[0], dict(row[1])
     steps = [k for k in STEP_HPARAMS if k in values]
     if rescale_steps and steps:
-        ours, paper = _env_steps_per_task(env), _paper_steps_per_task(FALLBACK.get(family, family))
+        ours, paper = _env_steps_per_task(env), paper_steps_per_task(FALLBACK.get(family, family))
         if ours and paper and ours != paper:
             for k in steps:
                 values[k] = max(1, int(round(values[k] * ours / paper)))

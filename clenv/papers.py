@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Benchmark", "Method", "Cell", "PaperTable", "BENCHMARKS", "TABLES", "table", "table_ids",
-           "benchmark", "normalize_table_id"]
+           "benchmark", "normalize_table_id", "protocol_kwargs", "paper_steps_per_task", "steps_per_task"]
 
 PAPER = "NeuMoSync (/work/shared/seeds/000)"
 
@@ -138,6 +138,33 @@ def benchmark(name: str) -> Benchmark:
         if want in (re.sub(r"[^a-z0-9]", "", b.key), re.sub(r"[^a-z0-9]", "", b.name.lower())):
             return b
     raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+
+
+def protocol_kwargs(key: str) -> dict[str, Any]:
+    """The paper's protocol of benchmark ``key`` as ``gym.make`` kwargs of its paper env (registry defaults plus
+    the setting's changes)."""
+    from clenv.registry import protocol
+
+    b = BENCHMARKS[key]
+    return {**protocol(b.paper_env).kwargs, **b.env_kwargs}
+
+
+def steps_per_task(kwargs: dict[str, Any]) -> int | None:
+    """Steps per task of a protocol given as env kwargs (the env's rule: train samples // batch size x epochs);
+    None when the samples per task are not fixed by the kwargs (a whole dataset)."""
+    if kwargs.get("steps_per_task"):
+        return int(kwargs["steps_per_task"])
+    samples = kwargs.get("samples_per_task")
+    if samples is None and kwargs.get("classes_per_task") and kwargs.get("samples_per_class"):
+        samples = int(kwargs["classes_per_task"]) * int(kwargs["samples_per_class"])
+    if not samples:
+        return None
+    return (int(samples) // int(kwargs.get("batch_size", 16))) * int(kwargs.get("epochs_per_task", 1))
+
+
+def paper_steps_per_task(key: str) -> int | None:
+    """Steps per task of benchmark ``key`` under the paper's protocol (Table 5), or None."""
+    return steps_per_task(protocol_kwargs(key)) if key in BENCHMARKS else None
 
 
 # ---------------------------------------------------------------------------------------------------- methods
