@@ -1,4 +1,4 @@
-"""The ``clenv`` command: ``list``, ``run``, ``compare``, ``sweep`` and ``report``.
+"""The ``clenv`` command: ``list``, ``run``, ``compare``, ``sweep``, ``report`` and ``reproduce``.
 
 Agents are found through the ``clenv.agents`` entry-point group (the bundled ``agents`` package declares itself
 there), so this module never imports ``agents`` by name.
@@ -203,6 +203,12 @@ def cmd_report(args) -> int:
     return report_main(args.rest)
 
 
+def cmd_reproduce(args) -> int:
+    from clenv.reproduce import reproduce_main
+
+    return reproduce_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clenv", description="Continual-learning task streams as Gymnasium envs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -245,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="aggregate run folders into tables and figures", add_help=False)
     rep.add_argument("rest", nargs=argparse.REMAINDER)
     rep.set_defaults(func=cmd_report)
+
+    rp = sub.add_parser("reproduce", help="run a paper table's protocol and print ours next to the paper's "
+                        "(`clenv reproduce --list`)", add_help=False)
+    rp.add_argument("rest", nargs=argparse.REMAINDER)
+    rp.set_defaults(func=cmd_reproduce)
     return p
 
 
@@ -254,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clenv.sweep import sweep_main
 
         return sweep_main(argv[1:])
+    if argv[:1] == ["reproduce"]:  # likewise (`clenv reproduce --list`)
+        from clenv.reproduce import reproduce_main
+
+        return reproduce_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
