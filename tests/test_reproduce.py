@@ -1,0 +1,128 @@
+"""clenv.papers reference data and the ``clenv reproduce`` command."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clenv import papers
+from clenv.cli import main
+from clenv.registry import protocol
+from clenv.report import TABLES as REPORT_TABLES
+from clenv.reproduce import plan, probe_budget, select_methods
+
+SEED_PAPER = Path("/work/shared/seeds/000_c039e5521929aa7c.txt")
+
+# Metric names clenv produces: the report's tables plus the online names of clenv.metrics.online.
+REPORT_METRICS = {m for _, cols in REPORT_TABLES for m, _ in cols} | {"avg_online_acc"}
+
+
+def test_reference_data_parses_and_names_real_metrics():
+    for t in papers.TABLES.values():
+        assert t.cells and t.methods
+        labels = {m.label for m in t.methods}
+        for c in t.cells:
+            assert c.metric in REPORT_METRICS, (t.id, c.metric)
+            assert c.benchmark in papers.BENCHMARKS, (t.id, c.benchmark)
+            assert c.method in labels, (t.id, c.method)
+            assert 0.0 <= abs(c.mean) <= 100.0 and c.std >= 0.0
+        # Every (benchmark, method, metric) at most once, and every column filled for every method listed.
+        keys = [(c.benchmark, c.method, c.metric) for c in t.cells]
+        assert len(keys) == len(set(keys)), t.id
+        for b in t.benchmarks:
+            assert protocol(papers.BENCHMARKS[b].paper_env) is not None
+            assert protocol(papers.BENCHMARKS[b].stand_in) is not None
+
+
+def test_known_cells_and_a_copy_slip_is_caught():
+    t1 = papers.table("Table 1")
+    cell = {(c.benchmark, c.method, c.metric): c for c in t1.cells}
+    c = cell[("random_label_cifar10", "NeuMoSync", "lca_b")]
+    assert (c.mean, c.std) == (18.90, 0.58)
+    assert len([c for c in t1.cells if c.benchmark == "class_split_cifar100"]) == 4 * 10  # no CReLU row there
+    with pytest.raises(ValueError, match="values for"):
+        papers.parse_rows("X\t1.0 (0.1)\t2.0 (0.2)", [("b", "m", "h")])
+    assert papers.normalize_table_id("T27") == papers.normalize_table_id("table 27") == "table27"
+
+
+@pytest.mark.skipif(not SEED_PAPER.is_file(), reason="the paper's text is not on this machine")
+def test_every_row_is_in_the_paper():
+    """Each stored row's numbers occur, in order, as one row of the paper's text (labels may be normalised)."""
+    num = re.compile(r"(-?\d+(?:\.\d+)?)\s*\(\s*(\d+(?:\.\d+)?)\s*\)")
+    paper_rows = set()
+    for line in SEED_PAPER.read_text().splitlines():
+        vals = tuple((float(a), float(b)) for a, b in num.findall(line.replace("<b>", "").replace("</b>", "")))
+        if vals:
+            paper_rows.add(vals)
+    for t in papers.TABLES.values():
+        by_row: dict = {}
+        for c in t.cells:
+            # Table 1 has one row per (benchmark, method); the others one row per method across benchmarks.
+            by_row.setdefault((c.benchmark if t.id == "table1" else "", c.method), []).append((c.mean, c.std))
+        for key, vals in by_row.items():
+            assert tuple(vals) in paper_rows, (t.id, key)
+
+
+def test_list(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    for tid in papers.table_ids():
+        assert f"{tid}:" in out
+    assert "NeuMoSync (1D Conv)" in out
+
+
+def test_bad_input_is_a_clear_error(capsys):
+    assert main(["reproduce", "table99"]) == 2
+    assert "no reference data" in capsys.readouterr().err
+    assert main(["reproduce", "table1", "--benchmark", "split_cifar10"]) == 2
+    assert "has no benchmark" in capsys.readouterr().err
+    assert main(["reproduce", "table1", "--agents", "hat"]) == 2
+    assert "has no method" in capsys.readouterr().err
+
+
+def test_methods_select_by_agent_label_or_key():
+    t = papers.table("2")
+    assert [m.label for m in select_methods(t, "neumosync")] == ["NeuMoSync (MLP)", "NeuMoSync (1D Conv)",
+                                                                  "NeuMoSync"]
+    assert [m.key for m in select_methods(t, "NeuMoSync (MLP),base")] == ["neumosync[controller=mlp]",
+                                                                          "base[backbone=vit]"]
+
+
+def test_plan_scales_with_minimums_and_stands_in():
+    b = papers.BENCHMARKS["random_label_cifar10"]
+    p = plan(b, scale=0.01, check_data=False)
+    # 100 tasks x 0.01 = 1 -> the minimum 2; 50 epochs x 0.01 -> 0.5 -> rounds to 0 -> the minimum 1
+    assert p["env_kwargs"]["num_tasks"] == 2 and p["env_kwargs"]["epochs_per_task"] == 1
+    assert any("scaled x0.01" in n for n in p["notes"])
+    # The CIFAR-10 data is not on the test machines: the Fashion-MNIST stand-in keeps the CIFAR protocol.
+    s = plan(b, scale=1.0)
+    if s["env_id"] != b.paper_env:
+        assert s["env_id"] == "RandomLabelFashionMNIST-v0" and s["env_kwargs"]["num_tasks"] == 100
+        assert s["env_kwargs"]["dataset"] == "fashion_mnist" and any("stand" in n or "not on" in n
+                                                                     for n in s["notes"])
+    # gamma keeps Table 5's share of a task: 187 of 3750 steps -> 19 of 375, and never below 2 or above a task.
+    t1 = papers.table("1")
+    assert probe_budget(t1, b, 375, 3750)[0] == 19
+    assert probe_budget(t1, b, 3750, 3750) == (187, "gamma = 187 (Table 5)")
+    assert probe_budget(t1, b, 5, 3750)[0] == 2 and probe_budget(t1, b, 1, 3750)[0] == 1
+
+
+def test_tiny_reproduction_prints_paper_and_ours_side_by_side(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["reproduce", "table1", "--benchmark", "Random-Label MNIST", "--agents", "cbp,crelu", "--seeds", "0",
+               "--env", "RandomLabelDigits-v0", "--scale", "0.1", "--env-set", "samples_per_task=64",
+               "--no-progress", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for label in ("1. CBP · ours", "1. CBP · paper", "2. CReLU · ours", "2. CReLU · paper"):
+        assert any(r.startswith(f"| {label} |") for r in rows), label
+    # The paper's cell appears verbatim next to ours (Table 1, Random-Label MNIST, CBP, LCA_F = 11.68 (0.77)).
+    paper_cbp = next(r for r in rows if r.startswith("| 1. CBP · paper |"))
+    assert "11.68 (0.77)" in paper_cbp and "36.41 (1.25)" in paper_cbp
+    ours_cbp = next(r for r in rows if r.startswith("| 1. CBP · ours |"))
+    assert "-" not in ours_cbp.split("|")[2:-1]  # every column measured
+    assert "scaled x0.1" in text and "gamma = " in text and "NeuMoSync Table 7" in text
+    saved = sorted(out.rglob("result.json"))
+    assert len(saved) == 2 and (out / "table1" / "comparison.md").is_file()
+    assert {p.parts[-3] for p in saved} == {"cbp", "crelu"}
