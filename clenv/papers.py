@@ -27,7 +27,6 @@ from typing import Any
 __all__ = ["Benchmark", "Method", "Cell", "PaperTable", "BENCHMARKS", "TABLES", "table", "table_ids",
            "benchmark", "normalize_table_id", "protocol_kwargs", "paper_steps_per_task", "steps_per_task"]
 
-PAPER = "NeuMoSync (/work/shared/seeds/000)"
 
 
 @dataclass(frozen=True)
@@ -367,7 +366,7 @@ def _each(benchmarks, heads, metric):
 
 
 _TABLES = (
-    _table("table1", "Knowledge transfer and learning speed (gamma: 20% of a task's budget, Table 5)",
+    _table("table1", "Knowledge transfer and learning speed (gamma: Table 5)",
            "adaptation", _T1_COLS, _TRANSFER, _T1),
     _table("table2", "Controller ablation on Random-Label CIFAR-10: average online accuracy over the last x% of "
            "tasks", "online", _one("random_label_cifar10", _W5),
