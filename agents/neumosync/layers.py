@@ -72,8 +72,8 @@ class _DualLinear(torch.autograd.Function):
 
     Theta and phi go through two GEMMs, not one against ``cat([theta, phi])``: at batch 16 on CPU the GEMM is bound by
     reading the weights, and materialising the stacked copy every step (theta changes every step) cost more than the
-    second GEMM call (first MLP layer, forward + backward: 1.49 ms stacked vs 1.17 ms two GEMMs vs 0.67 ms for the
-    unmodulated layer, benchmarks/neumosync_step.py's machine)."""
+    second GEMM call (MLP layer 3072 -> 100, batch 16, forward + backward, one thread: 1.49 ms stacked vs 1.17 ms
+    two GEMMs vs 0.67 ms for the unmodulated layer)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, phi_weight, phi_bias, sm, wc):
