@@ -184,16 +184,6 @@ def comparison(table: papers.PaperTable, bench: papers.Benchmark, env_id: str, m
     return format_table(title, columns, agg, env_label)
 
 
-def _agent_provider():
-    from importlib.metadata import entry_points
-
-    eps = list(entry_points(group="clenv.agents"))
-    if not eps:
-        raise RuntimeError("no agent provider is installed (entry-point group 'clenv.agents'); reinstall clenv "
-                           "with `pip install -e .`")
-    return eps[0].load()
-
-
 def _list() -> int:
     for t in papers.TABLES.values():
         print(f"{t.id}: {t.title}")
@@ -261,7 +251,9 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set) -> int:
     from clenv.results import atomic_write_bytes, run_dir, save_run
 
     torch.set_num_threads(args.threads)
-    provider = _agent_provider()
+    from clenv.cli import agent_provider  # the one lookup of the clenv.agents entry point
+
+    provider = agent_provider()
     takes_benchmark = "paper_benchmark" in inspect.signature(provider.make).parameters
     out_root = None if args.no_save else Path(args.out) / table.id
     print(f"clenv reproduce {table.id}: {table.title}")
