@@ -91,20 +91,17 @@ def _run_one(env_id, agent_name, seed, env_kwargs, agent_kwargs, out_root, progr
     return result, path
 
 
-def _summary_rows(results_by_agent: dict[str, list]) -> list[list[str]]:
-    import numpy as np
+#: The summary every run and compare prints (the papers' main plasticity columns).
+_SUMMARY = (("avg_online_acc", "avg online acc"), ("online_acc_last25", "last 25% of tasks"),
+            ("online_acc_last10", "last 10% of tasks"), ("final_task_online_acc", "last task"))
 
-    def cell(values):
-        values = np.asarray(values, dtype=float) * 100
-        return f"{values.mean():.2f}" + (f" ({values.std():.2f})" if len(values) > 1 else "")
 
-    rows = []
-    for name, results in results_by_agent.items():
-        rows.append([name, str(len(results)), cell([r.average_accuracy for r in results]),
-                     cell([r.last_fraction_accuracy(0.25) for r in results]),
-                     cell([r.task_accuracy[0] for r in results]), cell([r.task_accuracy[-1] for r in results]),
-                     f"{np.mean([r.wall_time for r in results]):.1f}"])
-    return rows
+def _summary(results: list) -> str:
+    """Mean (std) over seeds per agent, through the report's aggregation and table format."""
+    from clenv.report import aggregate, format_table
+
+    env = str(results[0].env_id)
+    return format_table("Online accuracy (%)", _SUMMARY, aggregate(results), env) or ""
 
 
 def _print_table(header, rows, file=None):
@@ -115,9 +112,6 @@ def _print_table(header, rows, file=None):
     print("  ".join("-" * w for w in widths), file=file)
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)), file=file)
-
-
-_HEADER = ["agent", "seeds", "avg online acc %", "last 25% tasks %", "first task %", "last task %", "time/run s"]
 
 
 def cmd_list(args) -> int:
@@ -161,7 +155,7 @@ def cmd_run(args) -> int:
     show = list(range(len(tasks))) if len(tasks) <= 12 else [*range(6), *range(len(tasks) - 6, len(tasks))]
     _print_table(["task", "online acc %"], [[str(result.task_ids[i]), f"{tasks[i] * 100:.2f}"] for i in show])
     print()
-    _print_table(_HEADER, _summary_rows({args.agent: [result]}))
+    print(_summary([result]))
     for key, value in sorted(result.metrics.items()):
         if isinstance(value, (int, float)):
             print(f"  {key} = {value:.4g}")
@@ -176,16 +170,16 @@ def cmd_compare(args) -> int:
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     if len(names) < 1 or not seeds:
         raise CliError("--agents needs at least one name and --seeds at least one seed")
-    results: dict[str, list] = {}
+    results: list = []
     for name in names:
         for seed in seeds:
-            result, _ = _run_one(args.env, name, seed, env_kwargs, agent_kwargs.get(name, {}) if args.per_agent
-                                 else agent_kwargs, out, not args.no_progress, args.total_steps, evaluation)
-            results.setdefault(name, []).append(result)
+            result, _ = _run_one(args.env, name, seed, env_kwargs, agent_kwargs, out, not args.no_progress,
+                                 args.total_steps, evaluation)
+            results.append(result)
             print(f"  {name} seed {seed}: avg online acc {result.average_accuracy * 100:.2f}%, last 25% tasks "
                   f"{result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)", flush=True)
-    print(f"\n{args.env}: online accuracy, mean (std) over seeds {seeds}")
-    _print_table(_HEADER, _summary_rows(results))
+    print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s in all")
+    print(_summary(results))
     if out is not None:
         print(f"results under {out}/ (aggregate with `clenv report {out}/...`)")
     return 0
@@ -241,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.add_argument("--agents", required=True, help="comma-separated agent names, e.g. base,scratch")
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    c.set_defaults(func=cmd_compare, per_agent=False)
+    c.set_defaults(func=cmd_compare)
 
     sw = sub.add_parser("sweep", help="methods x grid x seeds x streams on Ray (or sequentially), resumable",
                         add_help=False)
