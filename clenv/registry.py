@@ -39,7 +39,7 @@ def _sup(id, dataset, stream, description, data, *, gamma=None, backbone="mlp", 
                   backbone, paper, tags)
 
 
-_TV = "torchvision download (download=True) or CLENV_DATA"
+_TV = "torchvision (downloaded when missing) or CLENV_DATA"
 _FMNIST = "Debian dataset-fashion-mnist, torchvision FashionMNIST or CLENV_DATA"
 _DIGITS = "scikit-learn (ships with the package)"
 _NMS = "NeuMoSync Table 5 / Appendix B.3"

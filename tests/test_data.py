@@ -111,9 +111,25 @@ def test_image_folder_without_val_is_split_and_resized(tmp_path):
 def test_missing_dataset_names_every_place_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CLENV_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError) as err:
-        load_dataset("cifar10")
+        load_dataset("cifar10", download=False)
     msg = str(err.value)
-    assert str(tmp_path / "nowhere") in msg and "download=True" in msg and "CLENV_DATA" in msg
+    assert str(tmp_path / "nowhere") in msg and "CLENV_DATA" in msg and "download attempted" not in msg
+    # by default a dataset that is not on disk is downloaded; a failed download is named in the error
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def offline(self):
+        calls.append(self.root)
+        raise OSError("<urlopen error offline>")
+
+    monkeypatch.setattr(tvd.MNIST, "download", offline)
+    with pytest.raises(DatasetNotFoundError, match="download attempted.*offline"):
+        load_dataset("mnist")
+    assert calls == [str(tmp_path / "nowhere")]  # into the first data root, once
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", download=False)
+    assert len(calls) == 1
     with pytest.raises(DatasetNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
         monkeypatch.setenv("CLENV_DEBIAN_FASHION_MNIST", str(tmp_path / "no-debian"))
         load_dataset("fashion_mnist")

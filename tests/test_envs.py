@@ -292,7 +292,7 @@ def test_unknown_kwarg_and_bad_values_get_clear_errors():
 def test_missing_data_root_is_a_clear_error(tmp_path):
     clear_cache()
     with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
-        gym.make("RandomLabelCIFAR10-v0", data_root=str(tmp_path))
+        gym.make("RandomLabelCIFAR10-v0", data_root=str(tmp_path), download=False)
 
 
 def test_colon_form_works_without_importing_clenv():

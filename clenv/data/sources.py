@@ -98,49 +98,61 @@ def _split_from_torchvision(ds) -> Split:
     return Split(images.to(torch.uint8), labels)
 
 
+def _try_torchvision(cls, name: str, num_classes: int, root: Path, download: bool,
+                     looked: list[str]) -> Dataset | None:
+    """Both splits of torchvision dataset ``cls`` at ``root``, or None (the reason appended to ``looked``)."""
+    looked.append(f"{root}" + (" (download attempted)" if download else ""))
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError) as err:  # "Dataset not found or corrupted"; a failed download (URLError)
+        looked[-1] += f": {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}"
+        return None
+    return Dataset(name, _split_from_torchvision(train), _split_from_torchvision(test), num_classes,
+                   f"torchvision.datasets.{cls.__name__}({root})")
+
+
 def _torchvision(cls_name: str, num_classes: int, fix: str) -> Callable[..., Dataset]:
-    def load(root=None, download: bool = False) -> Dataset:
+    def load(root=None, download: bool | None = None) -> Dataset:
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
-        looked = []
+        looked: list[str] = []
         for r in _roots(root):
-            looked.append(str(r))
-            try:
-                train = cls(str(r), train=True, download=download)
-                test = cls(str(r), train=False, download=download)
-            except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-                looked[-1] += f" ({err})"
-                continue
-            return Dataset(cls_name.lower(), _split_from_torchvision(train), _split_from_torchvision(test),
-                           num_classes, f"torchvision.datasets.{cls_name}({r})")
+            found = _try_torchvision(cls, cls_name.lower(), num_classes, r, bool(download), looked)
+            if found is not None:
+                return found
+        if download is None:  # not on disk: fetch it (needs internet)
+            found = _try_torchvision(cls, cls_name.lower(), num_classes, _roots(root)[0], True, looked)
+            if found is not None:
+                return found
         raise _missing(cls_name, looked, fix)
 
     return load
 
 
-def _load_fashion_mnist(root=None, download: bool = False) -> Dataset:
-    """torchvision's FashionMNIST; falls back to Debian's ``dataset-fashion-mnist`` idx files."""
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                  "t10k-labels-idx1-ubyte")
+
+
+def _load_fashion_mnist(root=None, download: bool | None = None) -> Dataset:
+    """torchvision's FashionMNIST under the data root, else Debian's ``dataset-fashion-mnist`` idx files, else (with
+    ``download`` not False) torchvision's download."""
     import torchvision.datasets as tvd
 
-    looked = []
+    looked: list[str] = []
     for r in _roots(root):
-        looked.append(str(r))
-        try:
-            return Dataset("fashion_mnist", _split_from_torchvision(tvd.FashionMNIST(str(r), train=True, download=download)),
-                           _split_from_torchvision(tvd.FashionMNIST(str(r), train=False, download=download)),
-                           10, f"torchvision.datasets.FashionMNIST({r})")
-        except RuntimeError as err:
-            looked[-1] += f" ({err})"
+        found = _try_torchvision(tvd.FashionMNIST, "fashion_mnist", 10, r, bool(download), looked)
+        if found is not None:
+            return found
     debian = Path(os.environ.get("CLENV_DEBIAN_FASHION_MNIST", DEBIAN_FASHION_MNIST))
     looked.append(str(debian))
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    if all((debian / f"{f}.gz").exists() for f in files):
+    if all((debian / f"{f}.gz").exists() for f in _FASHION_FILES):
         # torchvision reads the raw idx files from <root>/FashionMNIST/raw; unpack Debian's .gz files there once.
         cache = Path.home() / ".cache" / "clenv" / "debian-fashion-mnist"
         raw = cache / "FashionMNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
-        for f in files:
+        for f in _FASHION_FILES:
             if not (raw / f).exists():
                 tmp = raw / f"{f}.tmp{os.getpid()}"
                 with gzip.open(debian / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
@@ -149,11 +161,16 @@ def _load_fashion_mnist(root=None, download: bool = False) -> Dataset:
         return Dataset("fashion_mnist", _split_from_torchvision(tvd.FashionMNIST(str(cache), train=True)),
                        _split_from_torchvision(tvd.FashionMNIST(str(cache), train=False)),
                        10, f"Debian dataset-fashion-mnist ({debian})")
-    raise _missing("FashionMNIST", looked, "pass download=True (needs internet), or `apt-get install -y "
-                   "dataset-fashion-mnist`, or put torchvision's FashionMNIST/raw files under CLENV_DATA")
+    if download is None:
+        found = _try_torchvision(tvd.FashionMNIST, "fashion_mnist", 10, _roots(root)[0], True, looked)
+        if found is not None:
+            return found
+    raise _missing("FashionMNIST", looked, "on a machine with internet the download runs by itself (download=None, "
+                   "the default); offline, `apt-get install -y dataset-fashion-mnist`, or put torchvision's "
+                   "FashionMNIST/raw files under CLENV_DATA")
 
 
-def _load_digits(root=None, download: bool = False) -> Dataset:
+def _load_digits(root=None, download: bool | None = None) -> Dataset:
     """scikit-learn's 1,797 real 8x8 digits, scaled from 0..16 to 0..255; a fixed 80/20 train/test split."""
     from sklearn.datasets import load_digits
 
@@ -180,7 +197,7 @@ def make_synthetic(num_train: int = 2000, num_test: int = 500, shape=(1, 8, 8), 
     return Dataset("synthetic", split(num_train), split(num_test), num_classes, f"synthetic(seed={seed})")
 
 
-def _load_synthetic(root=None, download: bool = False) -> Dataset:
+def _load_synthetic(root=None, download: bool | None = None) -> Dataset:
     return make_synthetic()
 
 
@@ -189,7 +206,7 @@ IMAGE_FOLDER_SIZES = {"tiny_imagenet": 64, "mini_imagenet": 84, "imagenet": 32}
 
 
 def _image_folder(name: str, dirname: str, fix: str) -> Callable[..., Dataset]:
-    def load(root=None, download: bool = False, image_size: int | None = None) -> Dataset:
+    def load(root=None, download: bool | None = None, image_size: int | None = None) -> Dataset:
         size = image_size or IMAGE_FOLDER_SIZES[name]
         looked = []
         for r in _roots(root):
@@ -293,13 +310,13 @@ def _decode_samples(samples, size: int, desc: str) -> Split:
 
 _APT = "apt-get install -y dataset-fashion-mnist"
 DATASETS: dict[str, Callable[..., Dataset]] = {
-    "mnist": _torchvision("MNIST", 10, "pass download=True (gym.make(..., download=True)) on a machine with internet, "
-                          "or put torchvision's MNIST/raw files under CLENV_DATA"),
+    "mnist": _torchvision("MNIST", 10, "on a machine with internet the download runs by itself (download=None, the "
+                          "default); offline, put torchvision's MNIST/raw files under CLENV_DATA"),
     "fashion_mnist": _load_fashion_mnist,
-    "cifar10": _torchvision("CIFAR10", 10, "pass download=True on a machine with internet, or put "
-                            "cifar-10-batches-py/ under CLENV_DATA"),
-    "cifar100": _torchvision("CIFAR100", 100, "pass download=True on a machine with internet, or put "
-                             "cifar-100-python/ under CLENV_DATA"),
+    "cifar10": _torchvision("CIFAR10", 10, "on a machine with internet the download runs by itself (download=None, "
+                            "the default); offline, put cifar-10-batches-py/ under CLENV_DATA"),
+    "cifar100": _torchvision("CIFAR100", 100, "on a machine with internet the download runs by itself "
+                             "(download=None, the default); offline, put cifar-100-python/ under CLENV_DATA"),
     "tiny_imagenet": _image_folder("tiny_imagenet", "tiny-imagenet-200", "unpack tiny-imagenet-200.zip under "
                                    "CLENV_DATA (train/<wnid>/images/*.JPEG and val/)"),
     "mini_imagenet": _image_folder("mini_imagenet", "mini-imagenet", "put an ImageFolder tree mini-imagenet/train/"
@@ -314,8 +331,12 @@ _cache: dict[tuple, Dataset] = {}
 _lock = threading.Lock()
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False, **kwargs) -> Dataset:
-    """Load ``name`` (a key of :data:`DATASETS`) once per process and return the cached :class:`Dataset`."""
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool | None = None,
+                 **kwargs) -> Dataset:
+    """Load ``name`` (a key of :data:`DATASETS`) once per process and return the cached :class:`Dataset`.
+
+    ``download``: None (default) fetches a torchvision dataset that is not found on disk into the first data root;
+    True also lets torchvision refresh files it finds; False never touches the network."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     key = (name, str(Path(root).expanduser()) if root is not None else str(default_data_root()),

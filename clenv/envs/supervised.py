@@ -50,7 +50,8 @@ class SupervisedStreamEnv(gym.Env):
         augment: per-sample random crop, flip and rotation, drawn differently per task (Appendix B.3).
         device: where the dataset tensor lives and batches are built.
         task_aware: add the task id to the observation (a Dict observation ``{"x", "task_id"}``).
-        data_root / download / image_size: passed to the dataset loader.
+        data_root / download / image_size: passed to the dataset loader (``download=None``, the default, fetches a
+            torchvision dataset that is not on disk; False never touches the network).
         action_type: ``"labels"`` (MultiDiscrete of predicted classes) or ``"logits"`` (Box (B, C)).
         recurring_every: one fixed task recurs every n tasks (Appendix D.2).
         joint: cumulative joint training; task k samples with replacement from the union of tasks 0..k.
@@ -64,7 +65,7 @@ class SupervisedStreamEnv(gym.Env):
     def __init__(self, dataset: str = "digits", stream: str = "random_label", *, num_tasks: int = 10,
                  samples_per_task: int | None = None, epochs_per_task: int = 1, steps_per_task: int | None = None,
                  batch_size: int = 16, augment: bool = False, device: str = "cpu", task_aware: bool = False,
-                 data_root: str | None = None, download: bool = False, image_size: int | None = None,
+                 data_root: str | None = None, download: bool | None = None, image_size: int | None = None,
                  action_type: str = "labels", recurring_every: int | None = None, joint: bool = False,
                  test_samples_per_task: int | None = 1000, output: str = "numpy", **kwargs: Any):
         unknown = set(kwargs) - set(_CLASS_SPLIT_KW)
@@ -93,7 +94,7 @@ class SupervisedStreamEnv(gym.Env):
         self.config = dict(dataset=dataset, stream=stream, num_tasks=int(num_tasks), samples_per_task=samples_per_task,
                            epochs_per_task=int(epochs_per_task), steps_per_task=steps_per_task,
                            batch_size=int(batch_size), augment=bool(augment), device=str(device),
-                           task_aware=bool(task_aware), data_root=data_root, download=bool(download),
+                           task_aware=bool(task_aware), data_root=data_root, download=download,
                            image_size=image_size, action_type=action_type, recurring_every=recurring_every,
                            joint=bool(joint), test_samples_per_task=test_samples_per_task, output=output, **kwargs)
         self.num_tasks = int(num_tasks)
