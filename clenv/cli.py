@@ -96,11 +96,18 @@ _SUMMARY = (("avg_online_acc", "avg online acc"), ("online_acc_last25", "last 25
             ("online_acc_last10", "last 10% of tasks"), ("final_task_online_acc", "last task"))
 
 
+_RL_SUMMARY = (("avg_task_return", "mean return, all tasks"), ("task_return_last25", "last 25% of tasks"),
+               ("task_return_last10", "last 10% of tasks"))
+
+
 def _summary(results: list) -> str:
-    """Mean (std) over seeds per agent, through the report's aggregation and table format."""
+    """Mean (std) over seeds per agent, through the report's aggregation and table format; RL streams show the
+    per-task mean episode return instead of accuracy."""
     from clenv.report import aggregate, format_table
 
     env = str(results[0].env_id)
+    if "avg_task_return" in results[0].metrics:
+        return format_table("Episode return", _RL_SUMMARY, aggregate(results), env) or ""
     return format_table("Online accuracy (%)", _SUMMARY, aggregate(results), env) or ""
 
 
@@ -153,7 +160,11 @@ def cmd_run(args) -> int:
           f"{result.num_task_switches} task switches, {result.wall_time:.1f} s")
     tasks = result.task_accuracy
     show = list(range(len(tasks))) if len(tasks) <= 12 else [*range(6), *range(len(tasks) - 6, len(tasks))]
-    _print_table(["task", "online acc %"], [[str(result.task_ids[i]), f"{tasks[i] * 100:.2f}"] for i in show])
+    if "avg_task_return" in result.metrics:
+        _print_table(["task", "mean episode return"], [[str(result.task_ids[i]), f"{result.task_return[i]:.1f}"]
+                                                       for i in show])
+    else:
+        _print_table(["task", "online acc %"], [[str(result.task_ids[i]), f"{tasks[i] * 100:.2f}"] for i in show])
     print()
     print(_summary([result]))
     for key, value in sorted(result.metrics.items()):

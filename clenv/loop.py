@@ -251,6 +251,8 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     from clenv.metrics.online import online_metrics
 
     result.metrics.update(online_metrics(result.task_accuracy))
+    if result.episodes > 1:  # an episodic (RL) stream: the per-task mean episode return is what matters
+        result.metrics.update(return_metrics(result.task_return))
     for cb in callbacks:
         cb.on_task_end(env, agent, current_task, result)
     for cb in callbacks:
@@ -271,6 +273,19 @@ def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> 
     for task, ret, _ in episodes:
         by_task.setdefault(task, []).append(ret)
     result.task_return = [float(np.mean(by_task[t])) if t in by_task else float("nan") for t in result.task_ids]
+
+
+def return_metrics(task_return, windows=(0.1, 0.25, 1.0)) -> dict[str, float]:
+    """``avg_task_return`` and ``task_return_last{p}``: means over tasks (tasks in which no episode ended are
+    skipped) of the per-task mean episode return."""
+    from clenv.metrics.online import window_size
+
+    r = np.asarray(task_return, dtype=np.float64)
+    out = {"avg_task_return": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
+    for f in windows:
+        last = r[-window_size(r.size, f):] if r.size else r
+        out[f"task_return_last{int(round(f * 100))}"] = float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+    return out
 
 
 def _stream_length(unwrapped) -> int:

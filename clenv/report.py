@@ -50,10 +50,12 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
      (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
       ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
     ("Held-out test accuracy (%)", (("test_acc", "test acc"), ("avg_online_acc", "avg online acc"))),
+    ("Mean episode return per task (RL streams)",
+     (("avg_task_return", "all tasks"), ("task_return_last25", "last 25%"), ("task_return_last10", "last 10%"))),
 )
 
-_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/")
-_NOT_PERCENT = {"avg_sg", "ngm_avg_sg", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
+_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_")
+_NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
                 "zero_grad_fraction", "gamma", "probe_time_s"}
 
 

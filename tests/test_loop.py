@@ -151,3 +151,27 @@ def test_quickstart_example_runs():
     out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "noisy_input" in out.stdout and "3 task switches" in out.stdout
+
+
+def test_rl_stream_reports_per_task_episode_returns():
+    class RandomPolicy:
+        NAME = "random"
+
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def act(self, obs, info):
+            return int(self.rng.integers(2))
+
+        def observe(self, *args):
+            pass
+
+    env = gym.make("ContinualCartPole-v0", num_tasks=3, steps_per_task=300)
+    result = clenv.run(env, RandomPolicy(), seed=0, progress=False)
+    episodes = result.records["episodes"]
+    assert result.num_task_switches == 2 and result.episodes == len(episodes) > 3
+    for k in range(3):
+        returns = [ret for task, ret, _ in episodes if task == k]
+        assert result.task_return[k] == pytest.approx(np.mean(returns))
+    assert result.metrics["avg_task_return"] == pytest.approx(np.mean(result.task_return))
+    assert sum(length for _, _, length in episodes) == result.steps == 900
