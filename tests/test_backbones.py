@@ -1,0 +1,44 @@
+"""The papers' backbones: each builds for the env's input, trains through the shared step, and describes its units."""
+
+import pytest
+import torch
+
+import agents
+from agents.backbones import build_backbone
+from clenv.envs import SupervisedStreamEnv
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_wide", "resnet18", "resnet50", "vit"])
+def test_backbone_trains_through_the_shared_step(name):
+    env = SupervisedStreamEnv("digits", "random_label", num_tasks=1, samples_per_task=32, batch_size=4)
+    agent = agents.make("base", env, backbone=name, optimizer="adam", lr=1e-3)
+    x = agent.preprocess(env.reset(seed=0)[0])
+    assert agent.predict(x).shape == (4, 10)
+    before = [p.detach().clone() for p in agent.network.parameters()]
+    agent.learn(x, torch.arange(4))
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.network.parameters()))
+
+
+def test_paper_sizes():
+    mlp = build_backbone("mlp", (1, 28, 28), 10)
+    assert [l.num_units for l in mlp.unit_layers] == [100, 100]
+    assert sum(p.numel() for p in mlp.parameters()) == 89_610  # NeuMoSync C.7
+    cnn = build_backbone("cnn", (3, 32, 32), 100)
+    assert [l.num_units for l in cnn.unit_layers] == [8, 16, 32, 64]
+    assert sum(p.numel() for p in cnn.parameters()) == 24_528 + 25_700  # C.7: conv total + FC 256 x 100
+    wide = build_backbone("cnn_wide", (3, 32, 32), 10)
+    assert [l.num_units for l in wide.unit_layers] == [256, 128, 64, 32, 256, 256]
+
+
+def test_unit_layer_out_map_feeds_the_right_columns():
+    crelu = build_backbone("mlp", (1, 8, 8), 10, hidden=(5, 7), activation="crelu")
+    first = crelu.unit_layers[0]
+    assert first.outgoing.in_features == 10 and first.out_map.tolist()[2] == [2, 7]  # both branches of unit 2
+    cnn = build_backbone("cnn", (3, 32, 32), 10)
+    last = cnn.unit_layers[-1]
+    assert last.out_map.shape == (64, 4) and last.out_map[1].tolist() == [4, 5, 6, 7]  # 2x2 positions per channel
+    x = torch.randn(3, 3, 32, 32)
+    with cnn.capture() as cap:
+        cnn(x)
+    assert set(cap) == {l.name for l in cnn.unit_layers}
+    assert cnn.unit_layers[0].unit_activity(cap["conv0"]).shape == (3, 8)
