@@ -86,7 +86,3 @@ def make(name: str, env, paper_benchmark: str | bool | None = None, **hparams):
     explicit = sorted(hparams)
     agent.hparam_source = row.source + (f"; explicit: {', '.join(explicit)}" if explicit else "")
     return agent
-
-
-def add_arguments_help() -> str:  # used by the CLI's `clenv list --agents`
-    return ", ".join(available())
