@@ -70,7 +70,8 @@ def naive_forward(net, x, alphas):
 # ---------------------------------------------------------------------------------------------- forward identities
 @pytest.mark.parametrize("backbone,shape", [("mlp", (1, 8, 8)), ("cnn", (3, 16, 16)), ("mlp", (3, 10, 10))])
 def test_factorised_forward_equals_per_sample_weights(backbone, shape):
-    agent = agents.make("neumosync", spec(shape, backbone))
+    # neutral_init=False: a random output layer gives non-trivial, per-sample coefficients to check the identity on.
+    agent = agents.make("neumosync", spec(shape, backbone), neutral_init=False)
     perturb_phi(agent)
     x, _ = batch(shape)
     net = agent.network.eval()
@@ -132,7 +133,7 @@ def test_encoder_neuron_shortcut_equals_pytorch_transformer_layer(context):
 def test_gradients_equal_those_of_per_sample_weights(controller):
     """The fused theta/phi layer's hand-written backward gives the same theta, controller and feature gradients as
     autograd through explicitly built per-sample weights."""
-    agent = agents.make("neumosync", spec((1, 10, 10)), controller=controller)
+    agent = agents.make("neumosync", spec((1, 10, 10)), controller=controller, neutral_init=False)
     perturb_phi(agent)
     x, y = batch((1, 10, 10))
     net = agent.network
@@ -275,8 +276,8 @@ VARIANTS = {
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_variant_changes_the_function(name):
     x, _ = batch(shape=(1, 10, 10))
-    full = agents.make("neumosync", spec((1, 10, 10)))
-    variant = agents.make("neumosync", spec((1, 10, 10)), **VARIANTS[name])
+    full = agents.make("neumosync", spec((1, 10, 10)), neutral_init=False)
+    variant = agents.make("neumosync", spec((1, 10, 10)), neutral_init=False, **VARIANTS[name])
     for a in (full, variant):
         perturb_phi(a)
         with torch.no_grad():  # the no-controller table starts at zero: give it values so every mechanism acts
@@ -299,6 +300,45 @@ def test_each_variant_changes_the_function(name):
         assert alphas.shape[0] == 1  # the same coefficients for every input
     else:
         assert alphas.shape[0] == x.shape[0] and (alphas[0] - alphas[1]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("controller", ["transformer", "lowrank", "conv1d", "mlp", "sparse", "unconditioned"])
+def test_controller_starts_at_neutral_coefficients_and_still_learns(controller):
+    """I.2 / Figure 4B: training starts from a_SM = 1, a_WC = a_AL = a_ARM = 0 (the plain MainNetwork; a default
+    initialised output layer gave every neuron a shared offset, a_SM ~ 1.25, a_AL ~ -0.5, that collapsed early tasks
+    to chance). The zeroed output layer must not freeze the controller: one step moves the coefficients, two steps
+    reach the encoder; a G.2 reset starts neutral again."""
+    x, y = batch((1, 10, 10), b=16)
+    agent = agents.make("neumosync", spec((1, 10, 10)), controller=controller, reset_controller=True,
+                        sparse_fraction=0.2)
+    perturb_phi(agent)  # a_WC = 0 must hide phi exactly
+    net = agent.network
+    neutral = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    with torch.no_grad():
+        assert torch.equal(net.alphas(x), neutral.expand(x.shape[0] if net.controller.input_conditioned else 1,
+                                                          net.num_neurons, 4))
+        plain = x.flatten(1)
+        for m in modulated_layers(net.backbone):
+            plain = F.linear(plain, m.weight, m.bias)
+            plain = plain if m is net.backbone.head else torch.relu(plain)
+        torch.testing.assert_close(net(x), plain)
+    out = set(map(id, net.controller.output_layer().parameters()))
+    body = [p for p in net.controller.parameters() if id(p) not in out and p.dim() == 2]
+    before = [p.detach().clone() for p in body]
+    agent.on_task_switch(0)
+    agent.learn(x, y)
+    assert (net.last_alphas - neutral).abs().max() == 0  # the first step ran at the neutral point ...
+    with torch.no_grad():
+        assert (net.alphas(x) - neutral).abs().max() > 1e-5  # ... and moved the coefficients
+    agent.learn(x, y)
+    assert any(not torch.equal(a, p) for a, p in zip(before, body))  # gradient reaches past the output layer
+    agent.on_task_switch(1)  # reset_controller=True: back to the neutral start
+    with torch.no_grad():
+        assert torch.equal(net.alphas(x), neutral.expand_as(net.alphas(x)))
+    legacy = agents.make("neumosync", spec((1, 10, 10)), controller=controller, neutral_init=False,
+                         sparse_fraction=0.2)
+    with torch.no_grad():
+        assert (legacy.network.alphas(x) - neutral).abs().max() > 1e-3
 
 
 def test_no_controller_has_no_transformer_parameters():

@@ -183,7 +183,11 @@ class NeuMoSyncAgent(SupervisedAgent):
     - ``coefficients``: the mechanisms on, a subset of ``("sm", "wc", "al", "arm")`` ('w/o' and 'only' ablations);
     - ``global_plasticity`` (False): one a_SM and one a_WC for all neurons (G.4);
     - ``reset_controller`` (False): re-initialise the controller at each task end (G.2);
-    - ``feature_ema`` (0.99): rate of the neuron activity statistics; ``mlp_hidden``: the MLP controller's width.
+    - ``feature_ema`` (0.99): rate of the neuron activity statistics; ``mlp_hidden``: the MLP controller's width;
+    - ``neutral_init`` (True): the controller's output layer starts at zero, so training starts from the neutral
+      coefficients a_SM = 1, a_WC = a_AL = a_ARM = 0 (I.2, Figure 4B; False: PyTorch's default initialisation, whose
+      shared offsets let early task switches collapse the network to chance, see
+      :meth:`agents.neumosync.controller._Base.neutralise`).
 
     The backbone's hidden activations become the modulated PReLU, so ``activation`` must be ``relu``.
     """
@@ -192,7 +196,7 @@ class NeuMoSyncAgent(SupervisedAgent):
     DEFAULTS = dict(optimizer="adam", lr=1e-3, beta=0.999, controller="transformer", input_conditioned=True,
                     d_model=14, d_ff=128, heads=2, patch_size=5, feature_dim=4, coefficients=COEFFICIENTS,
                     global_plasticity=False, reset_controller=False, sparse_fraction=0.1, feature_ema=0.99,
-                    mlp_hidden=32)
+                    mlp_hidden=32, neutral_init=True)
 
     def build_network(self) -> nn.Module:
         h = self.hparams
@@ -210,7 +214,7 @@ class NeuMoSyncAgent(SupervisedAgent):
             coefficients=h["coefficients"], global_plasticity=h["global_plasticity"], feature_ema=h["feature_ema"],
             d=h["d_model"], d_ff=h["d_ff"], heads=h["heads"], patch=h["patch_size"],
             input_conditioned=h["input_conditioned"], sparse_fraction=h["sparse_fraction"],
-            mlp_hidden=h["mlp_hidden"], seed=h["seed"])
+            mlp_hidden=h["mlp_hidden"], seed=h["seed"], neutral_init=h["neutral_init"])
 
     # ------------------------------------------------------------------ hooks
     def after_update(self, x: torch.Tensor, y: torch.Tensor) -> None:

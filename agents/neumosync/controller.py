@@ -160,13 +160,37 @@ class _Base(nn.Module):
     def image_tokens(self, x):
         return None if self.patches is None else self.patches(x)
 
+    #: Zero the output layer at (re-)initialisation, so the controller starts at the neutral coefficients.
+    neutral_init = True
+
+    def output_layer(self) -> nn.Module:
+        """The layer whose outputs are the raw coefficients (zeroed by the neutral initialisation)."""
+        return self.decoder
+
+    def neutralise(self) -> None:
+        """Zero the output layer: every raw coefficient is 0, i.e. a_SM = 1, a_WC = a_AL = a_ARM = 0.
+
+        Why: the paper emits delta a_SM around 1 because "initially zero-centered" outputs would otherwise zero the
+        neurons (I.2), and keeps a_WC at zero in the first phase (Figure 4B). A default-initialised output layer
+        instead starts every neuron at a shared offset (a_SM ~ 1.25, a_AL ~ -0.5 on Fashion-MNIST), which let the
+        first task switches collapse the InferenceNetwork to w ~ 0 (tasks at chance; examples/neumosync_vs_base.py).
+        The rest of the controller keeps its random initialisation, so the first step already trains the output layer.
+        """
+        layer = self.output_layer()
+        with torch.no_grad():
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+
     def reset_parameters(self):
-        """Re-initialise every parameter (the G.2 'reset at each task end' ablation)."""
+        """Re-initialise every parameter (the G.2 'reset at each task end' ablation), neutral output included."""
         for m in self.modules():
             if m is self:
                 continue
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+        if self.neutral_init:
+            self.neutralise()
 
 
 class TransformerController(_Base):
@@ -263,6 +287,9 @@ class MLPController(_Base):
         in_dim = num_neurons * feature_dim + (d if input_conditioned else 0)
         self.mlp = nn.Sequential(nn.Linear(in_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, num_neurons * 4))
 
+    def output_layer(self) -> nn.Module:
+        return self.mlp[-1]
+
     def forward(self, features, x):
         flat = features.reshape(1, -1)
         img = self.image_tokens(x)
@@ -294,6 +321,9 @@ class SparseController(_Base):
         self.decoder = nn.Sequential(nn.Linear(d, decoder_hidden), nn.ReLU(), nn.Linear(decoder_hidden, 4))
         self.seed = int(seed)
         self._generator = torch.Generator().manual_seed(self.seed)
+
+    def output_layer(self) -> nn.Module:
+        return self.decoder[-1]
 
     def _draw(self, batch: int, n: int, device) -> torch.Tensor:
         g = self._generator if self.training else torch.Generator().manual_seed(self.seed + 1)
@@ -344,9 +374,16 @@ CONTROLLERS = {"transformer": TransformerController, "lowrank": LowRankControlle
 
 def build_controller(name: str, num_neurons: int, feature_dim: int, input_shape, **options) -> nn.Module:
     """Controller ``name`` (one of :data:`CONTROLLERS`, or ``"unconditioned"``: the transformer without image
-    tokens)."""
+    tokens). ``neutral_init`` (default True) zeroes its output layer, so every coefficient starts neutral (a_SM = 1,
+    a_WC = a_AL = a_ARM = 0; ``none`` starts there anyway); False keeps PyTorch's default initialisation there."""
     if name == "unconditioned":
         name, options = "transformer", {**options, "input_conditioned": False}
     if name not in CONTROLLERS:
         raise ValueError(f"unknown controller {name!r}; expected one of {sorted(CONTROLLERS) + ['unconditioned']}")
-    return CONTROLLERS[name](num_neurons, feature_dim, tuple(input_shape), **options)
+    neutral = bool(options.pop("neutral_init", True))
+    ctrl = CONTROLLERS[name](num_neurons, feature_dim, tuple(input_shape), **options)
+    if isinstance(ctrl, _Base):
+        ctrl.neutral_init = neutral
+        if neutral:
+            ctrl.neutralise()
+    return ctrl
