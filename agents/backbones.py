@@ -140,28 +140,15 @@ class _Flatten(nn.Flatten):
 
 
 def _mlp(input_shape, num_outputs, hidden=(100, 100), activation="relu", layernorm=False, **_):
-    in_dim = int(math.prod(input_shape))
-    layers: list[nn.Module] = [_Flatten()]
-    linears, acts, norms = [], [], []
-    width = in_dim
-    for h in hidden:
-        lin = nn.Linear(width, h)
-        norm = nn.LayerNorm(h) if layernorm else None
-        act = ACTIVATIONS[activation](h)
-        layers += [lin] + ([norm] if norm is not None else []) + [act]
-        linears.append(lin), acts.append(act), norms.append(norm)
-        width = h * _width_factor(act)
-    body = nn.Sequential(*layers)
-    head = nn.Linear(width, num_outputs)
-    outs = linears[1:] + [head]
-    units = [UnitLayer(f"fc{i}", linears[i], outs[i], acts[i], _out_map(hidden[i], _width_factor(acts[i])), norms[i])
-             for i in range(len(hidden))]
-    return Backbone(body, head, units, "mlp")
+    # An MLP is the conv net with no conv layers: flatten, then the dense stack.
+    return _conv_net(input_shape, num_outputs, channels=(), fc=tuple(hidden), activation=activation,
+                     layernorm=layernorm, name="mlp")
 
 
 def _conv_net(input_shape, num_outputs, channels, fc=(), activation="relu", layernorm=False, name="cnn",
               batchnorm=False, **_):
-    c_in, h, w = input_shape
+    # A conv stack needs (C, H, W); with no conv layers (the MLP) any input shape is flattened.
+    c_in, h, w = input_shape if channels else (int(math.prod(input_shape)), 1, 1)
     layers: list[nn.Module] = []
     convs, acts, norms = [], [], []
     for c in channels:
