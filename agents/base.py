@@ -100,16 +100,20 @@ class SupervisedAgent(Agent):
     """Cross-entropy training on each observed batch, one optimiser step per environment step.
 
     Hyperparameters (``DEFAULTS``): ``backbone`` (None: the env's paper backbone), ``activation``, ``hidden``,
-    ``layernorm``, ``optimizer`` (sgd / adam / adamw), ``lr``, ``momentum``, ``weight_decay``, ``betas``, ``seed``
-    (network initialisation), ``device`` (None: the env's).
+    ``layernorm``, ``optimizer`` (sgd / adam / adamw), ``lr``, ``momentum``, ``weight_decay``, ``betas``,
+    ``max_grad_norm`` (None: no clipping; else the global gradient norm is clipped to it before every optimiser step,
+    after ``before_update``), ``seed`` (network initialisation), ``device`` (None: the env's).
     """
 
     NAME = "base"
     DEFAULTS = dict(backbone=None, activation="relu", hidden=(100, 100), layernorm=False, optimizer="sgd", lr=1e-2,
-                    momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), seed=0, device=None)
+                    momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=None, seed=0, device=None)
 
     def __init__(self, env, **hparams):
         self.hparams = resolve_hparams(type(self), hparams)
+        clip = self.hparams["max_grad_norm"]
+        if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0):
+            raise ValueError(f"max_grad_norm must be a positive number or None (no clipping), got {clip!r}")
         # ``env`` may be an env or the ``env_spec`` dict of another agent (how fresh() rebuilds without the env).
         self.env_spec = dict(env) if isinstance(env, dict) else self._read_env(env, getattr(env, "unwrapped", env))
         self.device = torch.device(self.hparams["device"] or self.env_spec["device"])
@@ -216,6 +220,9 @@ class SupervisedAgent(Agent):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.before_update()
+        if self.hparams["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           float(self.hparams["max_grad_norm"]))
         self.optimizer.step()
         self.num_updates += 1
         self.after_update(x, y)

@@ -42,3 +42,21 @@ def test_unit_layer_out_map_feeds_the_right_columns():
         cnn(x)
     assert set(cap) == {l.name for l in cnn.unit_layers}
     assert cnn.unit_layers[0].unit_activity(cap["conv0"]).shape == (3, 8)
+
+
+def test_max_grad_norm_clips_the_shared_step_and_rejects_bad_values():
+    """With SGD (lr 1) the update is minus the gradient, so its global norm is exactly max_grad_norm once clipped."""
+    env = SupervisedStreamEnv("digits", "random_label", num_tasks=1, samples_per_task=32, batch_size=4)
+    x = torch.rand(4, 1, 8, 8)
+    moved = {}
+    for clip in (None, 1e-3):
+        agent = agents.make("base", env, optimizer="sgd", lr=1.0, max_grad_norm=clip)
+        before = [p.detach().clone() for p in agent.network.parameters()]
+        agent.learn(x, torch.arange(4))
+        moved[clip] = float(torch.cat([(p.detach() - b).flatten()
+                                       for p, b in zip(agent.network.parameters(), before)]).norm())
+    assert moved[None] > 1e-2
+    assert moved[1e-3] == pytest.approx(1e-3, rel=1e-3)
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            agents.make("base", env, max_grad_norm=bad)

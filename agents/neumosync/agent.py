@@ -190,6 +190,11 @@ class NeuMoSyncAgent(SupervisedAgent):
       :meth:`agents.neumosync.controller._Base.neutralise`).
 
     The backbone's hidden activations become the modulated PReLU, so ``activation`` must be ``relu``.
+
+    Stability: the paper does not clip gradients, so neither does the default. On the reduced Random-Label protocol
+    of examples/neumosync_vs_base.py, the loss spike at a task switch sometimes sends the coefficients to w ~ 0 and
+    the task stays at chance; the base agent's ``max_grad_norm=1.0`` removed every such collapse there (last-25%
+    accuracy 72.70 (2.50) against 45.35 (5.07), 3 seeds).
     """
 
     NAME = "neumosync"
