@@ -121,9 +121,11 @@ def main(argv=None) -> None:
         n = res["neumosync_sparse_resnet18"].network.num_neurons
         print(f"resnet18: {n} neurons, MainNetwork {o['base']:,} params, controller+features {o['overhead']:,} "
               f"({100 * o['share']:.3f}%)")
+        rflops = {k: _count(a)[1] for k, a in res.items()}
         rcpu, _ = _time_steps(res, max(3, args.steps // 20))
         for name, t in rcpu.items():
-            print(f"{name:>26}: {1e3 * t:9.1f} ms/step")
+            print(f"{name:>26}: {1e3 * t:9.1f} ms/step, {rflops[name] / 1e9:7.2f} GFLOP/step")
+        print(f"resnet18_sparse_flop_ratio={rflops['neumosync_sparse_resnet18'] / rflops['base_resnet18']:.2f}")
         print(f"resnet18_sparse_ratio={rcpu['neumosync_sparse_resnet18'] / rcpu['base_resnet18']:.2f}")
     # The paper's controller runs its feed-forward block on every (sample, neuron) pair (B x N tokens), so its FLOPs,
     # not its 5% parameter share, set its cost.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import agents
 from agents.neumosync import NeuMoSyncAgent
-from agents.neumosync.controller import EncoderLayer, LowRankController, TransformerController
+from agents.neumosync.controller import CrossAttention, EncoderLayer, LowRankController, TransformerController
 from agents.neumosync.layers import (ModulatedActivation, ModulatedConv2d, ModulatedLinear, _DualLinear,
                                      modulated_layers, unit_stats)
 
@@ -182,6 +182,20 @@ def test_transformer_controller_folds_the_decoder_exactly(context):
         seq = torch.cat([tokens.expand(b, -1, -1), ctrl.patches(x)], 1) if context else tokens[None]
         expected = ctrl.decoder(ref(seq)[:, :n])
         torch.testing.assert_close(ctrl(feats, x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(enc(seq), ref(seq), rtol=1e-4, atol=1e-5)  # the full layer (sparse encoder)
+
+
+def test_cross_attention_equals_multihead_attention():
+    """The sparse controller's CrossAttention (fused attention) == nn.MultiheadAttention with the same weights."""
+    torch.manual_seed(0)
+    att, ref = CrossAttention(14, 2), nn.MultiheadAttention(14, 2, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([att.q.weight, att.kv.weight]))
+        ref.in_proj_bias.copy_(torch.cat([att.q.bias, att.kv.bias]))
+        ref.out_proj.load_state_dict(att.proj.state_dict())
+        q, memory = torch.randn(3, 50, 14), torch.randn(3, 20, 14)
+        torch.testing.assert_close(att(q, memory), ref(q, memory, memory, need_weights=False)[0],
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_lowrank_controller_is_a_rank_d_image_readout():

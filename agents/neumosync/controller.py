@@ -66,8 +66,10 @@ class EncoderLayer(nn.Module):
     """One pre-LN transformer encoder layer (multi-head self-attention, ReLU feed-forward, no dropout).
 
     Same parameters as ``nn.TransformerEncoderLayer(norm_first=True)`` (4d^2 + 4d attention, 2 d d_ff + d_ff + d
-    feed-forward, two LayerNorms), written with plain matmuls: PyTorch's CPU flash-attention kernel is slow for the
-    controller's tiny head size (7). :meth:`neurons` exploits that neuron tokens are shared by every sample.
+    feed-forward, two LayerNorms). :meth:`forward` (every token attends to every token: the sparse controller's
+    encoder) uses PyTorch's fused attention, which never builds the full score tensor: 2x faster than plain matmuls
+    for 16 x 517 tokens on CPU, equal for a few hundred. :meth:`neurons` (the transformer controller) is written
+    with plain matmuls to exploit that neuron tokens are shared by every sample.
     """
 
     def __init__(self, d: int, heads: int, d_ff: int):
@@ -87,8 +89,7 @@ class EncoderLayer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every token attends to every token: (B, L, d) -> (B, L, d)."""
         q, k, v = (_heads(t, self.heads) for t in self.qkv(self.norm1(tokens)).chunk(3, -1))
-        att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, -1)
-        return self._ffn(tokens + self.proj(_merge(att @ v)))
+        return self._ffn(tokens + self.proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale))))
 
     def neurons(self, neurons: torch.Tensor, context: torch.Tensor | None,
                 decoder: nn.Linear | None = None) -> torch.Tensor:
@@ -134,7 +135,10 @@ class EncoderLayer(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention (queries from one set, keys and values from another), 4d^2 + 4d parameters."""
+    """Multi-head cross-attention (queries from one set, keys and values from another), 4d^2 + 4d parameters.
+
+    Fused attention: for the sparse controller on ResNet-18 (4810 queries x 517 keys per sample) the plain-matmul
+    version built a 16 x 2 x 4810 x 517 score tensor and took 2.3x longer (forward + backward, CPU)."""
 
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -145,7 +149,7 @@ class CrossAttention(nn.Module):
     def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         q = _heads(self.q(queries), self.heads)
         k, v = (_heads(t, self.heads) for t in self.kv(memory).chunk(2, -1))
-        return self.proj(_merge(torch.softmax((q @ k.transpose(-1, -2)) * self.scale, -1) @ v))
+        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
 
 
 class _Base(nn.Module):
