@@ -8,6 +8,8 @@ where a curve is drawn), writes the PNG atomically and returns its path, or None
 - :func:`accuracy_matrices`: R[i][j] heatmaps (rows: after task i; columns: task j).
 - :func:`stability_curves`: continual-evaluation accuracy of every seen task over steps, task switches marked.
 - :func:`diagnostics_over_tasks`: dormant ratio, feature rank, weight magnitude, zero-gradient fraction per task.
+- :func:`agent_traces`: an agent's own per-step signals (``records["agent_diagnostics"]``, e.g. NeuMoSync's
+  per-layer coefficient means, its Figure 4), one panel per signal family, one line per layer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from clenv.results import atomic_write_bytes
 
-__all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks"]
+__all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks", "agent_traces"]
 
 
 def _plt():
@@ -165,4 +167,49 @@ def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(keys):]:
         ax.set_visible(False)
+    return _save(fig, path)
+
+
+def agent_traces(groups: dict, path, families=None) -> Path | None:
+    """The agent's traced signals over steps (mean over runs, +/- std), task switches as dashed lines.
+
+    Signals named ``family/part`` (``alpha_sm/fc0``) share the panel ``family`` with one line per part; a signal
+    without ``/`` gets its own panel. ``families`` picks and orders panels (default: all, in first-seen order)."""
+    plt = _plt()
+    items = [(label, [r for r in runs if r.records.get("agent_diagnostics")]) for label, runs in groups.items()]
+    items = [(label, runs) for label, runs in items if runs]
+    if not items:
+        return None
+    panels: dict[str, list[str]] = {}
+    for _, runs in items:
+        for key in runs[0].records["agent_diagnostics"]:
+            if key != "step":
+                fam = key.split("/", 1)[0]
+                if key not in panels.setdefault(fam, []):
+                    panels[fam].append(key)
+    names = [f for f in (families or panels) if f in panels]
+    if not names:
+        return None
+    cols = min(2, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+    for ax, fam in zip(axes.ravel(), names):
+        for label, runs in items:
+            n = min(len(r.records["agent_diagnostics"]["step"]) for r in runs)
+            steps = np.asarray(runs[0].records["agent_diagnostics"]["step"])[:n]
+            for key in panels[fam]:
+                series = [r.records["agent_diagnostics"].get(key) for r in runs]
+                series = [np.asarray(v, dtype=np.float64)[:n] for v in series if v is not None]
+                if series:
+                    part = key.split("/", 1)[1] if "/" in key else key
+                    _band(ax, steps, np.stack(series), part if len(items) == 1 else f"{label}: {part}")
+        for s in np.cumsum(items[0][1][0].task_steps)[:-1]:
+            ax.axvline(s, color="grey", ls="--", lw=0.8)
+        ax.set(title=fam, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    if len(items) == 1:
+        fig.suptitle(items[0][0])
     return _save(fig, path)

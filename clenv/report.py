@@ -159,7 +159,8 @@ def report_main(argv=None) -> int:
             groups.setdefault(f"{r.env_id} / {r.agent}", []).append(r)
         for fn, name in ((plots.learning_curves, "learning_curves.png"), (plots.accuracy_matrices,
                          "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
-                         (plots.diagnostics_over_tasks, "diagnostics.png")):
+                         (plots.diagnostics_over_tasks, "diagnostics.png"),
+                         (plots.agent_traces, "agent_traces.png")):
             path = fn(groups, out / name)
             if path is not None:
                 written.append(path)

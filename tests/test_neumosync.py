@@ -428,9 +428,11 @@ def test_trace_and_diagnostics_report_the_last_step():
     a = net.last_alphas
     assert tr["alpha_wc/fc1"] == pytest.approx(float(a[:, 100:200, 1].mean()), rel=1e-5)
     assert tr["alpha_sm_abs/head"] == pytest.approx(float(a[:, 200:, 0].abs().mean()), rel=1e-5)
-    assert len(tr) == 5 * 3
+    assert len(tr) == 5 * 3 - 2  # the head has no activation: no a_AL / a_ARM there
+    assert "alpha_al/head" not in tr and "alpha_arm/head" not in tr and "alpha_arm/fc1" in tr
     d = agent.diagnostics()
     assert d["units"] == [100, 100, 10] and d["alpha"]["al"]["fc0"].shape == (100,)
+    assert "head" not in d["alpha"]["arm"] and "head" in d["alpha"]["wc"]
     assert d["samples"]["sm"]["head"].shape == (6, 10)
     np.testing.assert_allclose(d["alpha"]["sm"]["fc0"], a[:, :100, 0].mean(0).numpy(), rtol=1e-6)
 
@@ -486,3 +488,18 @@ def test_learns_random_labels_better_than_base():
         torch.set_num_threads(1)
         acc[name] = clenv.run(env, agents.make(name, env), seed=0, progress=False).last_fraction_accuracy(0.5)
     assert acc["neumosync"] > acc["base"] + 0.04, acc
+
+
+def test_alphas_example_draws_both_figures_from_a_run(tmp_path):
+    """examples/neumosync_alphas.py: traces and task-end distributions come out of one recorded run as PNGs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "neumosync_alphas.py"
+    spec_ = importlib.util.spec_from_file_location("neumosync_alphas", path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    written = module.main(["--env", "RandomLabelDigits-v0", "--tasks", "2", "--samples", "32", "--epochs", "1",
+                           "--trace-every", "1", "--out", str(tmp_path)])
+    assert [w.name for w in written] == ["alpha_traces.png", "alpha_distributions.png"]
+    assert all(w.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for w in written)

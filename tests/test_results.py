@@ -33,7 +33,10 @@ def fake_run(seed, acc=(0.1, 0.2, 0.3), agent="base", env="RandomLabelDigits-v0"
                                                                    "feature_rank": 10.0 - k, "weight_magnitude": 0.02,
                                                                    "zero_grad_fraction": float("nan")}
                                                                   for k in range(T)],
-                 "probe_gamma_source": "table5"}
+                 "probe_gamma_source": "table5",
+                 "agent_diagnostics": {"step": np.arange(1, 4 * T + 1, dtype=np.float64),
+                                       "alpha_sm/fc0": rng.random(4 * T), "alpha_sm/fc1": rng.random(4 * T),
+                                       "temperature": rng.random(4 * T)}}
     r.config = {"env": {"num_tasks": T}, "agent": {"lr": 0.01, "hidden": (100, 100)}}
     return r
 
@@ -47,6 +50,8 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.step_reward, r.step_reward)
     np.testing.assert_array_equal(back.step_task, r.step_task)
     np.testing.assert_array_equal(back.records["accuracy_matrix"], r.records["accuracy_matrix"])
+    np.testing.assert_array_equal(back.records["agent_diagnostics"]["alpha_sm/fc1"],
+                                  r.records["agent_diagnostics"]["alpha_sm/fc1"])
     assert back.metrics["lca_f"] == r.metrics["lca_f"] and np.isnan(back.metrics["avg_sg"])
     assert back.records["diagnostics"][1]["dormant_ratio"] == pytest.approx(0.1)
     assert back.records["diagnostics"][1]["zero_grad_fraction"] is None  # non-finite -> null in JSON
@@ -108,10 +113,33 @@ def test_report_on_three_seeds_writes_tables_and_figures(tmp_path, capsys):
     assert "avg-SG" not in text  # a column with no finite value anywhere is left out
     assert "LCA_F" in text and "51.00 (1.00)" in text  # lca_f = 0.50, 0.51, 0.52
     assert "4 runs, 2 configurations" in capsys.readouterr().out
-    for name in ("learning_curves.png", "accuracy_matrix.png", "stability_gap.png", "diagnostics.png"):
+    for name in ("learning_curves.png", "accuracy_matrix.png", "stability_gap.png", "diagnostics.png",
+                 "agent_traces.png"):
         assert (out / name).read_bytes()[:8] == PNG
     csv = (out / "metrics.csv").read_text().splitlines()
     assert csv[0] == "env,agent,metric,mean,std,n"
+
+
+def test_agent_traces_groups_signals_into_family_panels(tmp_path, monkeypatch):
+    """``family/part`` signals share a panel (one line per part); a run without traces draws nothing."""
+    from clenv import plots
+
+    drawn, band = {}, plots._band
+
+    def spy(ax, x, data, label):
+        drawn.setdefault(id(ax), []).append((label, data.shape))
+        band(ax, x, data, label)
+
+    monkeypatch.setattr(plots, "_band", spy)
+    runs = [fake_run(s) for s in range(2)]
+    assert plots.agent_traces({"base": runs}, tmp_path / "t.png").read_bytes()[:8] == PNG
+    panels = sorted(drawn.values(), key=len)
+    assert [[lbl for lbl, _ in p] for p in panels] == [["temperature"], ["fc0", "fc1"]]
+    assert all(shape == (2, 12) for p in panels for _, shape in p)  # two runs, every traced step
+    bare = fake_run(0)
+    del bare.records["agent_diagnostics"]
+    assert plots.agent_traces({"base": [bare]}, tmp_path / "none.png") is None
+    assert plots.agent_traces({"base": runs}, tmp_path / "x.png", families=["nothing"]) is None
 
 
 def test_report_without_runs_fails_clearly(tmp_path, capsys):

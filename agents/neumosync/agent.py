@@ -30,6 +30,7 @@ __all__ = ["NeuMoSyncNetwork", "NeuMoSyncAgent"]
 #: a_SM is emitted as a delta around 1 (I.2); the other three are used as emitted. Off mechanisms take these values.
 _OFFSET = torch.tensor([1.0, 0.0, 0.0, 0.0])
 _SUPPORTED = ("mlp", "cnn", "cnn_wide", "resnet18", "resnet50")
+_ACTIVATION_COEFFICIENTS = ("al", "arm")
 
 
 def _parse_coefficients(value) -> tuple[str, ...]:
@@ -55,6 +56,8 @@ class NeuMoSyncNetwork(nn.Module):
         self.backbone = backbone
         layers = modulate_backbone(backbone, self.ctx)
         self.layer_names = [name or "layer" for name, _, _ in layers]
+        # a_AL and a_ARM act through a layer's modulated activation; the head (logits) has none, so they are unused
+        self.layer_activated = [act is not None for _, _, act in layers]
         self._layers = [m for _, m, _ in layers]  # slot order (module objects survive deep copies and .to())
         self.layer_sizes = [int(m.weight.shape[0]) for _, m, _ in layers]
         self.num_neurons = sum(self.layer_sizes)
@@ -243,17 +246,20 @@ class NeuMoSyncAgent(SupervisedAgent):
     # ------------------------------------------------------------------ signals for evaluation callbacks
     def trace(self) -> dict[str, float]:
         """Per-layer means of the four coefficients over the last training step's batch and the layer's neurons
-        (``alpha_sm/<layer>``, ...), plus the mean |a_SM| (``alpha_sm_abs/<layer>``, Figure 4A). Empty before the
-        first step."""
+        (``alpha_sm/<layer>``, ...), plus the mean |a_SM| (``alpha_sm_abs/<layer>``, Figure 4A). a_AL and a_ARM are
+        left out for layers without an activation (the head), where they have no effect. Empty before the first
+        step."""
         a = self.network.last_alphas
         if a is None:
             return {}
         out, start = {}, 0
-        for name, n in zip(self.network.layer_names, self.network.layer_sizes):
+        net = self.network
+        for name, n, activated in zip(net.layer_names, net.layer_sizes, net.layer_activated):
             part = a[:, start:start + n]
             means = part.mean((0, 1)).tolist()
             for c, v in zip(COEFFICIENTS, means):
-                out[f"alpha_{c}/{name}"] = float(v)
+                if activated or c not in _ACTIVATION_COEFFICIENTS:
+                    out[f"alpha_{c}/{name}"] = float(v)
             out[f"alpha_sm_abs/{name}"] = float(part[..., 0].abs().mean())
             start += n
         return out
@@ -261,18 +267,22 @@ class NeuMoSyncAgent(SupervisedAgent):
     def diagnostics(self) -> dict[str, Any]:
         """Distributions of the coefficients at the last training step (Figures 4C, 14, 15): for each coefficient and
         layer, the per-neuron mean over the batch (``alpha[c][layer]``, shape (units,)), and the per-sample values
-        (``samples[c][layer]``, shape (B or 1, units)); ``activity`` the neurons' activity EMA per layer."""
+        (``samples[c][layer]``, shape (B or 1, units)); ``activity`` the neurons' activity EMA per layer. As in
+        :meth:`trace`, a_AL and a_ARM are left out for layers without an activation."""
         a = self.network.last_alphas
         out: dict[str, Any] = {"layers": list(self.network.layer_names), "units": list(self.network.layer_sizes),
                                "alpha": {c: {} for c in COEFFICIENTS}, "samples": {c: {} for c in COEFFICIENTS},
                                "activity": {}, "step": self.num_updates, "task_id": self.task_id}
         start = 0
-        act = self.network.activity.detach().cpu().numpy()
-        for name, n in zip(self.network.layer_names, self.network.layer_sizes):
+        net = self.network
+        act = net.activity.detach().cpu().numpy()
+        for name, n, activated in zip(net.layer_names, net.layer_sizes, net.layer_activated):
             out["activity"][name] = act[start:start + n].copy()
             if a is not None:
                 part = a[:, start:start + n].cpu().numpy()
                 for j, c in enumerate(COEFFICIENTS):
+                    if not activated and c in _ACTIVATION_COEFFICIENTS:
+                        continue
                     out["alpha"][c][name] = part[..., j].mean(0)
                     out["samples"][c][name] = part[..., j].copy()
             start += n
