@@ -16,7 +16,9 @@ so the ``flop_ratio_*`` lines say which step-cost targets are reachable at all. 
 ``ratio=<neumosync/base>`` for the paper's controller with e = 512 against base with the same optimiser. ``--resnet`` also times the sparse encoder-decoder
 controller (K = 0.1, Appendix E.1) on ResNet-18 against a ``base`` ResNet-18 step.
 
-    python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--resnet]
+    python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--resnet] [--device cpu|cuda]
+
+``--device cuda`` times the same steps on a GPU (synchronised wall time), the setting of the paper's Table 16.
 """
 
 from __future__ import annotations
@@ -56,30 +58,40 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _batches(batch: int = 16, n: int = 8):
+def _batches(batch: int = 16, n: int = 8, device: str = "cpu"):
     g = torch.Generator().manual_seed(0)
-    return ([torch.rand(batch, 3, 32, 32, generator=g) for _ in range(n)],
-            [torch.randint(0, 10, (batch,), generator=g) for _ in range(n)])
+    return ([torch.rand(batch, 3, 32, 32, generator=g).to(device) for _ in range(n)],
+            [torch.randint(0, 10, (batch,), generator=g).to(device) for _ in range(n)])
 
 
-def _time_steps(named_agents: dict, steps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median thread-CPU and wall seconds per learn() for each agent, interleaved step by step."""
-    xs, ys = _batches()
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(named_agents: dict, steps: int, device: str = "cpu") -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per learn() for each agent, interleaved step by step: (thread CPU time, or the synchronised
+    wall time on a GPU; wall time)."""
+    xs, ys = _batches(device=device)
+    gpu = device.startswith("cuda")
     cpu = {k: [] for k in named_agents}
     wall = {k: [] for k in named_agents}
     for i in range(steps + 5):
         for name, agent in named_agents.items():
+            _sync(device)
             c, w = time.thread_time(), time.perf_counter()
             agent.learn(xs[i % 8], ys[i % 8])
+            _sync(device)
+            dw = time.perf_counter() - w
             if i >= 5:  # warm-up
-                cpu[name].append(time.thread_time() - c)
-                wall[name].append(time.perf_counter() - w)
+                cpu[name].append(dw if gpu else time.thread_time() - c)
+                wall[name].append(dw)
     return ({k: statistics.median(v) for k, v in cpu.items()}, {k: statistics.median(v) for k, v in wall.items()})
 
 
-def _count(agent) -> tuple[int, float]:
+def _count(agent, device: str = "cpu") -> tuple[int, float]:
     """(aten ops, matmul/conv FLOPs) of one learn() step."""
-    xs, ys = _batches()
+    xs, ys = _batches(device=device)
     agent.learn(xs[0], ys[0])
     with _OpCounter() as ops:
         agent.learn(xs[1], ys[1])
@@ -93,17 +105,24 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resnet", action="store_true", help="also time the sparse controller on ResNet-18")
+    p.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda[:k] (the paper's Table 16)")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here")
     torch.set_num_threads(args.threads)
+    spec = {**SPEC, "device": args.device}
 
-    contenders = {k: agents.make(name, SPEC, **hp) for k, (name, hp) in CONTENDERS.items()}
+    contenders = {k: agents.make(name, spec, **hp) for k, (name, hp) in CONTENDERS.items()}
     for name, agent in contenders.items():
         if name.startswith("neumosync"):
             o = agent.parameter_overhead()
             print(f"{name}: MainNetwork {o['base']:,} params, overhead {o['overhead']:,} ({100 * o['share']:.2f}%)")
-    counts = {k: _count(a) for k, a in contenders.items()}
-    cpu, wall = _time_steps(contenders, args.steps)
-    print(f"{args.steps} interleaved steps, batch 16, {args.threads} thread(s); median per step")
+    counts = {k: _count(a, args.device) for k, a in contenders.items()}
+    cpu, wall = _time_steps(contenders, args.steps, args.device)
+    where = f"{args.threads} thread(s)" if args.device == "cpu" else f"{args.device} (cpu ms = synchronised wall time)"
+    print(f"{args.steps} interleaved steps, batch 16, {where}; median per step")
     print(f"{'':>24} {'cpu ms':>8} {'wall ms':>8} {'/base_adam':>10} {'/base_sgd':>9} {'aten ops':>9} {'MFLOP':>8} "
           f"{'FLOP/base':>9}")
     base_flops = counts["base_adam"][1]
@@ -114,15 +133,15 @@ def main(argv=None) -> None:
     print(f"reference: base_adam {1e3 * cpu['base_adam']:.3f} ms/step, base_sgd {1e3 * cpu['base_sgd']:.3f} ms/step")
 
     if args.resnet:
-        spec = {**SPEC, "backbone": "resnet18"}
-        res = {"base_resnet18": agents.make("base", spec),
-               "neumosync_sparse_resnet18": agents.make("neumosync", spec, controller="sparse", sparse_fraction=0.1)}
+        rspec = {**spec, "backbone": "resnet18"}
+        res = {"base_resnet18": agents.make("base", rspec),
+               "neumosync_sparse_resnet18": agents.make("neumosync", rspec, controller="sparse", sparse_fraction=0.1)}
         o = res["neumosync_sparse_resnet18"].parameter_overhead()
         n = res["neumosync_sparse_resnet18"].network.num_neurons
         print(f"resnet18: {n} neurons, MainNetwork {o['base']:,} params, controller+features {o['overhead']:,} "
               f"({100 * o['share']:.3f}%)")
-        rflops = {k: _count(a)[1] for k, a in res.items()}
-        rcpu, _ = _time_steps(res, max(3, args.steps // 20))
+        rflops = {k: _count(a, args.device)[1] for k, a in res.items()}
+        rcpu, _ = _time_steps(res, max(3, args.steps // 20), args.device)
         for name, t in rcpu.items():
             print(f"{name:>26}: {1e3 * t:9.1f} ms/step, {rflops[name] / 1e9:7.2f} GFLOP/step")
         print(f"resnet18_sparse_flop_ratio={rflops['neumosync_sparse_resnet18'] / rflops['base_resnet18']:.2f}")
