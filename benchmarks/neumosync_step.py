@@ -13,8 +13,9 @@ Random-Label CIFAR-10). For each: median ms, ratio to both bases, aten ops per s
 (forward + backward, ``torch.utils.flop_counter``) over base's. On CPU at batch 16 every measured time ratio has
 stayed at or above its FLOP ratio (the controller's many small ops run less efficiently than base's large GEMMs),
 so the ``flop_ratio_*`` lines say which step-cost targets are reachable at all. The last line is
-``ratio=<neumosync/base>`` for the paper's controller with e = 512 against base with the same optimiser. ``--resnet`` also times the sparse encoder-decoder
-controller (K = 0.1, Appendix E.1) on ResNet-18 against a ``base`` ResNet-18 step.
+``ratio=<neumosync/base>`` for the paper's controller with e = 512 against base with the same optimiser.
+``--resnet`` also times the sparse encoder-decoder controller (K = 0.1, Appendix E.1) on ResNet-18 against a
+``base`` ResNet-18 step, with both FLOP counts.
 
     python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--resnet] [--device cpu|cuda]
 
