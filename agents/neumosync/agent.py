@@ -30,7 +30,6 @@ __all__ = ["NeuMoSyncNetwork", "NeuMoSyncAgent"]
 #: a_SM is emitted as a delta around 1 (I.2); the other three are used as emitted. Off mechanisms take these values.
 _OFFSET = torch.tensor([1.0, 0.0, 0.0, 0.0])
 _SUPPORTED = ("mlp", "cnn", "cnn_wide", "resnet18", "resnet50")
-_ACTIVATION_COEFFICIENTS = ("al", "arm")
 
 
 def _parse_coefficients(value) -> tuple[str, ...]:
@@ -56,8 +55,9 @@ class NeuMoSyncNetwork(nn.Module):
         self.backbone = backbone
         layers = modulate_backbone(backbone, self.ctx)
         self.layer_names = [name or "layer" for name, _, _ in layers]
-        # a_AL and a_ARM act through a layer's modulated activation; the head (logits) has none, so they are unused
-        self.layer_activated = [act is not None for _, _, act in layers]
+        # The coefficients that act in each layer: a_AL and a_ARM act through its modulated activation, which the
+        # head (logits) does not have.
+        self.layer_coefficients = [COEFFICIENTS if act is not None else COEFFICIENTS[:2] for _, _, act in layers]
         self._layers = [m for _, m, _ in layers]  # slot order (module objects survive deep copies and .to())
         self.layer_sizes = [int(m.weight.shape[0]) for _, m, _ in layers]
         self.num_neurons = sum(self.layer_sizes)
@@ -254,11 +254,11 @@ class NeuMoSyncAgent(SupervisedAgent):
             return {}
         out, start = {}, 0
         net = self.network
-        for name, n, activated in zip(net.layer_names, net.layer_sizes, net.layer_activated):
+        for name, n, acting in zip(net.layer_names, net.layer_sizes, net.layer_coefficients):
             part = a[:, start:start + n]
             means = part.mean((0, 1)).tolist()
             for c, v in zip(COEFFICIENTS, means):
-                if activated or c not in _ACTIVATION_COEFFICIENTS:
+                if c in acting:
                     out[f"alpha_{c}/{name}"] = float(v)
             out[f"alpha_sm_abs/{name}"] = float(part[..., 0].abs().mean())
             start += n
@@ -276,12 +276,12 @@ class NeuMoSyncAgent(SupervisedAgent):
         start = 0
         net = self.network
         act = net.activity.detach().cpu().numpy()
-        for name, n, activated in zip(net.layer_names, net.layer_sizes, net.layer_activated):
+        for name, n, acting in zip(net.layer_names, net.layer_sizes, net.layer_coefficients):
             out["activity"][name] = act[start:start + n].copy()
             if a is not None:
                 part = a[:, start:start + n].cpu().numpy()
                 for j, c in enumerate(COEFFICIENTS):
-                    if not activated and c in _ACTIVATION_COEFFICIENTS:
+                    if c not in acting:
                         continue
                     out["alpha"][c][name] = part[..., j].mean(0)
                     out["samples"][c][name] = part[..., j].copy()
