@@ -9,7 +9,7 @@ means of a_SM, a_WC, a_AL, a_ARM and mean |a_SM| on the training batch) every ``
     python examples/neumosync_alphas.py [--tasks 4] [--samples 256] [--epochs 10] [--out runs/neumosync_alphas]
 
 Writes ``alpha_traces.png`` and ``alpha_distributions.png`` under ``--out`` and prints their paths. Defaults run in
-about 15 s on one CPU thread.
+about 20 s on one CPU thread.
 """
 
 from __future__ import annotations
