@@ -503,3 +503,21 @@ def test_alphas_example_draws_both_figures_from_a_run(tmp_path):
                            "--trace-every", "1", "--out", str(tmp_path)])
     assert [w.name for w in written] == ["alpha_traces.png", "alpha_distributions.png"]
     assert all(w.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for w in written)
+
+
+def test_step_benchmark_reports_time_and_flop_ratios():
+    """benchmarks/neumosync_step.py runs and ends with the issue's ``ratio=`` line, after the FLOP-ratio lines; the
+    FLOP ratios are ordered as the controllers' costs are (none < lowrank < e=128 < e=512)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "neumosync_step.py"
+    out = subprocess.run([sys.executable, str(script), "--steps", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio=\d+\.\d\d", lines[-1])
+    flops = {m[1]: float(m[2]) for m in re.finditer(r"^flop_ratio_(\w+)=([\d.]+)$", out.stdout, re.M)}
+    assert list(flops) == ["no_controller", "lowrank_e128", "e128", "e512"]
+    assert 1.0 < flops["no_controller"] < flops["lowrank_e128"] < flops["e128"] < flops["e512"]
