@@ -23,7 +23,8 @@ import numpy as np
 
 from clenv.results import atomic_write_bytes
 
-__all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks", "agent_traces"]
+__all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks", "agent_traces",
+           "save_figure"]
 
 
 def _plt():
@@ -35,7 +36,8 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically, close it, and return the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     _plt().close(fig)
@@ -84,7 +86,7 @@ def learning_curves(groups: dict, path) -> Path | None:
         _integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_matrices(groups: dict, path) -> Path | None:
@@ -109,7 +111,7 @@ def accuracy_matrices(groups: dict, path) -> Path | None:
         _integer_ticks(ax, "x")
         _integer_ticks(ax, "y")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def stability_curves(groups: dict, path) -> Path | None:
@@ -139,7 +141,7 @@ def stability_curves(groups: dict, path) -> Path | None:
         ax.set(title=f"{label} (n={len(runs)})", xlabel="step", ylabel="held-out accuracy", ylim=(0, 1))
         ax.legend(fontsize=7, ncol=min(6, mean.shape[1] + 1), loc="upper right")
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _DIAG = ("dormant_ratio", "feature_rank", "weight_magnitude", "zero_grad_fraction")
@@ -167,7 +169,7 @@ def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(keys):]:
         ax.set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def agent_traces(groups: dict, path, families=None) -> Path | None:
@@ -212,4 +214,4 @@ def agent_traces(groups: dict, path, families=None) -> Path | None:
         ax.set_visible(False)
     if len(items) == 1:
         fig.suptitle(items[0][0])
-    return _save(fig, path)
+    return save_figure(fig, path)

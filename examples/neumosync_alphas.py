@@ -15,7 +15,6 @@ about 20 s on one CPU thread.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import gymnasium as gym
@@ -25,7 +24,6 @@ import torch
 import agents
 import clenv
 from clenv import plots
-from clenv.results import atomic_write_bytes
 
 #: The four coefficients in the order the agent reports them, with the paper's names.
 COEFFICIENTS = (("sm", "a_SM (synaptic)"), ("wc", "a_WC (consolidation)"), ("al", "a_AL (PReLU slope)"),
@@ -58,11 +56,7 @@ def distributions(result, path: Path) -> Path:
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("per-neuron coefficients (mean over the last batch) at each task end")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return plots.save_figure(fig, path)
 
 
 def main(argv=None) -> list[Path]:
