@@ -10,6 +10,7 @@ where a curve is drawn), writes the PNG atomically and returns its path, or None
 - :func:`diagnostics_over_tasks`: dormant ratio, feature rank, weight magnitude, zero-gradient fraction per task.
 - :func:`agent_traces`: an agent's own per-step signals (``records["agent_diagnostics"]``, e.g. NeuMoSync's
   per-layer coefficient means, its Figure 4), one panel per signal family, one line per layer.
+- :func:`save_figure`: the atomic PNG writer they share, for figures of your own.
 """
 
 from __future__ import annotations
