@@ -327,3 +327,205 @@ def test_gymnasium_vector_env_runs_independent_streams():
     obs, reward, term, trunc, info = venv.step(np.zeros((2, 16), np.int64))
     assert reward.shape == (2,) and info["labels"].shape == (2, 16)
     venv.close()
+
+
+# ---------------------------------------------------------------------------------------------------- "numbers users
+# can trust": augmentation order, refused resets, refused kwargs, the steps-per-task rule
+
+def _unpermute(x: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    flat = x.reshape(x.shape[0], -1)
+    out = np.empty_like(flat)
+    out[:, perm] = flat  # observed[:, i] = image[:, perm[i]]
+    return out.reshape(x.shape)
+
+
+def test_permuted_stream_augments_the_image_then_permutes_it():
+    import torch
+
+    from clenv.data import Augmentation
+
+    env = small(stream="permuted", num_tasks=2, augment=True, samples_per_task=64)
+    obs, _ = env.reset(seed=0)
+    t = env.task(0)
+    _, order, params = env._epoch(0, 0)  # the sample order and augmentation draws of task 0's first epoch
+    for j in range(2):
+        sel = order[j * 16:(j + 1) * 16]
+        image = env.dataset.train.images[t.train_indices[sel]]
+        augmented = Augmentation.apply(image, params[j * 16:(j + 1) * 16])
+        assert not torch.equal(augmented, image)  # the draws really move pixels
+        # Un-permuting what the agent sees gives the augmented original image.
+        np.testing.assert_array_equal(_unpermute(obs, t.permutations[0]), augmented.numpy())
+        obs, *_ = env.step(np.zeros(16, np.int64))
+
+
+def test_permuted_stream_without_augmentation_is_unchanged_by_the_order():
+    # augment=False: the observation is exactly the permuted image (no augmentation step to reorder).
+    env = small(stream="permuted", num_tasks=2, samples_per_task=64)
+    obs, _ = env.reset(seed=0)
+    t = env.task(0)
+    _, order, _ = env._epoch(0, 0)
+    raw = env.dataset.train.images[t.train_indices[order[:16]]].numpy()
+    np.testing.assert_array_equal(_unpermute(obs, t.permutations[0]), raw)
+
+
+def _run_out(env, action_seed=7):
+    """Every remaining observation, reward and info of the current episode."""
+    rng, out = np.random.default_rng(action_seed), []
+    while True:
+        obs, r, term, _, info = env.step(rng.integers(env.num_classes, size=env.batch_size))
+        out.append((np.array(obs, copy=True), r, {k: np.array(v) for k, v in info.items()}))
+        if term:
+            return out
+
+
+def _assert_same_run(a, b):
+    assert len(a) == len(b)
+    for (oa, ra, ia), (ob, rb, ib) in zip(a, b):
+        np.testing.assert_array_equal(oa, ob)
+        assert ra == rb and ia.keys() == ib.keys()
+        for k in ia:
+            np.testing.assert_array_equal(ia[k], ib[k])
+
+
+BAD_RESETS = [
+    (1, {"task_id": 3}),  # out of range, with a seed that would reseed the stream
+    (None, {"task_id": -1}),
+    (None, {"task_id": -0.75}),  # int() would make this task 0
+    (None, {"task_id": 1.0}),  # whole floats are refused too (one rule for every integer)
+    (None, {"task_id": float("nan")}),
+    (2, {"task_id": True}),
+    (None, {"task_id": "1"}),
+    (3, {"stream_seed": 2.5}),
+    (4, {"stream_seed": "12"}),
+    (5, {"bogus": 1}),
+    (6, [("task_id", 1)]),
+    (-1, None),
+    (1.5, None),
+    ("3", None),
+    (True, None),
+]
+
+
+@pytest.mark.parametrize("seed, options", BAD_RESETS)
+def test_refused_reset_leaves_the_stream_where_it_was(seed, options):
+    env, twin = small(augment=True), small(augment=True)
+    for e in (env, twin):
+        e.reset(seed=0)
+        e.step(np.zeros(16, np.int64))
+    with pytest.raises((ValueError, TypeError)) as err:
+        env.reset(seed=seed, options=options)
+    assert "must be" in str(err.value) or "unknown reset option" in str(err.value)
+    assert env.stream_seed == twin.stream_seed
+    assert env.np_random.bit_generator.state == twin.np_random.bit_generator.state
+    _assert_same_run(_run_out(env), _run_out(twin))
+    # The seedless reset draws the next stream seed from np_random: the refused reset did not reseed it.
+    env.reset(), twin.reset()
+    assert env.stream_seed == twin.stream_seed
+
+
+def test_reset_task_id_must_be_an_integer_in_range():
+    env = small()
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match=r"task_id must be an integer.*-0\.75"):
+        env.reset(options={"task_id": -0.75})
+    with pytest.raises(TypeError, match=r"task_id.*pass 1"):
+        env.reset(options={"task_id": 1.0})
+    with pytest.raises(ValueError, match=r"task_id must be in 0\.\.2, got 3"):
+        env.reset(options={"task_id": 3})
+    # numpy integers are integers
+    _, info = env.reset(options={"task_id": np.int64(2)})
+    assert info["task_id"] == 2 and env.total_steps == env.steps_per_task(2)
+
+
+def _digits(**kw):
+    return SupervisedStreamEnv(**{**dict(dataset="digits", num_tasks=2, samples_per_task=32, batch_size=8), **kw})
+
+
+@pytest.mark.parametrize("kw, name", [
+    *[(dict(augment=v), "augment") for v in ("no", "false", "off", "0", "False", 0, 1, None)],
+    (dict(task_aware="yes"), "task_aware"),
+    (dict(joint="False", steps_per_task=4), "joint"),
+    (dict(download="no"), "download"),
+    (dict(num_tasks=2.5), "num_tasks"),
+    (dict(num_tasks=3.0), "num_tasks"),
+    (dict(num_tasks="3"), "num_tasks"),
+    (dict(num_tasks=True), "num_tasks"),
+    (dict(steps_per_task=0), "steps_per_task"),
+    (dict(steps_per_task=-2), "steps_per_task"),
+    (dict(steps_per_task=2.5), "steps_per_task"),
+    (dict(batch_size=2.5), "batch_size"),
+    (dict(batch_size="8"), "batch_size"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(epochs_per_task=0), "epochs_per_task"),
+    (dict(epochs_per_task=1.5), "epochs_per_task"),
+    (dict(samples_per_task=0), "samples_per_task"),
+    (dict(samples_per_task=32.5), "samples_per_task"),
+    (dict(test_samples_per_task=0), "test_samples_per_task"),
+    (dict(test_samples_per_task=10.5), "test_samples_per_task"),
+    (dict(recurring_every=2.5), "recurring_every"),
+    (dict(recurring_every=1), "recurring_every"),
+    (dict(image_size=8.5), "image_size"),
+    (dict(device="gpu0"), "device"),
+    (dict(data_root=3), "data_root"),
+    (dict(stream="class_split", samples_per_task=None, classes_per_task=2.5), "classes_per_task"),
+    (dict(stream="class_split", samples_per_task=None, samples_per_class=0), "samples_per_class"),
+    (dict(stream="class_split", samples_per_task=None, disjoint="yes"), "disjoint"),
+])
+def test_constructor_refuses_values_it_used_to_accept_silently(kw, name):
+    with pytest.raises((TypeError, ValueError), match=name):
+        _digits(**kw)
+
+
+def test_string_flags_get_a_message_saying_to_pass_a_bool():
+    with pytest.raises(TypeError, match=r"augment must be True or False, got 'no'.*pass True or False"):
+        _digits(augment="no")
+    with pytest.raises(TypeError, match=r"num_tasks must be an integer, got 3\.0.*pass 3"):
+        _digits(num_tasks=3.0)
+
+
+def test_bad_kwargs_are_refused_before_any_data_is_loaded(tmp_path):
+    # No CIFAR-10 at tmp_path: a loader call would raise DatasetNotFoundError; the kwarg check must come first.
+    clear_cache()
+    with pytest.raises(ValueError, match="steps_per_task"):
+        SupervisedStreamEnv("cifar10", data_root=str(tmp_path), download=False, steps_per_task=0)
+    with pytest.raises(TypeError, match="augment"):
+        SupervisedStreamEnv("cifar10", data_root=str(tmp_path), download=False, augment="off")
+
+
+def test_numpy_integers_and_bools_are_the_same_as_python_ones():
+    a = _digits(num_tasks=np.int64(2), batch_size=np.int32(8), samples_per_task=np.int16(32),
+                epochs_per_task=np.uint8(2), augment=np.bool_(True), task_aware=np.False_)
+    b = _digits(num_tasks=2, batch_size=8, samples_per_task=32, epochs_per_task=2, augment=True, task_aware=False)
+    assert a.config == b.config and all(type(v) is type(b.config[k]) for k, v in a.config.items())
+    a.reset(seed=9), b.reset(seed=9)
+    _assert_same_run(_run_out(a), _run_out(b))
+
+
+def test_task_steps_is_the_rule_the_env_uses():
+    from clenv.envs.supervised import task_steps
+
+    assert task_steps(64, 16, 2) == 8
+    assert task_steps(70, 16, 3) == 12  # the partial last batch is dropped, per epoch
+    assert task_steps(10, 16, 5) == 0
+    assert task_steps(64, 16, 2, steps_per_task=5) == 5  # the override is the whole count, epochs ignored
+    for kw in (dict(stream="random_label", samples_per_task=70, epochs_per_task=3),
+               dict(stream="class_split", samples_per_task=None, num_tasks=3, classes_per_task=3, epochs_per_task=2),
+               dict(stream="permuted", joint=True, steps_per_task=5),
+               dict(stream="label_shuffle", samples_per_task=None, steps_per_task=300)):
+        env = _digits(**{"batch_size": 16, **kw})
+        env.reset(seed=0)
+        for k in range(env.num_tasks):
+            assert env.steps_per_task(k) == task_steps(env.task(k).num_train, 16, env.epochs_per_task,
+                                                      kw.get("steps_per_task"))
+        assert env.total_steps == sum(env.steps_per_task(k) for k in range(env.num_tasks))
+        steps = 0
+        env.reset(seed=0)
+        while not env.step(np.zeros(16, np.int64))[2]:
+            steps += 1
+        assert steps + 1 == env.total_steps
+    with pytest.raises(ValueError, match="batch_size"):
+        task_steps(64, 0, 1)
+    with pytest.raises(TypeError, match="epochs_per_task"):
+        task_steps(64, 16, 1.5)
+    with pytest.raises(ValueError, match="steps_per_task"):
+        task_steps(64, 16, 1, steps_per_task=0)

@@ -8,6 +8,7 @@ so the agent can learn from them in ``observe``. The returned observation is the
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -19,14 +20,28 @@ from gymnasium.vector.utils import batch_space
 
 from clenv.data.augment import Augmentation
 from clenv.data.sources import load_dataset
-from clenv.streams import Stream, Task, make_stream, start_stream, task_rng
+from clenv.streams import (Stream, Task, check_reset, check_stream_kwargs, make_stream, require_bool, require_int,
+                           start_stream, task_rng)
 
-__all__ = ["SupervisedStreamEnv", "INFO_KEYS"]
+__all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps"]
 
 #: The keys every ``info`` dict carries, at reset and at every step.
 INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
 
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
+
+
+def task_steps(num_train: int, batch_size: int, epochs_per_task: int, steps_per_task: int | None = None) -> int:
+    """Steps (batches) in one task: ``steps_per_task`` when given, else ``num_train // batch_size`` full batches per
+    epoch times ``epochs_per_task`` (a last partial batch is dropped). The one rule the env and the paper tables use.
+    """
+    num_train = require_int("num_train", num_train, minimum=0)
+    batch_size = require_int("batch_size", batch_size, minimum=1)
+    epochs_per_task = require_int("epochs_per_task", epochs_per_task, minimum=1)
+    steps_per_task = require_int("steps_per_task", steps_per_task, minimum=1, optional=True)
+    if steps_per_task is not None:
+        return steps_per_task
+    return num_train // batch_size * epochs_per_task
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,11 @@ class SupervisedStreamEnv(gym.Env):
         test_samples_per_task: held-out samples per task served by :meth:`test_batches`.
         output: ``"numpy"`` observations (CPU, what the env checker wants) or ``"torch"`` tensors on ``device``.
         classes_per_task, samples_per_class, disjoint, labels: class-split options (see ``ClassSplitStream``).
+
+    Every argument is checked before any data is loaded, with a ``TypeError`` / ``ValueError`` saying what to pass.
+    Counts are Python or numpy integers: floats are refused even when whole (pass 3, not 3.0), and so are bools.
+    Flags (``augment``, ``task_aware``, ``joint``, ``disjoint``, ``download``) are ``True`` / ``False`` only: a
+    string such as ``"no"`` is refused rather than read as true.
     """
 
     metadata = {"render_modes": []}
@@ -78,30 +98,42 @@ class SupervisedStreamEnv(gym.Env):
             raise ValueError(f"action_type must be 'labels' or 'logits', got {action_type!r}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if int(epochs_per_task) < 1:
-            raise ValueError(f"epochs_per_task must be >= 1, got {epochs_per_task}")
+        # Everything is checked before the dataset is loaded (which may download it).
+        batch_size = require_int("batch_size", batch_size, minimum=1)
+        epochs_per_task = require_int("epochs_per_task", epochs_per_task, minimum=1)
+        steps_per_task = require_int("steps_per_task", steps_per_task, minimum=1, optional=True)
+        image_size = require_int("image_size", image_size, minimum=1, optional=True)
+        augment, task_aware = require_bool("augment", augment), require_bool("task_aware", task_aware)
+        download = require_bool("download", download, optional=True)
+        if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
+            raise TypeError(f"data_root must be a path (str or os.PathLike) or None, got {data_root!r}")
+        try:
+            torch_device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({err})") from None
+        stream_kw = check_stream_kwargs(stream, num_tasks=num_tasks, samples_per_task=samples_per_task, joint=joint,
+                                        recurring_every=recurring_every,
+                                        test_samples_per_task=test_samples_per_task, **kwargs)
+        num_tasks, samples_per_task, joint = stream_kw["num_tasks"], stream_kw["samples_per_task"], stream_kw["joint"]
+        recurring_every, test_samples_per_task = stream_kw["recurring_every"], stream_kw["test_samples_per_task"]
+        kwargs = {k: stream_kw[k] for k in kwargs}
         if joint and steps_per_task is None:
             raise ValueError("joint=True samples with replacement: give steps_per_task")
 
         load_kw = {"image_size": image_size} if image_size is not None else {}
         self.dataset = load_dataset(dataset, root=data_root, download=download, **load_kw)
-        self.stream: Stream = make_stream(stream, dataset=self.dataset, num_tasks=int(num_tasks),
-                                          samples_per_task=samples_per_task, joint=bool(joint),
-                                          recurring_every=recurring_every,
-                                          test_samples_per_task=test_samples_per_task, **kwargs)
-        self.config = dict(dataset=dataset, stream=stream, num_tasks=int(num_tasks), samples_per_task=samples_per_task,
-                           epochs_per_task=int(epochs_per_task), steps_per_task=steps_per_task,
-                           batch_size=int(batch_size), augment=bool(augment), device=str(device),
-                           task_aware=bool(task_aware), data_root=data_root, download=download,
+        self.stream: Stream = make_stream(stream, dataset=self.dataset, **stream_kw)
+        self.config = dict(dataset=dataset, stream=stream, num_tasks=num_tasks, samples_per_task=samples_per_task,
+                           epochs_per_task=epochs_per_task, steps_per_task=steps_per_task,
+                           batch_size=batch_size, augment=augment, device=str(device),
+                           task_aware=task_aware, data_root=data_root, download=download,
                            image_size=image_size, action_type=action_type, recurring_every=recurring_every,
-                           joint=bool(joint), test_samples_per_task=test_samples_per_task, output=output, **kwargs)
+                           joint=joint, test_samples_per_task=test_samples_per_task, output=output, **kwargs)
         self.num_tasks = int(num_tasks)
         self.batch_size = int(batch_size)
         self.epochs_per_task = int(epochs_per_task)
         self.num_classes = self.stream.num_outputs
-        self.device = torch.device(device)
+        self.device = torch_device
         self.task_aware = bool(task_aware)
         self.action_type = action_type
         self.output = output
@@ -138,9 +170,9 @@ class SupervisedStreamEnv(gym.Env):
         return {p for p in params if p not in ("self", "kwargs")} | set(_CLASS_SPLIT_KW)
 
     def steps_per_task(self, task_id: int = 0) -> int:
-        """Steps (batches) in task ``task_id``."""
+        """Steps (batches) in task ``task_id`` (the rule of :func:`task_steps`)."""
         t = self.stream.task(self.stream_seed if self.stream_seed is not None else 0, task_id)
-        return self._steps_per_epoch(t) * (1 if self._steps_override is not None else self.epochs_per_task)
+        return task_steps(t.num_train, self.batch_size, self.epochs_per_task, self._steps_override)
 
     @property
     def total_steps(self) -> int:
@@ -155,7 +187,9 @@ class SupervisedStreamEnv(gym.Env):
     # ----------------------------------------------------------------- gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start the stream. ``options``: ``task_id`` replays only that task (an evaluation env), keeping the
-        current stream seed unless ``seed`` or ``stream_seed`` is given; ``stream_seed`` sets the stream directly."""
+        current stream seed unless ``seed`` or ``stream_seed`` is given; ``stream_seed`` sets the stream directly.
+        A refused reset (``ValueError`` / ``TypeError``) changes nothing: the stream goes on where it was."""
+        seed, options = check_reset(self.num_tasks, seed, options)  # before super().reset reseeds np_random
         super().reset(seed=seed)
         self._first_task, self._last_task = start_stream(self, seed, options)
         self._cursor = _Cursor(self._first_task, 0)
@@ -199,6 +233,8 @@ class SupervisedStreamEnv(gym.Env):
         int64 labels) tensors on the env's device. Pixel permutations and label maps are applied."""
         if split not in ("test", "train"):
             raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+        batch_size = require_int("batch_size", batch_size, minimum=1)
+        max_samples = require_int("max_samples", max_samples, minimum=0, optional=True)
         t = self.task(task_id)
         idx, lab, pid = ((t.test_indices, t.test_labels, t.test_perm_ids) if split == "test"
                          else (t.train_indices, t.train_labels, t.train_perm_ids))
@@ -332,34 +368,50 @@ class SupervisedStreamEnv(gym.Env):
         epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
         t, order, aug = self._epoch(cur.task, epoch)
         sel = order[j * self.batch_size:(j + 1) * self.batch_size]
-        x = self._gather(self._train_images, t.train_indices[sel], t.train_perm_ids[sel], t)
+        x = self._index(self._train_images, t.train_indices[sel])
         if aug is not None:
+            # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter
+            # each task's fixed permutation and destroy the task.
             x = self.augmentation.apply(x, aug[j * self.batch_size:(j + 1) * self.batch_size])
+        x = self._permute(x, t.train_perm_ids[sel], t)
         labels = t.train_labels[sel].astype(np.int64)
         if self.output == "numpy":
             return x.cpu().numpy(), labels
         return x, labels
 
     def _gather(self, images: torch.Tensor, idx: np.ndarray, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
+        return self._permute(self._index(images, idx), perm_ids, t)
+
+    @staticmethod
+    def _index(images: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         if images.device.type == "cpu":
             # numpy fancy indexing on a shared view is ~100x cheaper than torch advanced indexing for small batches
-            x = torch.from_numpy(images.numpy()[idx])
-        else:
-            x = torch.index_select(images, 0, torch.as_tensor(idx, device=images.device))
+            return torch.from_numpy(images.numpy()[idx])
+        return torch.index_select(images, 0, torch.as_tensor(idx, device=images.device))
+
+    @staticmethod
+    def _permute(x: torch.Tensor, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
+        """Sample i's pixels reordered by ``t.permutations[perm_ids[i]]`` (-1: left as they are)."""
         if t.permutations is not None and (perm_ids >= 0).any():
-            perms = torch.as_tensor(t.permutations, device=images.device)
+            perms = torch.as_tensor(t.permutations, device=x.device)
             flat = x.reshape(x.shape[0], -1)
-            pix = perms[torch.as_tensor(np.maximum(perm_ids, 0), device=images.device)]
+            pix = perms[torch.as_tensor(np.maximum(perm_ids, 0), device=x.device)]
             permuted = torch.gather(flat, 1, pix)
-            keep = torch.as_tensor(perm_ids < 0, device=images.device)[:, None]
+            keep = torch.as_tensor(perm_ids < 0, device=x.device)[:, None]
             x = torch.where(keep, flat, permuted).reshape(x.shape)
         return x
 
     def _validate(self, action) -> np.ndarray:
         """Check an action against the action space; return predicted labels. Raises before any state changes."""
         if isinstance(action, torch.Tensor):
+            if action.dtype == torch.bfloat16:  # numpy has no bfloat16
+                action = action.float()
             action = action.detach().cpu().numpy()
-        a = np.asarray(action)
+        try:
+            a = np.asarray(action)
+        except (ValueError, TypeError) as err:  # ragged nested lists
+            raise ValueError(f"action must be an array-like of shape {self.action_space.shape}, got {action!r:.80} "
+                             f"({err})") from None
         b, c = self.batch_size, self.num_classes
         if self.action_type == "labels":
             if a.shape != (b,):

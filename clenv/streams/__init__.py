@@ -10,17 +10,113 @@ kind: ``recurring_every`` (NeuMoSync Appendix D.2: one fixed task recurs every n
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng", "start_stream"]
+__all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng", "start_stream", "check_reset",
+           "check_stream_kwargs", "require_int", "require_bool", "require_real"]
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+# One rule for every count, index and seed a user gives: a Python or numpy integer. Floats are refused even when
+# whole (3.0), because a float that reached an integer parameter is usually a bug upstream (a division, a parsed
+# "2.5"), and bools are refused because True is not a count. Flags are Python or numpy bools only: the string
+# "no" is truthy, and silently reading it as True is what this rule exists to stop.
+
+def require_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
+                optional: bool = False) -> int | None:
+    """``value`` as a Python int, or a ``TypeError`` / ``ValueError`` that says what was expected.
+
+    Accepts ``int`` and numpy integers (not bools, not floats, not even whole ones such as 3.0); ``optional`` also
+    accepts None. ``minimum`` / ``maximum`` bound it (inclusive)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        hint = ""
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            hint = f"; pass {int(value)}, not {value!r}"
+        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            hint = f"; pass the number {int(value)}, not the string {value!r}"
+        expected = "an integer" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}){hint}")
+    value = int(value)
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        span = (f"in {minimum}..{maximum}" if minimum is not None and maximum is not None
+                else f">= {minimum}" if minimum is not None else f"<= {maximum}")
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def require_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
+    """``value`` as a Python bool, or a ``TypeError``: only ``True`` / ``False`` (and numpy bools) are flags."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    expected = "True or False" + (" (or None)" if optional else "")
+    raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}); pass {expected}, not a "
+                    f"string or a number")
+
+
+def require_real(name: str, value: Any, *, minimum: float | None = None) -> float:
+    """``value`` as a finite Python float (ints and numpy numbers accepted, bools and strings not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+#: (minimum, optional) of every integer stream field; checked by the stream and, before any data is loaded, by envs.
+_INT_FIELDS = {"num_tasks": (1, False), "samples_per_task": (1, True), "test_samples_per_task": (1, True),
+               "recurring_every": (2, True), "classes_per_task": (1, False), "samples_per_class": (1, True)}
+_BOOL_FIELDS = ("joint", "disjoint")
+
+
+def _check_fields(values: dict) -> dict:
+    out = dict(values)
+    for name, value in values.items():
+        if name in _INT_FIELDS:
+            minimum, optional = _INT_FIELDS[name]
+            out[name] = require_int(name, value, minimum=minimum, optional=optional)
+        elif name in _BOOL_FIELDS:
+            out[name] = require_bool(name, value)
+    return out
 
 
 def task_rng(seed: int, *keys: int) -> np.random.Generator:
     """The generator for one (stream seed, keys...) tuple; independent of any other tuple."""
     return np.random.default_rng([int(seed) & (2**63 - 1), *map(int, keys)])
+
+
+def check_reset(num_tasks: int, seed: Any, options: Any) -> tuple[int | None, dict[str, int]]:
+    """Validate a stream env's ``reset(seed=, options=)`` without touching the env; return ``(seed, options)`` as
+    Python ints. Envs call this before ``gymnasium.Env.reset`` reseeds anything, so a refused reset changes nothing.
+
+    ``seed``: None or an integer >= 0 (gymnasium's rule; numpy integers too). ``options``: None or a dict with
+    ``task_id`` (an integer in 0..num_tasks-1) and/or ``stream_seed`` (an integer)."""
+    seed = require_int("reset seed", seed, minimum=0, optional=True)
+    if options is None:
+        return seed, {}
+    if not isinstance(options, dict):
+        raise TypeError(f"reset options must be a dict (or None), got {options!r} ({type(options).__name__})")
+    bad = set(options) - {"task_id", "stream_seed"}
+    if bad:
+        raise ValueError(f"unknown reset option(s) {sorted(bad, key=repr)}; expected 'task_id' and/or 'stream_seed'")
+    out = {}
+    if "stream_seed" in options:
+        out["stream_seed"] = require_int("reset option stream_seed", options["stream_seed"])
+    if "task_id" in options:
+        out["task_id"] = require_int("reset option task_id", options["task_id"], minimum=0, maximum=num_tasks - 1)
+    return seed, out
 
 
 def start_stream(env, seed: int | None, options: dict | None) -> tuple[int, int]:
@@ -29,20 +125,16 @@ def start_stream(env, seed: int | None, options: dict | None) -> tuple[int, int]
 
     ``stream_seed`` sets the stream; ``task_id`` selects one task (an evaluation env replaying it) and keeps the
     current stream seed unless a ``seed`` is given; otherwise a new stream seed is drawn from ``env.np_random``.
+    Everything is validated (:func:`check_reset`) before ``env`` is changed.
     """
-    options = dict(options or {})
-    bad = set(options) - {"task_id", "stream_seed"}
-    if bad:
-        raise ValueError(f"unknown reset option(s) {sorted(bad)}; expected 'task_id' and/or 'stream_seed'")
+    seed, options = check_reset(env.num_tasks, seed, options)
     if "stream_seed" in options:
-        env.stream_seed = int(options["stream_seed"])
+        env.stream_seed = options["stream_seed"]
     elif seed is not None or env.stream_seed is None or "task_id" not in options:
         env.stream_seed = int(env.np_random.integers(2**62))
     if "task_id" not in options:
         return 0, env.num_tasks - 1
-    k = int(options["task_id"])
-    if not 0 <= k < env.num_tasks:
-        raise ValueError(f"task_id must be in 0..{env.num_tasks - 1}, got {k}")
+    k = options["task_id"]
     return k, k
 
 
@@ -92,13 +184,14 @@ class Stream:
     kind = "base"
 
     def __post_init__(self):
-        if self.num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        for name in ("num_train", "num_test", "num_classes"):
+            object.__setattr__(self, name, require_int(name, getattr(self, name), minimum=0))
+        fields = {k: getattr(self, k) for k in (*_INT_FIELDS, *_BOOL_FIELDS) if hasattr(self, k)}
+        for name, value in _check_fields(fields).items():
+            object.__setattr__(self, name, value)
         if self.samples_per_task is not None and not 1 <= self.samples_per_task <= self.num_train:
             raise ValueError(f"samples_per_task must be in 1..{self.num_train} (the train split's size), "
                              f"got {self.samples_per_task}")
-        if self.recurring_every is not None and self.recurring_every < 2:
-            raise ValueError(f"recurring_every must be >= 2, got {self.recurring_every}")
         object.__setattr__(self, "_tasks", {})  # memo of base tasks per (seed, index); pure, so safe to keep
 
     @property
@@ -115,6 +208,7 @@ class Stream:
         return 0 if k % n == 0 else k - k // n
 
     def task(self, seed: int, k: int) -> Task:
+        k = require_int("task index", k)
         if not 0 <= k < self.num_tasks:
             raise IndexError(f"task index {k} out of range 0..{self.num_tasks - 1}")
         key = ("task", int(seed), k)
@@ -308,16 +402,34 @@ STREAMS: dict[str, type[Stream]] = {
 }
 
 
-def make_stream(kind: str, *, dataset, **kwargs) -> Stream:
-    """Build a stream of ``kind`` over a loaded :class:`~clenv.data.sources.Dataset`."""
+_COMMON_KW = ("num_tasks", "samples_per_task", "test_samples_per_task", "recurring_every", "joint")
+_CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
+
+
+def check_stream_kwargs(kind: str, **kwargs) -> dict:
+    """Validate the dataset-independent stream options of ``kind`` (types and ranges) and return them normalised
+    (Python ints and bools). Envs call this before loading any data; :func:`make_stream` calls it too."""
     if kind not in STREAMS:
         raise ValueError(f"unknown stream kind {kind!r}; expected one of {sorted(STREAMS)}")
+    allowed = set(_COMMON_KW) | (set(_CLASS_SPLIT_KW) if kind == "class_split" else set())
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise TypeError(f"unknown stream option(s) {sorted(unknown)} for stream {kind!r}; valid: {sorted(allowed)}")
+    if kind == "class_split" and kwargs.get("samples_per_task") is not None:
+        raise ValueError("class_split takes samples_per_class, not samples_per_task")
+    out = _check_fields(kwargs)
+    if "labels" in out and out["labels"] not in ("global", "local"):
+        raise ValueError(f"labels must be 'global' or 'local', got {out['labels']!r}")
+    return out
+
+
+def make_stream(kind: str, *, dataset, **kwargs) -> Stream:
+    """Build a stream of ``kind`` over a loaded :class:`~clenv.data.sources.Dataset`."""
+    kwargs = check_stream_kwargs(kind, **kwargs)
     cls = STREAMS[kind]
     extra = {}
     if cls is PermutedStream:
         extra["num_pixels"] = int(np.prod(dataset.image_shape))
-    if kind == "class_split" and kwargs.get("samples_per_task") is not None:
-        raise ValueError("class_split takes samples_per_class, not samples_per_task")
     return cls(num_train=len(dataset.train), num_test=len(dataset.test), num_classes=dataset.num_classes,
                train_labels_all=dataset.train.labels.numpy(), test_labels_all=dataset.test.labels.numpy(),
                **extra, **kwargs)
