@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["make", "register", "available", "agent_class", "REGISTRY"]
+__all__ = ["make", "resolve", "register", "available", "agent_class", "REGISTRY"]
 
 #: name -> "module:Class", imported lazily.
 REGISTRY: dict[str, str] = {
@@ -51,6 +51,16 @@ def available() -> list[str]:
 
 
 def _load(name: str):
+    if ":" in name:  # a user's own class, "package.module:Class"
+        module, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot load agent {name!r}: {type(err).__name__}: {err} (a user agent is "
+                             f"'package.module:Class', importable from the current directory or PYTHONPATH)") from None
+        if not isinstance(obj, type):
+            raise ValueError(f"agent {name!r} is not a class")
+        return obj
     if name not in REGISTRY:
         raise ValueError(f"unknown agent {name!r}; available: {', '.join(available())} "
                          f"(compose with '+', e.g. 'cbp+er')")
@@ -58,10 +68,15 @@ def _load(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def _normal(part: str) -> str:
+    part = part.strip()
+    return part if ":" in part else part.lower()
+
+
 def agent_class(name: str):
-    """The class for ``name``; a ``+``-joined name gives the composition of its parts (first name's hooks
-    run outermost)."""
-    parts = [p.strip().lower() for p in name.split("+")]
+    """The class for ``name`` (a registry name, or ``"package.module:Class"`` for a user's own agent); a
+    ``+``-joined name gives the composition of its parts (first name's hooks run outermost)."""
+    parts = [_normal(p) for p in name.split("+")]
     classes = [_load(p) for p in parts]
     if len(classes) == 1:
         return classes[0]
@@ -70,19 +85,38 @@ def agent_class(name: str):
     return compose(name, classes)
 
 
+def _paper_row(name: str, env, paper_benchmark) -> tuple[dict, str]:
+    """The paper's hyperparameters for ``name`` on ``env`` (or on benchmark ``paper_benchmark``) and their source."""
+    from agents.paper_hparams import lookup
+
+    if paper_benchmark is False:
+        return {}, "class DEFAULTS"
+    row = lookup(name, env, paper_benchmark or None)
+    return row.hparams, row.source
+
+
+def _source(source: str, hparams: dict) -> str:
+    return source + (f"; explicit: {', '.join(sorted(hparams))}" if hparams else "")
+
+
+def resolve(name: str, env, paper_benchmark: str | bool | None = None, **hparams):
+    """What :func:`make` would build, without building it: ``(class, hyperparameters, source)``, the
+    hyperparameters being the class ``DEFAULTS``, then the paper's row for ``env``'s benchmark
+    (:mod:`agents.paper_hparams`), then ``hparams``. An unknown name or hyperparameter is a clear error."""
+    from agents.base import resolve_hparams
+
+    cls = agent_class(name)
+    values, source = _paper_row(name, env, paper_benchmark)
+    return cls, resolve_hparams(cls, {**values, **hparams}), _source(source, hparams)
+
+
 def make(name: str, env, paper_benchmark: str | bool | None = None, **hparams):
     """Build agent ``name`` for ``env``: the class ``DEFAULTS``, then the paper's row for ``env``'s benchmark
     (:mod:`agents.paper_hparams`), then ``hparams`` (explicit values win). ``paper_benchmark``: a benchmark key
     to take the row from instead of the env's, or False for the class defaults only. ``agent.hparam_source``
     says where the values came from."""
-    from agents.paper_hparams import PaperRow, lookup
-
     cls = agent_class(name)
-    if paper_benchmark is False:
-        row = PaperRow({}, "class DEFAULTS", None)
-    else:
-        row = lookup(name, env, paper_benchmark or None)
-    agent = cls(env, **{**row.hparams, **hparams})
-    explicit = sorted(hparams)
-    agent.hparam_source = row.source + (f"; explicit: {', '.join(explicit)}" if explicit else "")
+    values, source = _paper_row(name, env, paper_benchmark)
+    agent = cls(env, **{**values, **hparams})
+    agent.hparam_source = _source(source, hparams)
     return agent

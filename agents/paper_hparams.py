@@ -3,7 +3,7 @@ Table 20, Appendix C.4 for MAML / ANML, Table 26 for the forgetting experiments 
 
 ``agents.make(name, env)`` applies the row of ``env``'s benchmark over the class ``DEFAULTS``; explicit
 hyperparameters win over both, and ``agent.hparam_source`` says where the values came from. The benchmark keys are
-those of :data:`clenv.papers.BENCHMARKS`; an env maps to one through its id (:data:`ENV_BENCHMARK`: the
+those of :data:`clenv.protocols.BENCHMARKS`; an env maps to one through its registry row (``EnvDef.benchmark``: the
 Fashion-MNIST and digits ids use the MNIST rows of their family, e.g. ``RandomLabelFashionMNIST-v0`` -> Table 7,
 and the families without an MNIST table use the CIFAR-10 one, ``ShuffleFashionMNIST-v0`` -> Table 9).
 
@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clenv.papers import paper_steps_per_task
+from clenv.protocols import paper_steps_per_task
+from clenv.registry import ENV_TABLE, protocol
 
 __all__ = ["PAPER_HPARAMS", "ENV_BENCHMARK", "FALLBACK", "STEP_HPARAMS", "PaperRow", "lookup", "paper_hparams",
            "benchmark_for_env"]
@@ -122,7 +123,7 @@ def _t26(ewc: tuple, hat: tuple, agem: tuple) -> dict:
             "agem": (src, _opt(*agem))}
 
 
-#: benchmark key (clenv.papers.BENCHMARKS) -> agent name -> (source, hyperparameters).
+#: benchmark key (clenv.protocols.BENCHMARKS) -> agent name -> (source, hyperparameters).
 PAPER_HPARAMS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "random_label_mnist": {**_T7, **_C4},
     "permuted_mnist": {**_T8, **_C4},
@@ -146,21 +147,9 @@ FALLBACK = {"permuted_mnist_forgetting": "permuted_mnist",
             "class_split_cifar100_forgetting": "class_split_cifar100",
             "class_split_tiny_imagenet_forgetting": "class_split_tiny_imagenet"}
 
-#: env id -> benchmark key. Ids not listed (continual RL, unregistered envs) keep the class DEFAULTS.
-ENV_BENCHMARK = {
-    "RandomLabelMNIST-v0": "random_label_mnist", "RandomLabelFashionMNIST-v0": "random_label_mnist",
-    "RandomLabelDigits-v0": "random_label_mnist",
-    "PermutedMNIST-v0": "permuted_mnist", "PermutedFashionMNIST-v0": "permuted_mnist",
-    "PermutedDigits-v0": "permuted_mnist",
-    "ShuffleCIFAR10-v0": "shuffle_cifar10", "ShuffleFashionMNIST-v0": "shuffle_cifar10",
-    "ShuffleDigits-v0": "shuffle_cifar10",
-    "RandomLabelCIFAR10-v0": "random_label_cifar10",
-    "ClassSplitCIFAR100-v0": "class_split_cifar100",
-    "ClassSplitTinyImageNet-v0": "class_split_tiny_imagenet",
-    "ShuffleMiniImageNet-v0": "shuffle_mini_imagenet",
-    "SplitImageNet-v0": "split_imagenet",
-    "SplitCIFAR10-v0": "split_cifar10", "SplitFashionMNIST-v0": "split_cifar10",
-}
+#: env id -> benchmark key, read from the registry's rows (``EnvDef.benchmark``). Ids without one (continual RL,
+#: unregistered envs) keep the class DEFAULTS.
+ENV_BENCHMARK = {d.id: d.benchmark for d in ENV_TABLE if d.benchmark}
 
 
 @dataclass(frozen=True)
@@ -172,21 +161,12 @@ class PaperRow:
     benchmark: str | None
 
 
-def _env_id(env) -> str | None:
-    if isinstance(env, str):
-        return env.split(":")[-1]
-    if isinstance(env, dict):  # an agent's env_spec: no id
-        return None
-    from clenv.registry import protocol
-
-    row = protocol(env)
-    return row.id if row is not None else None
-
-
 def benchmark_for_env(env) -> str | None:
     """The benchmark key of an env (or env id); None when the paper has no tuned row for it."""
-    env_id = _env_id(env)
-    return ENV_BENCHMARK.get(env_id) if env_id else None
+    if isinstance(env, dict):  # an agent's env_spec: no id
+        return None
+    row = protocol(env)
+    return row.benchmark if row is not None else None
 
 
 def _rows_for(name: str, family: str) -> tuple[str, dict[str, Any]] | None:

@@ -3,6 +3,11 @@
 ``import clenv`` registers every id in :data:`clenv.registry.ENV_TABLE` with gymnasium, so
 ``gym.make("RandomLabelFashionMNIST-v0")`` works; ``gym.make("clenv:RandomLabelFashionMNIST-v0")`` works without the
 import. ``clenv.run(env, agent)`` is the one training loop. clenv never imports the ``agents`` package.
+
+Layers: the library (``envs``, ``streams``, ``data``, ``registry``, ``protocols``, ``loop``, ``probes``,
+``evaluation``, ``metrics``, ``results``, ``checkpoint``, ``loggers``, ``seeding``) never imports the application
+layer, :mod:`clenv.app` (the ``clenv`` command: run specs, sweeps, reproduction, reports, plots, the papers'
+tables).
 """
 
 from clenv.registry import ENV_TABLE, env_ids, protocol, register_all
@@ -13,7 +18,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # heavy modules (torch) load on first use, not on import
-    if name in ("run", "Callback", "RunResult", "TaskTracker"):
+    if name in ("run", "Callback", "RunResult", "TaskTracker", "LoopState"):
         from clenv import loop
 
         return getattr(loop, name)
@@ -21,10 +26,14 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
         from clenv.evaluation import Evaluation
 
         return Evaluation
-    if name in ("Checkpoint", "CheckpointError"):
+    if name in ("Checkpoint", "CheckpointError", "resume"):
         from clenv import checkpoint
 
         return getattr(checkpoint, name)
+    if name in ("HeldOutAccuracy", "FastAdaptation", "ContinualEvaluation", "PlasticityDiagnostics", "AgentTraces"):
+        from clenv import probes
+
+        return getattr(probes, name)
     if name == "SupervisedStreamEnv":
         from clenv.envs.supervised import SupervisedStreamEnv
 
@@ -33,4 +42,6 @@ def __getattr__(name):  # heavy modules (torch) load on first use, not on import
 
 
 __all__ = ["ENV_TABLE", "env_ids", "protocol", "register_all", "run", "Callback", "RunResult", "TaskTracker",
-           "SupervisedStreamEnv", "Evaluation", "Checkpoint", "CheckpointError", "__version__"]
+           "LoopState", "SupervisedStreamEnv", "Evaluation", "HeldOutAccuracy", "FastAdaptation",
+           "ContinualEvaluation", "PlasticityDiagnostics", "AgentTraces", "Checkpoint", "CheckpointError", "resume",
+           "__version__"]

@@ -1,11 +1,11 @@
-"""Checkpoint and resume long runs: ``clenv.Checkpoint(directory, every=N)`` and ``clenv.run(..., resume_from=)``.
+"""Checkpoint and resume long runs: ``clenv.Checkpoint(directory, every=N)`` and ``clenv.resume(directory, env, agent)``.
 
 Usage::
 
     ckpt = clenv.Checkpoint("ckpt/run0", every=500)
     result = clenv.run(env, agent, seed=0, callbacks=[ckpt])          # killed at some point ...
     # ... later, in a new process, with a freshly made env and agent (same id, kwargs, agent name, hyperparameters):
-    result = clenv.run(env, agent, seed=0, callbacks=[ckpt], resume_from="ckpt/run0")
+    result = clenv.resume("ckpt/run0", env, agent, seed=0, callbacks=[ckpt])     # or ckpt.resume(env, agent, seed=0)
 
 The resumed run's :class:`~clenv.loop.RunResult` (per-step rewards, per-task accuracies, task switches) is identical,
 bit for bit, to the run that was never interrupted (``wall_time`` excepted). A checkpoint is taken between two steps
@@ -31,8 +31,8 @@ Contracts:
   ``agents.base.SupervisedAgent`` covers network, optimiser, update count and task id; a method with more state
   (replay buffers, Fisher estimates, utilities, EMAs, RNG generators of its own) extends both methods.
 - **Callbacks**: one with ``state_dict()`` / ``load_state_dict()`` is saved and restored (matched by position and
-  class); one without is assumed stateless. :class:`clenv.Evaluation` keeps probe state that is not checkpointed:
-  combining it with a checkpoint (or resuming with one) raises :class:`CheckpointError`.
+  class); one without is assumed stateless. Every probe of :mod:`clenv.probes` and :class:`clenv.Evaluation` has
+  state, so a run with every probe resumes exactly.
 - **Envs**: ``env.unwrapped`` needs ``state_dict()`` / ``load_state_dict()``; wrappers must be stateless across
   steps. Continual RL envs do not implement it yet.
 
@@ -47,21 +47,24 @@ import copy
 import hashlib
 import io
 import os
-import random
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from clenv.loop import Callback, LoopState, RunResult, TaskTracker, _agent_name
+from clenv.loop import Callback, LoopState, RunResult, agent_name, apply_seed_rule, run, stateful
+from clenv.results import atomic_write_bytes
+from clenv.seeding import global_rng_state
 
-__all__ = ["Checkpoint", "CheckpointError", "read_checkpoint", "restore_run", "checkpoint_path", "FORMAT"]
+__all__ = ["Checkpoint", "CheckpointError", "read_checkpoint", "resume", "resume_state", "checkpoint_path",
+           "FORMAT", "FREE_ENV_CONFIG"]
 
-FORMAT = "clenv-checkpoint/1"
+FORMAT = "clenv-checkpoint/2"
 FILENAME = "checkpoint.pt"
-_MAGIC = b"CLENV-CHECKPOINT-1\n"
+_MAGIC = b"CLENV-CHECKPOINT-2\n"
+
+#: Env kwargs that say where the data live, not what they are: they may differ between a run and its resume.
+FREE_ENV_CONFIG = ("data_root", "download")
 
 
 class CheckpointError(ValueError):
@@ -90,7 +93,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     data = f.read_bytes()
     head = len(_MAGIC) + 65
     if not data.startswith(_MAGIC) or len(data) < head or data[head - 1:head] != b"\n":
-        raise CheckpointError(f"{f} is not a clenv checkpoint (bad header)")
+        raise CheckpointError(f"{f} is not a clenv checkpoint of format {FORMAT!r} (bad header)")
     digest, body = data[len(_MAGIC):head - 1].decode("ascii", "replace"), data[head:]
     if hashlib.sha256(body).hexdigest() != digest:
         raise CheckpointError(f"{f} is corrupt: its checksum does not match (truncated or altered file)")
@@ -104,89 +107,38 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-# ---------------------------------------------------------------------------------------------- RNG states
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---------------------------------------------------------------------------------------------- identity checks
-def _env_identity(env) -> dict:
+def _identity(env, agent) -> dict:
     u = getattr(env, "unwrapped", env)
     spec = getattr(env, "spec", None)
     return {"env_id": spec.id if spec is not None else None, "env_type": type(u).__qualname__,
-            "env_config": dict(getattr(u, "config", {}) or {})}
+            "env_config": dict(getattr(u, "config", {}) or {}), "agent_name": agent_name(agent),
+            "agent_class": type(agent).__qualname__, "agent_hparams": dict(getattr(agent, "hparams", {}) or {})}
 
 
-def _agent_identity(agent) -> dict:
-    return {"agent_name": _agent_name(agent), "agent_class": type(agent).__qualname__,
-            "agent_hparams": dict(getattr(agent, "hparams", {}) or {})}
+def _saved_callbacks(callbacks) -> list[tuple]:
+    """(position, class, options) of the callbacks whose state a checkpoint holds."""
+    return [(i, type(cb).__qualname__, getattr(cb, "options", None)) for i, cb in enumerate(callbacks) if stateful(cb)]
 
 
-def _is_evaluation(cb) -> bool:
-    from clenv.evaluation import Evaluation
-
-    return isinstance(cb, Evaluation)
-
-
-def _stateful(cb) -> bool:
-    return callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))
-
-
-def _saved_callbacks(callbacks) -> list[tuple[int, Any]]:
-    """(position, callback) of the callbacks whose state a checkpoint holds; refuses an Evaluation without state."""
-    out = []
-    for i, cb in enumerate(callbacks):
-        if isinstance(cb, Checkpoint):
-            continue
-        if _stateful(cb):
-            out.append((i, cb))
-        elif _is_evaluation(cb):
-            raise CheckpointError("clenv.Evaluation keeps probe state that checkpoints do not hold: resuming a run "
-                                  "with an Evaluation is unsupported. Run the evaluation without a Checkpoint, or "
-                                  "checkpoint the run without evaluation=")
-    return out
-
-
-_FREE_CONFIG = ("data_root", "download")  # where the data live, not what they are
+def _diff(what: str, then: dict, now: dict, skip=()) -> list[str]:
+    keys = sorted((set(then) | set(now)) - set(skip))
+    return [f"{what} {k}={then.get(k, '<unset>')!r} (this run: {now.get(k, '<unset>')!r})"
+            for k in keys if then.get(k, "<unset>") != now.get(k, "<unset>")]
 
 
 def _mismatches(saved: dict, env, agent, seed, callbacks) -> list[str]:
-    problems = []
-    env_now = _env_identity(env)
-    if saved["env_id"] != env_now["env_id"]:
-        problems.append(f"env id {saved['env_id']!r} (this run: {env_now['env_id']!r})")
-    if saved["env_type"] != env_now["env_type"]:
-        problems.append(f"env class {saved['env_type']} (this run: {env_now['env_type']})")
-    a = {k: v for k, v in saved["env_config"].items() if k not in _FREE_CONFIG}
-    b = {k: v for k, v in env_now["env_config"].items() if k not in _FREE_CONFIG}
-    for k in sorted(set(a) | set(b)):
-        if a.get(k, "<unset>") != b.get(k, "<unset>"):
-            problems.append(f"env kwarg {k}={a.get(k, '<unset>')!r} (this run: {b.get(k, '<unset>')!r})")
-    agent_now = _agent_identity(agent)
-    for key, what in (("agent_name", "agent"), ("agent_class", "agent class")):
-        if saved[key] != agent_now[key]:
-            problems.append(f"{what} {saved[key]!r} (this run: {agent_now[key]!r})")
-    ha, hb = saved["agent_hparams"], agent_now["agent_hparams"]
-    for k in sorted(set(ha) | set(hb)):
-        if ha.get(k, "<unset>") != hb.get(k, "<unset>"):
-            problems.append(f"agent hyperparameter {k}={ha.get(k, '<unset>')!r} (this run: {hb.get(k, '<unset>')!r})")
+    now = _identity(env, agent)
+    problems = [f"{what} {saved[key]!r} (this run: {now[key]!r})"
+                for key, what in (("env_id", "env id"), ("env_type", "env class"), ("agent_name", "agent"),
+                                  ("agent_class", "agent class")) if saved[key] != now[key]]
+    problems += _diff("env kwarg", saved["env_config"], now["env_config"], FREE_ENV_CONFIG)
+    problems += _diff("agent hyperparameter", saved["agent_hparams"], now["agent_hparams"])
     if seed is not None and saved["seed"] != seed:
         problems.append(f"seed {saved['seed']!r} (this run: {seed!r})")
-    now = [(i, type(cb).__qualname__) for i, cb in _saved_callbacks(callbacks)]
-    then = [(i, name) for i, name, _ in saved["callbacks"]]
-    if now != then:
-        problems.append(f"stateful callbacks {then} (this run: {now})")
+    then_cbs = [tuple(x) for x in saved["callbacks"]]
+    if _saved_callbacks(callbacks) != then_cbs:
+        problems.append(f"stateful callbacks {then_cbs} (this run: {_saved_callbacks(callbacks)})")
     return problems
 
 
@@ -198,20 +150,20 @@ class Checkpoint(Callback):
         directory: where the checkpoint file lives (created on the first save).
         every: steps between checkpoints; a checkpoint is taken when the step count is a multiple of it.
         overwrite: start a new run in a directory that already holds a checkpoint (default: refuse, so a forgotten
-            ``resume_from=`` does not destroy the saved run).
+            resume does not destroy the saved run).
 
     ``saved_steps`` lists the steps saved by this callback; ``save_seconds`` their total time.
     """
 
     def __init__(self, directory: str | os.PathLike, every: int = 1000, *, overwrite: bool = False):
-        if int(every) < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if isinstance(every, bool) or int(every) != every or int(every) < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.directory = Path(directory)
         self.every = int(every)
         self.overwrite = bool(overwrite)
         self.saved_steps: list[int] = []
         self.save_seconds = 0.0
-        self._resumed_step: int | None = None  # set by restore_run on the checkpoints of a resumed run
+        self._start_step = 0
 
     @property
     def path(self) -> Path:
@@ -219,99 +171,67 @@ class Checkpoint(Callback):
 
     def on_run_start(self, env, agent, result: RunResult) -> None:
         u = getattr(env, "unwrapped", env)
-        if not (callable(getattr(u, "state_dict", None)) and callable(getattr(u, "load_state_dict", None))):
+        if not stateful(u):
             raise CheckpointError(f"Checkpoint needs an env with state_dict() / load_state_dict() (as "
                                   f"SupervisedStreamEnv has); {type(u).__name__} has none")
-        if not (callable(getattr(agent, "state_dict", None)) and callable(getattr(agent, "load_state_dict", None))):
+        if not stateful(agent):
             raise CheckpointError(f"Checkpoint needs an agent with state_dict() / load_state_dict(); "
                                   f"{type(agent).__name__} has none")
-        if self._resumed_step is None and self.path.exists() and not self.overwrite:
+        self._start_step = int(result.steps)  # > 0: this run continues a saved one
+        if self._start_step == 0 and self.path.exists() and not self.overwrite:
             raise CheckpointError(f"{self.path} already holds a checkpoint: resume it with "
-                                  f"run(..., resume_from={str(self.directory)!r}), or pass overwrite=True / another "
-                                  f"directory to start a new run")
-
-    def on_run_end(self, env, agent, result: RunResult) -> None:
-        self._resumed_step = None  # a later run with this callback is a new run unless resumed again
+                                  f"clenv.resume({str(self.directory)!r}, env, agent), or pass overwrite=True / "
+                                  f"another directory to start a new run")
 
     def on_step_boundary(self, env, agent, state: LoopState) -> None:
         n = state.step
-        if n == 0:
-            _saved_callbacks(state.callbacks)  # fail before the first step, not at the first save
-            return
-        if n % self.every or n == self._resumed_step or (self.saved_steps and self.saved_steps[-1] == n):
+        if n == 0 or n % self.every or n == self._start_step or (self.saved_steps and self.saved_steps[-1] == n):
             return
         self.save(env, agent, state)
 
     def save(self, env, agent, state: LoopState) -> Path:
         """Write a checkpoint of ``state`` now (the loop calls this; call it yourself from ``on_step_boundary``)."""
-        import time
-
         t0 = time.perf_counter()
-        u = getattr(env, "unwrapped", env)
-        tr, res = state.tracker, state.result
         payload = {
             "format": FORMAT,
-            **_env_identity(env), **_agent_identity(agent),
-            "seed": res.seed,
-            "step": int(tr.n),
-            "env": u.state_dict(),
+            **_identity(env, agent),
+            "seed": state.result.seed,
+            "step": int(state.step),
+            "env": getattr(env, "unwrapped", env).state_dict(),
             "agent": agent.state_dict(),
-            "loop": {"obs": state.obs, "info": state.info, "current_task": state.current_task,
-                     "episodes": list(state.episodes), "ep_return": state.ep_return, "ep_len": state.ep_len,
-                     "elapsed": float(state.elapsed)},
-            "tracker": {"reward": tr._reward[:tr.n].copy(), "task": tr._task[:tr.n].copy(), "order": list(tr.order),
-                        "sums": list(tr._sums), "counts": list(tr._counts)},
-            "result": {"num_task_switches": res.num_task_switches, "episodes": res.episodes,
-                       "metrics": copy.deepcopy(res.metrics), "records": copy.deepcopy(res.records)},
-            "callbacks": [(i, type(cb).__qualname__, cb.state_dict()) for i, cb in _saved_callbacks(state.callbacks)],
-            "rng": _rng_state(),
+            "loop": state.state_dict(),
+            "callbacks": _saved_callbacks(state.callbacks),
+            "rng": global_rng_state(),
             "torch_version": torch.__version__,
         }
-        from clenv.results import atomic_write_bytes
-
         atomic_write_bytes(self.path, _encode(payload))
-        self.saved_steps.append(int(tr.n))
+        self.saved_steps.append(int(state.step))
         self.save_seconds += time.perf_counter() - t0
         return self.path
 
     def resume(self, env, agent, **run_kwargs) -> RunResult:
-        """``clenv.run(env, agent, resume_from=self.directory, callbacks=[self, ...])``: continue the saved run, still
-        checkpointing."""
-        from clenv.loop import run
-
+        """:func:`resume` from this directory, still checkpointing (this callback is added to ``callbacks``)."""
         callbacks = list(run_kwargs.pop("callbacks", ()))
         if not any(cb is self for cb in callbacks):
             callbacks.insert(0, self)
-        return run(env, agent, resume_from=self.directory, callbacks=callbacks, **run_kwargs)
+        return resume(self.directory, env, agent, callbacks=callbacks, **run_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- resuming
-@dataclass
-class _Resumed:
-    state: LoopState
-    callback_states: list
-    rng: dict
-
-    def finish(self) -> None:
-        """Restore callback states, then the global RNG states (the loop calls this after ``on_run_start``)."""
-        for cb, st in self.callback_states:
-            cb.load_state_dict(st)
-        _set_rng_state(self.rng)
-
-
-def restore_run(path, env, agent, result: RunResult, callbacks, *, seed=None, reset_options=None) -> _Resumed:
-    """Load a checkpoint into ``env`` and ``agent`` for :func:`clenv.run` (``resume_from=``).
+def resume_state(path, env, agent, callbacks=(), *, seed=None, reset_options=None) -> LoopState:
+    """Load a checkpoint into ``env`` and ``agent`` and return the loop state to hand to ``run(start=)``.
 
     Everything is checked first (file, env, agent, seed, callbacks); on a mismatch a :class:`CheckpointError` names
-    it and neither env nor agent is touched. Returns the loop state; ``finish()`` restores callbacks and RNGs."""
+    it and neither env nor agent is touched."""
     saved = read_checkpoint(path)
     callbacks = list(callbacks)
+    apply_seed_rule(agent, saved["seed"])  # the agent's identity includes the seed the run gave it
     problems = _mismatches(saved, env, agent, seed, callbacks)
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint_path(path)} belongs to another run: " + "; ".join(problems))
     u = getattr(env, "unwrapped", env)
-    if not callable(getattr(u, "load_state_dict", None)):
-        raise CheckpointError(f"cannot resume: {type(u).__name__} has no load_state_dict()")
+    if not stateful(u):
+        raise CheckpointError(f"cannot resume: {type(u).__name__} has no state_dict() / load_state_dict()")
 
     # Agent first, rolled back if its load fails part way.
     backup = copy.deepcopy(agent.state_dict())
@@ -328,23 +248,16 @@ def restore_run(path, env, agent, result: RunResult, callbacks, *, seed=None, re
     except Exception as err:
         agent.load_state_dict(backup)
         raise CheckpointError(f"checkpoint {checkpoint_path(path)}: the env's state does not load: {err}") from err
+    result = RunResult(env_id=saved["env_id"], agent=saved["agent_name"], seed=saved["seed"])
+    return LoopState.from_state_dict(saved["loop"], result, saved["rng"])
 
-    t = saved["tracker"]
-    tracker = TaskTracker(capacity=max(1024, 2 * len(t["reward"])))
-    n = len(t["reward"])
-    tracker._reward[:n], tracker._task[:n], tracker.n = t["reward"], t["task"], n
-    tracker.order, tracker._sums, tracker._counts = list(t["order"]), list(t["sums"]), list(t["counts"])
-    r = saved["result"]
-    result.seed = saved["seed"]
-    result.num_task_switches, result.episodes = r["num_task_switches"], r["episodes"]
-    result.metrics.update(r["metrics"])
-    result.records.update(r["records"])
-    lp = saved["loop"]
-    state = LoopState(lp["obs"], lp["info"], lp["current_task"], list(lp["episodes"]), lp["ep_return"], lp["ep_len"],
-                      tracker, result, lp["elapsed"], callbacks)
-    for cb in callbacks:
-        if isinstance(cb, Checkpoint):
-            cb._resumed_step = n
-    by_pos = dict(_saved_callbacks(callbacks))
-    cb_states = [(by_pos[i], st) for i, _, st in saved["callbacks"]]
-    return _Resumed(state, cb_states, saved["rng"])
+
+def resume(path, env, agent, *, callbacks=(), seed=None, reset_options=None, **run_kwargs) -> RunResult:
+    """Continue the run saved in checkpoint ``path`` (a :class:`Checkpoint` directory or file) with a freshly made
+    env and agent (same id, env kwargs, agent name, hyperparameters and callbacks) to the same final result as an
+    uninterrupted run. Other arguments are :func:`clenv.run`'s; ``total_steps`` counts from the run's start."""
+    evaluation = run_kwargs.pop("evaluation", None)
+    callbacks = list(callbacks) + ([evaluation] if evaluation is not None else [])
+    start = resume_state(path, env, agent, callbacks, seed=seed, reset_options=reset_options)
+    return run(env, agent, seed=start.result.seed, callbacks=callbacks, reset_options=reset_options, start=start,
+               **run_kwargs)

@@ -1,4 +1,4 @@
-"""Loggers fed by :class:`clenv.Evaluation` (``Evaluation(loggers=[...])``).
+"""Loggers, and the one place that feeds them: :class:`LogFeed` (``Evaluation(loggers=[...])`` builds it).
 
 A logger has ``log(scalars: dict[str, float], step: int)``; ``summary(result)`` and ``close()`` are optional and run
 at the end of the run. The result records are always kept in ``result.records`` (and saved by
@@ -14,7 +14,41 @@ import math
 import sys
 from typing import TextIO
 
-__all__ = ["TensorBoardLogger", "ConsoleSummary", "format_summary"]
+__all__ = ["LogFeed", "TensorBoardLogger", "ConsoleSummary", "format_summary"]
+
+
+class LogFeed:
+    """A callback that feeds ``loggers``: at every task end the task's online accuracy (``online_task_acc``) and
+    the ``scalars`` each of ``sources`` (probes, :class:`clenv.probes.Probe`) measured at that task end; at the end
+    of the run every metric, then each logger's ``summary(result)`` and ``close()``. Place it after its sources."""
+
+    def __init__(self, loggers, sources=()):
+        self.loggers = list(loggers)
+        self.sources = list(sources)
+
+    def on_run_start(self, env, agent, result) -> None: ...
+
+    def on_step(self, env, agent, step: dict) -> None: ...
+
+    def on_task_end(self, env, agent, task_id: int, result) -> None:
+        scalars: dict[str, float] = {}
+        if result.task_accuracy:
+            scalars["online_task_acc"] = float(result.task_accuracy[-1])
+        for src in self.sources:
+            scalars.update(getattr(src, "scalars", {}) or {})
+        self._log(scalars, result.steps)
+
+    def on_run_end(self, env, agent, result) -> None:
+        self._log({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}, result.steps)
+        for lg in self.loggers:
+            if hasattr(lg, "summary"):
+                lg.summary(result)
+            if hasattr(lg, "close"):
+                lg.close()
+
+    def _log(self, scalars: dict, step: int) -> None:
+        for lg in self.loggers:
+            lg.log(scalars, int(step))
 
 
 class TensorBoardLogger:

@@ -10,13 +10,18 @@ supervised stream is one episode.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-__all__ = ["run", "Callback", "RunResult", "TaskTracker", "LoopState"]
+from clenv.metrics.online import online_metrics, window_size, window_accuracy
+from clenv.seeding import set_global_rng_state
+
+__all__ = ["run", "Callback", "RunResult", "TaskTracker", "LoopState", "agent_name", "apply_seed_rule", "stateful",
+           "return_metrics"]
 
 
 class Callback:
@@ -34,6 +39,9 @@ class Callback:
         """Between two steps: after a step's callbacks, task-end hooks and the agent's ``on_task_switch``, before the
         agent acts on the next observation (also once before the first step). :class:`clenv.Checkpoint` saves here;
         called only on callbacks that override it."""
+
+    # A callback that keeps state a resumed run needs defines ``state_dict()`` / ``load_state_dict(state)``: a
+    # checkpoint saves it, and :func:`run` restores it after ``on_run_start`` when it continues from a saved state.
 
 
 class _Agent(Protocol):
@@ -77,8 +85,6 @@ class RunResult:
 
     def last_fraction_accuracy(self, fraction: float) -> float:
         """Average online accuracy over the last ``fraction`` of tasks (the papers' last-25% column: 0.25)."""
-        from clenv.metrics.online import window_accuracy
-
         return window_accuracy(self.task_accuracy, fraction)
 
 
@@ -117,11 +123,31 @@ class TaskTracker:
         result.step_task = self._task[:self.n].copy()
         result.steps = self.n
 
+    def state_dict(self) -> dict:
+        return {"reward": self._reward[:self.n].copy(), "task": self._task[:self.n].copy(), "order": list(self.order),
+                "sums": list(self._sums), "counts": list(self._counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["reward"])
+        self._reward = np.zeros(max(1024, 2 * n), np.float32)
+        self._task = np.zeros(max(1024, 2 * n), np.int32)
+        self._reward[:n], self._task[:n], self.n = state["reward"], state["task"], n
+        self.order, self._sums, self._counts = list(state["order"]), list(state["sums"]), list(state["counts"])
+
+
+def stateful(cb) -> bool:
+    """Whether a callback keeps state that a resumed run must get back (it has ``state_dict`` / ``load_state_dict``)."""
+    return callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))
+
 
 @dataclass
 class LoopState:
-    """The loop's position between two steps: what :class:`clenv.Checkpoint` saves and ``run(resume_from=)``
-    restores (with the env's, the agent's and the callbacks' own state)."""
+    """The loop's position between two steps.
+
+    Callbacks see it in :meth:`Callback.on_step_boundary`; :meth:`state_dict` is what a checkpoint saves of the loop,
+    and ``run(start=LoopState.from_state_dict(...))`` continues from it. ``callback_states`` (position in the
+    callback list -> state) and ``rng`` (:func:`clenv.seeding.global_rng_state`) are restored by :func:`run` after
+    the callbacks' ``on_run_start``."""
 
     obs: Any
     info: dict
@@ -133,34 +159,71 @@ class LoopState:
     result: RunResult
     elapsed: float
     callbacks: list = field(default_factory=list)
+    callback_states: dict = field(default_factory=dict)
+    rng: dict | None = None
 
     @property
     def step(self) -> int:
         """Steps taken so far."""
         return self.tracker.n
 
+    def state_dict(self) -> dict:
+        """The loop's part of a checkpoint (the env's, the agent's and the RNGs' are saved beside it)."""
+        res = self.result
+        return {"obs": self.obs, "info": self.info, "current_task": self.current_task,
+                "episodes": list(self.episodes), "ep_return": self.ep_return, "ep_len": self.ep_len,
+                "elapsed": float(self.elapsed), "tracker": self.tracker.state_dict(),
+                "result": {"seed": res.seed, "num_task_switches": res.num_task_switches, "episodes": res.episodes,
+                           "metrics": copy.deepcopy(res.metrics), "records": copy.deepcopy(res.records)},
+                "callbacks": {i: cb.state_dict() for i, cb in enumerate(self.callbacks) if stateful(cb)}}
 
-def _agent_name(agent) -> str:
+    @classmethod
+    def from_state_dict(cls, state: dict, result: RunResult, rng: dict | None = None) -> "LoopState":
+        tracker = TaskTracker()
+        tracker.load_state_dict(state["tracker"])
+        r = state["result"]
+        result.seed = r["seed"]
+        result.num_task_switches, result.episodes = r["num_task_switches"], r["episodes"]
+        result.metrics.update(copy.deepcopy(r["metrics"]))
+        result.records.update(copy.deepcopy(r["records"]))
+        return cls(state["obs"], state["info"], state["current_task"], list(state["episodes"]), state["ep_return"],
+                   state["ep_len"], tracker, result, state["elapsed"], [], dict(state["callbacks"]), rng)
+
+
+def agent_name(agent) -> str:
+    """The name results and checkpoints use for an agent: its ``NAME``, else its class name."""
     return getattr(agent, "NAME", None) or type(agent).__name__
+
+
+def apply_seed_rule(agent, seed: int | None) -> None:
+    """The one seeding rule: the run seed also seeds an agent that was made without an explicit ``seed``
+    (``agent.seed_explicit`` False; ``agent.reseed(seed)`` re-initialises it as if made with that seed). Agents
+    that say nothing are left as they are."""
+    if seed is None or getattr(agent, "seed_explicit", True):
+        return
+    reseed = getattr(agent, "reseed", None)
+    if callable(reseed):
+        reseed(int(seed))
 
 
 def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, callbacks: Iterable[Callback] = (),
         total_steps: int | None = None, evaluation: Callback | None = None, reset_options: dict | None = None,
-        desc: str | None = None, resume_from=None) -> RunResult:
+        desc: str | None = None, start: LoopState | None = None) -> RunResult:
     """Run ``agent`` on the stream ``env`` from reset to the stream's end (or ``total_steps``).
 
     Args:
         env: a clenv env (``gym.make("RandomLabelFashionMNIST-v0")``) or any env with the same info keys.
         agent: anything with ``act(obs, info)`` and ``observe(obs, action, reward, next_obs, terminated, truncated,
             info)``; ``on_task_switch(task_id)`` is called when present.
-        seed: passed to ``env.reset``; the same seed gives the same stream.
+        seed: passed to ``env.reset``; the same seed gives the same stream. It also seeds an agent made without an
+            explicit ``seed`` (:func:`apply_seed_rule`).
         progress: a progress bar showing the task and its running accuracy.
         callbacks: :class:`Callback` objects (metrics, probes, loggers, checkpoints).
         total_steps: stop after this many steps (default: the end of the stream).
         evaluation: a :class:`clenv.Evaluation` (or any callback); its metrics land in ``result.metrics``.
-        resume_from: a :class:`clenv.Checkpoint` directory (or file): continue that run from its last checkpoint,
-            with the same env configuration, agent and hyperparameters, to the same final result as an uninterrupted
-            run. ``total_steps`` still counts from the run's start. See :mod:`clenv.checkpoint`.
+        start: continue from this loop state instead of resetting the env (the env and the agent already hold the
+            matching state); :func:`clenv.resume` builds it from a checkpoint. ``total_steps`` still counts from the
+            run's start.
     Returns:
         a :class:`RunResult` with per-task online accuracy and the number of task switches.
     """
@@ -168,33 +231,37 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     callbacks = list(callbacks) + ([evaluation] if evaluation is not None else [])
     spec = getattr(env, "spec", None)
-    result = RunResult(env_id=spec.id if spec is not None else None, agent=_agent_name(agent), seed=seed)
     unwrapped = getattr(env, "unwrapped", env)
-    result.config = {"env": dict(getattr(unwrapped, "config", {}) or {}),
-                     "agent": dict(getattr(agent, "hparams", {}) or {})}
-    on_switch = getattr(agent, "on_task_switch", None)
-    tracker = TaskTracker()
-    resumed = None
-    if resume_from is not None:
-        from clenv.checkpoint import restore_run
-
-        # Verifies the checkpoint against env, agent, seed and callbacks before changing anything.
-        resumed = restore_run(resume_from, env, agent, result, callbacks, seed=seed, reset_options=reset_options)
-        tracker, obs, info = resumed.state.tracker, resumed.state.obs, resumed.state.info
+    if start is not None:
+        result, tracker, obs, info = start.result, start.tracker, start.obs, start.info
         if total_steps is not None and tracker.n >= int(total_steps):
-            raise ValueError(f"the checkpoint is at step {tracker.n}: total_steps={total_steps} is already reached")
+            raise ValueError(f"the run is at step {tracker.n}: total_steps={total_steps} is already reached")
+        tracker.fill(result)  # callbacks' on_run_start sees how far the run is (steps > 0: a resumed run)
     else:
+        apply_seed_rule(agent, seed)
+        result = RunResult(env_id=None, agent=agent_name(agent), seed=seed)
+        tracker = TaskTracker()
         obs, info = env.reset(seed=seed, options=reset_options)
+    result.env_id = spec.id if spec is not None else None
+    result.config = {"env": dict(getattr(unwrapped, "config", {}) or {}),
+                     "agent": dict(getattr(agent, "hparams", {}) or {}), **{k: v for k, v in result.config.items()
+                                                                             if k not in ("env", "agent")}}
+    on_switch = getattr(agent, "on_task_switch", None)
     limit = int(total_steps) if total_steps is not None else _stream_length(unwrapped)
     bar = _progress_bar(progress, limit, desc or f"{result.agent} on {result.env_id or type(unwrapped).__name__}")
-    start = time.perf_counter()
+    if bar is not None and tracker.n:
+        bar.update(tracker.n)
+    t0 = time.perf_counter()
     for cb in callbacks:
         cb.on_run_start(env, agent, result)
-    if resumed is not None:
-        resumed.finish()  # callback states, then the global RNG states: nothing after this may draw from them
-        st = resumed.state
-        current_task, episodes, ep_return, ep_len = st.current_task, list(st.episodes), st.ep_return, st.ep_len
-        start -= st.elapsed
+    if start is not None:
+        for i, st in start.callback_states.items():
+            callbacks[i].load_state_dict(st)
+        if start.rng is not None:  # last: nothing after this may draw from the global streams before the step
+            set_global_rng_state(start.rng)
+        current_task, episodes, ep_return, ep_len = start.current_task, list(start.episodes), start.ep_return, \
+            start.ep_len
+        t0 -= start.elapsed
     else:
         if on_switch is not None and info.get("task_switch", False):
             on_switch(info.get("task_id"))
@@ -206,7 +273,7 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         while True:
             if boundary:
                 state = LoopState(obs, info, current_task, episodes, ep_return, ep_len, tracker, result,
-                                  time.perf_counter() - start, callbacks)
+                                  time.perf_counter() - t0, callbacks)
                 for cb in boundary:
                     cb.on_step_boundary(env, agent, state)
             action = agent.act(obs, info)
@@ -244,12 +311,10 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         if bar is not None:
             bar.close()
     result.episodes += 1
-    result.wall_time = time.perf_counter() - start
+    result.wall_time = time.perf_counter() - t0
     tracker.fill(result)
     _fill_returns(result, episodes)
     # The online metrics cost nothing, so every run has them (reports need no Evaluation for the papers' main table).
-    from clenv.metrics.online import online_metrics
-
     result.metrics.update(online_metrics(result.task_accuracy))
     if result.episodes > 1:  # an episodic (RL) stream: the per-task mean episode return is what matters
         result.metrics.update(return_metrics(result.task_return))
@@ -278,8 +343,6 @@ def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> 
 def return_metrics(task_return, windows=(0.1, 0.25, 1.0)) -> dict[str, float]:
     """``avg_task_return`` and ``task_return_last{p}``: means over tasks (tasks in which no episode ended are
     skipped) of the per-task mean episode return."""
-    from clenv.metrics.online import window_size
-
     r = np.asarray(task_return, dtype=np.float64)
     out = {"avg_task_return": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     for f in windows:

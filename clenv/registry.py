@@ -20,7 +20,9 @@ SUPERVISED = "clenv.envs.supervised:SupervisedStreamEnv"
 @dataclass(frozen=True)
 class EnvDef:
     """One registered id. ``kwargs`` are the paper defaults (every one overridable in ``gym.make``);
-    ``gamma`` is the fast-adaptation probe budget in steps; ``backbone`` the paper's network for it."""
+    ``gamma`` is the fast-adaptation probe budget in steps; ``backbone`` the paper's network for it; ``benchmark``
+    the key of the paper benchmark whose tuned hyperparameters apply (``agents.paper_hparams``; the Fashion-MNIST
+    and digits ids take the MNIST rows of their family, families without an MNIST table the CIFAR-10 one)."""
 
     id: str
     entry_point: str
@@ -31,12 +33,13 @@ class EnvDef:
     backbone: str | None = None
     paper: str = ""
     tags: tuple[str, ...] = field(default=())
+    benchmark: str | None = None
 
 
-def _sup(id, dataset, stream, description, data, *, gamma=None, backbone="mlp", paper="", tags=("plasticity",),
-         **kwargs):
+def _sup(id, benchmark, dataset, stream, description, data, *, gamma=None, backbone="mlp", paper="",
+         tags=("plasticity",), **kwargs):
     return EnvDef(id, SUPERVISED, {"dataset": dataset, "stream": stream, **kwargs}, description, data, gamma,
-                  backbone, paper, tags)
+                  backbone, paper, tags, benchmark)
 
 
 _TV = "torchvision (downloaded when missing) or CLENV_DATA"
@@ -51,44 +54,58 @@ _PERMUTED = dict(num_tasks=50, samples_per_task=10000, epochs_per_task=1, batch_
 _SPLIT5 = dict(num_tasks=5, classes_per_task=2, epochs_per_task=1, batch_size=64, augment=False)
 
 ENV_TABLE: tuple[EnvDef, ...] = (
-    _sup("RandomLabelMNIST-v0", "mnist", "random_label", "1,200 images per task with uniformly random labels",
+    _sup("RandomLabelMNIST-v0", "random_label_mnist", "mnist", "random_label",
+         "1,200 images per task with uniformly random labels",
          _TV, gamma=750, paper=_NMS, **_RANDOM_LABEL),
-    _sup("RandomLabelCIFAR10-v0", "cifar10", "random_label", "1,200 images per task with uniformly random labels",
+    _sup("RandomLabelCIFAR10-v0", "random_label_cifar10", "cifar10", "random_label",
+         "1,200 images per task with uniformly random labels",
          _TV, gamma=187, paper=_NMS, **{**_RANDOM_LABEL, "num_tasks": 100, "epochs_per_task": 50}),
-    _sup("ShuffleCIFAR10-v0", "cifar10", "label_shuffle", "5,000 images; a new class-label permutation per task",
+    _sup("ShuffleCIFAR10-v0", "shuffle_cifar10", "cifar10", "label_shuffle",
+         "5,000 images; a new class-label permutation per task",
          _TV, gamma=312, paper=_NMS, **_SHUFFLE),
-    _sup("PermutedMNIST-v0", "mnist", "permuted", "10,000 images; a fixed pixel permutation per task",
+    _sup("PermutedMNIST-v0", "permuted_mnist", "mnist", "permuted", "10,000 images; a fixed pixel permutation per task",
          _TV, gamma=156, paper=_NMS, **_PERMUTED),
-    _sup("ClassSplitCIFAR100-v0", "cifar100", "class_split", "5 new classes per task, 500 samples each",
+    _sup("ClassSplitCIFAR100-v0", "class_split_cifar100", "cifar100", "class_split",
+         "5 new classes per task, 500 samples each",
          _TV, gamma=156, backbone="cnn", paper=_NMS, num_tasks=20, classes_per_task=5, samples_per_class=500,
          epochs_per_task=20, batch_size=16, augment=True),
-    _sup("ClassSplitTinyImageNet-v0", "tiny_imagenet", "class_split", "binary tasks on 2 new classes, 600 images each",
+    _sup("ClassSplitTinyImageNet-v0", "class_split_tiny_imagenet", "tiny_imagenet", "class_split",
+         "binary tasks on 2 new classes, 600 images each",
          "ImageFolder tree tiny-imagenet-200/ under CLENV_DATA", gamma=750, backbone="cnn", paper=_NMS,
          num_tasks=100, classes_per_task=2, samples_per_class=600, epochs_per_task=20, batch_size=16, augment=True),
-    _sup("SplitCIFAR10-v0", "cifar10", "class_split", "5 tasks of 2 classes (forgetting, class-incremental)",
+    _sup("SplitCIFAR10-v0", "split_cifar10", "cifar10", "class_split",
+         "5 tasks of 2 classes (forgetting, class-incremental)",
          _TV, backbone="cnn_wide", paper="NeuMoSync Appendix F", tags=("forgetting",), **_SPLIT5),
-    _sup("ShuffleMiniImageNet-v0", "mini_imagenet", "label_shuffle", "mini-ImageNet 84x84 with a label shuffle per "
+    _sup("ShuffleMiniImageNet-v0", "shuffle_mini_imagenet", "mini_imagenet", "label_shuffle",
+         "mini-ImageNet 84x84 with a label shuffle per "
          "task, 4 epochs", "ImageFolder tree mini-imagenet/ under CLENV_DATA", backbone="resnet18", paper=_NMS,
          num_tasks=20, epochs_per_task=4, batch_size=16, augment=True),
-    _sup("SplitImageNet-v0", "imagenet", "class_split", "500 tasks of 5 random ImageNet classes x 600 samples",
+    _sup("SplitImageNet-v0", "split_imagenet", "imagenet", "class_split",
+         "500 tasks of 5 random ImageNet classes x 600 samples",
          "ImageFolder tree imagenet/ under CLENV_DATA", backbone="resnet50", paper=_NMS, num_tasks=500,
          classes_per_task=5, samples_per_class=600, disjoint=False, labels="local", epochs_per_task=5,
          batch_size=16, augment=True),
     # The same families on the data these machines have.
-    _sup("RandomLabelFashionMNIST-v0", "fashion_mnist", "random_label", "Random-Label MNIST protocol on "
+    _sup("RandomLabelFashionMNIST-v0", "random_label_mnist", "fashion_mnist", "random_label",
+         "Random-Label MNIST protocol on "
          "Fashion-MNIST", _FMNIST, gamma=750, paper=_NMS, **_RANDOM_LABEL),
-    _sup("ShuffleFashionMNIST-v0", "fashion_mnist", "label_shuffle", "Shuffle protocol on Fashion-MNIST",
+    _sup("ShuffleFashionMNIST-v0", "shuffle_cifar10", "fashion_mnist", "label_shuffle",
+         "Shuffle protocol on Fashion-MNIST",
          _FMNIST, gamma=312, paper=_NMS, **_SHUFFLE),
-    _sup("PermutedFashionMNIST-v0", "fashion_mnist", "permuted", "Permuted-MNIST protocol on Fashion-MNIST",
+    _sup("PermutedFashionMNIST-v0", "permuted_mnist", "fashion_mnist", "permuted",
+         "Permuted-MNIST protocol on Fashion-MNIST",
          _FMNIST, gamma=156, paper=_NMS, **_PERMUTED),
-    _sup("SplitFashionMNIST-v0", "fashion_mnist", "class_split", "5 tasks of 2 classes (forgetting)",
+    _sup("SplitFashionMNIST-v0", "split_cifar10", "fashion_mnist", "class_split", "5 tasks of 2 classes (forgetting)",
          _FMNIST, backbone="mlp", paper="NeuMoSync Appendix F", tags=("forgetting",), **_SPLIT5),
     # Digits are 8x8: fewer samples and no augmentation (a 1-pixel shift is an eighth of the image).
-    _sup("RandomLabelDigits-v0", "digits", "random_label", "256 digits per task with random labels", _DIGITS,
+    _sup("RandomLabelDigits-v0", "random_label_mnist", "digits", "random_label",
+         "256 digits per task with random labels", _DIGITS,
          gamma=64, num_tasks=30, samples_per_task=256, epochs_per_task=20, batch_size=16, augment=False),
-    _sup("ShuffleDigits-v0", "digits", "label_shuffle", "all 1,437 training digits, a label shuffle per task",
+    _sup("ShuffleDigits-v0", "shuffle_cifar10", "digits", "label_shuffle",
+         "all 1,437 training digits, a label shuffle per task",
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
-    _sup("PermutedDigits-v0", "digits", "permuted", "all 1,437 training digits, a pixel permutation per task",
+    _sup("PermutedDigits-v0", "permuted_mnist", "digits", "permuted",
+         "all 1,437 training digits, a pixel permutation per task",
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",

@@ -1,22 +1,23 @@
 """``clenv sweep``: methods x hyperparameter grid x seeds x streams, on Ray or in this process.
 
-Every combination is one run, saved as one result record (:func:`clenv.results.save_run`) in a directory whose name
-ends with a hash of the run's definition::
+Every combination is one :class:`clenv.app.spec.RunSpec`, executed and saved by :func:`clenv.app.spec.execute` in
+the folder its key (a hash of the resolved configuration) names::
 
-    <out>/<env id>/<agent label>/seed<k>-<hash>/{result.json, arrays.npz}
+    <out>/<env id>/<agent>/seed<k>-<key>/{result.json, arrays-*.npz}
 
-so a rerun of the same sweep skips the runs whose ``result.json`` exists and does only what is missing (an interrupted
-sweep resumes; a wider grid adds only its new points). With ``checkpoint_every`` a run also checkpoints
-(:class:`clenv.Checkpoint`) under ``<out>/.checkpoints/<hash>`` and an interrupted run resumes mid-stream.
+so a rerun of the same sweep skips the runs whose ``result.json`` exists and does only what is missing (an
+interrupted sweep resumes; a wider grid adds only its new points; a run ``clenv run --out <out>`` did counts as
+done). With ``checkpoint_every`` a run also checkpoints (:class:`clenv.Checkpoint`) under ``<out>/.checkpoints/<key>``
+and an interrupted run resumes mid-stream.
 
-The agent label is the agent name followed by the grid values, ``base[lr=0.001]``: it is the row of the final table,
-which is :mod:`clenv.report`'s aggregation (mean (std) over seeds) of this sweep's runs, written to ``<out>/report``.
+The agent label is the agent name followed by the grid values, ``base[lr=0.001]``; the final table is
+:mod:`clenv.app.report`'s aggregation (mean (std) over seeds) of this sweep's runs, written to ``<out>/report``.
 
 Backends: ``ray`` (the default when Ray is installed: ``pip install 'clenv[ray]'``) starts a local Ray or, when
 ``RAY_ADDRESS`` is set, joins that cluster, and runs each run as a task with ``num_cpus=1`` and one torch thread;
 results come back to the driver, which writes them. ``sequential`` runs in this process, one run after another.
-Workers build envs with ``gym.make("clenv:<id>")`` and agents through the ``clenv.agents`` entry point, so a cluster's
-nodes need clenv (and the agents package) installed, and a shared filesystem if runs checkpoint.
+Workers build envs and agents as the driver does, so a cluster's nodes need clenv (and the agents package, and any
+user agent module) installed, and a shared filesystem if runs checkpoint.
 
 A config (JSON, or YAML with PyYAML) holds these keys; command-line flags override them::
 
@@ -28,7 +29,7 @@ A config (JSON, or YAML with PyYAML) holds these keys; command-line flags overri
     seeds: [0, 1, 2]
     total_steps: null                 # stop runs early
     evaluation: null                  # clenv.Evaluation options, e.g. {forgetting: true}; {} for online metrics only
-    checkpoint_every: null            # steps between checkpoints (not with evaluation)
+    checkpoint_every: null            # steps between checkpoints
     out: runs/sweep
     backend: null                     # ray | sequential (null: ray if installed)
     num_cpus: null                    # local Ray's CPUs (default: all)
@@ -41,10 +42,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
-import importlib
 import importlib.util
-import inspect
 import itertools
 import json
 import os
@@ -56,8 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["SweepConfig", "SweepConfigError", "RunSpec", "load_config", "validate_config", "expand", "run_sweep",
-           "execute", "sweep_main"]
+from clenv.app.spec import RunSpec, UsageError, check_out, execute, parse_assignments, parse_seeds, parse_value
+
+__all__ = ["SweepConfig", "SweepConfigError", "load_config", "validate_config", "expand", "expand_grid", "run_sweep",
+           "sweep_main"]
 
 _DEFAULTS: dict[str, Any] = dict(envs=None, env_kwargs={}, agents=None, agent_kwargs={}, grid={}, seeds=[0],
                                  total_steps=None, evaluation=None, checkpoint_every=None, out="runs/sweep",
@@ -87,29 +87,6 @@ class SweepConfig:
     backend: str | None = None
     num_cpus: int | None = None
     threads: int = 1
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep. ``key`` hashes everything that determines its result."""
-
-    env_id: str
-    env_kwargs: dict
-    agent: str
-    agent_kwargs: dict
-    seed: int
-    label: str
-    total_steps: int | None
-    evaluation: dict | None
-    key: str
-
-    def directory(self, out: str | os.PathLike) -> Path:
-        from clenv.results import run_dir
-
-        return run_dir(out, self.env_id, self.label, self.seed, timestamp=self.key)
-
-    def describe(self) -> str:
-        return f"{self.label} seed {self.seed} on {self.env_id}"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -182,8 +159,8 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
     """Check a config dict (from :func:`load_config` and/or flags) and return a :class:`SweepConfig`.
 
     Raises :class:`SweepConfigError` naming the key: unknown keys, wrong types, empty lists, unknown env ids or agent
-    names, unknown env kwargs / agent hyperparameters / evaluation options (``check_names=False`` skips the
-    look-ups, which import the agent provider)."""
+    names, unknown env kwargs / agent hyperparameters / evaluation options (``check_names=False`` skips resolving
+    the runs, which makes their envs)."""
     if not isinstance(doc, dict):
         raise SweepConfigError(f"a sweep config is a mapping, got {type(doc).__name__}")
     unknown = [k for k in doc if k not in KEYS]
@@ -210,11 +187,12 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
     seeds = d["seeds"]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if (not isinstance(seeds, (list, tuple)) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise SweepConfigError(f"'seeds' must be a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise SweepConfigError(f"'seeds' lists a seed twice: {list(seeds)!r}")
+    if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SweepConfigError(f"'seeds' must be a non-empty list of integers >= 0, got {seeds!r}")
+    try:
+        seeds = parse_seeds(list(seeds), "'seeds'")
+    except UsageError as err:
+        raise SweepConfigError(str(err)) from None
     evaluation = d["evaluation"]
     if evaluation is not None and not isinstance(evaluation, dict):
         raise SweepConfigError(f"'evaluation' must be a mapping of clenv.Evaluation options (or null), "
@@ -230,84 +208,20 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
                       checkpoint_every=_opt_int(d["checkpoint_every"], "checkpoint_every", 1), out=str(d["out"]),
                       backend=backend, num_cpus=_opt_int(d["num_cpus"], "num_cpus", 1),
                       threads=_opt_int(d["threads"], "threads", 1) or 1)
-    if cfg.checkpoint_every is not None and cfg.evaluation is not None:
-        raise SweepConfigError("'checkpoint_every' cannot be combined with 'evaluation': an Evaluation's probe state "
-                               "is not checkpointed (drop one of them)")
-    if check_names:
-        _check_names(cfg)
-    return cfg
-
-
-def _check_names(cfg: SweepConfig) -> None:
-    import gymnasium as gym
-
-    import clenv
-
-    for env_id, kw in cfg.envs.items():
-        bare = env_id.split(":")[-1]
-        if bare not in gym.registry:
-            close = difflib.get_close_matches(bare, clenv.env_ids(), 1)
-            raise SweepConfigError(f"'envs': unknown env id {env_id!r}" + (f" (did you mean {close[0]!r}?)"
-                                                                             if close else ""))
-        valid = _env_kwarg_names(gym.spec(bare).entry_point)
-        for name, src in [(k, "env_kwargs") for k in cfg.env_kwargs] + [(k, f"envs.{env_id}") for k in kw]:
-            if valid is not None and name not in valid:
-                raise SweepConfigError(f"'{src}': unknown env kwarg {name!r} for {env_id}; valid: "
-                                       f"{', '.join(sorted(valid))}")
-    from clenv.cli import CliError, agent_provider
-
-    try:
-        provider = agent_provider()
-    except CliError as err:
-        raise SweepConfigError(str(err)) from None
-    for name, kw in cfg.agents.items():
-        try:
-            cls = provider.agent_class(name) if hasattr(provider, "agent_class") else None
-        except (ValueError, ImportError) as err:
-            raise SweepConfigError(f"'agents': {err}") from None
-        defaults = _hparam_names(cls)
-        if defaults is None:
-            continue
-        for key, src in ([(k, "agent_kwargs") for k in cfg.agent_kwargs] + [(k, f"agents.{name}") for k in kw]
-                         + [(k, "grid") for k in cfg.grid]):
-            if key not in defaults:
-                raise SweepConfigError(f"'{src}': unknown hyperparameter {key!r} for agent {name!r}; valid: "
-                                       f"{', '.join(sorted(defaults))}")
     if cfg.evaluation is not None:
-        from clenv.evaluation import Evaluation
+        import clenv
 
-        valid = set(inspect.signature(Evaluation.__init__).parameters) - {"self", "loggers"}
-        for key in cfg.evaluation:
-            if key not in valid:
-                raise SweepConfigError(f"'evaluation': unknown clenv.Evaluation option {key!r}; valid: "
-                                       f"{', '.join(sorted(valid))}")
-
-
-def _env_kwarg_names(entry_point) -> set[str] | None:
-    """The kwargs an env entry point accepts (None: it takes anything or cannot be inspected)."""
-    if not isinstance(entry_point, str) or ":" not in entry_point:
-        return None
-    module, attr = entry_point.split(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
-    if callable(getattr(cls, "valid_kwargs", None)):
-        return set(cls.valid_kwargs())
-    params = inspect.signature(cls).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
-
-
-def _hparam_names(cls) -> set[str] | None:
-    """An agent class's hyperparameters: ``DEFAULTS`` merged along its MRO (None: it declares none)."""
-    if cls is None or not any("DEFAULTS" in vars(k) for k in cls.__mro__):
-        return None
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        names |= set(vars(klass).get("DEFAULTS", {}) or {})
-    return names
+        try:
+            clenv.Evaluation(**cfg.evaluation)
+        except (TypeError, ValueError) as err:
+            raise SweepConfigError(f"'evaluation': {err}") from None
+    if check_names:
+        for spec in expand(cfg):  # every env id, env kwarg, agent name and hyperparameter, before anything runs
+            try:
+                spec.resolve().env.close()
+            except UsageError as err:
+                raise SweepConfigError(f"{spec.describe()}: {err}") from None
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- expansion
@@ -315,64 +229,30 @@ def _fmt(v) -> str:
     return json.dumps(v, sort_keys=True, default=repr) if not isinstance(v, str) else v
 
 
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()[:10]
-
-
 def expand(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run of the sweep, in order env x agent x grid point x seed."""
-    points = expand_grid(cfg)
+    """Every run of the sweep, in order env x agent x grid point x seed; a grid point labels its runs
+    ``agent[k=v,...]``."""
     specs = []
     for env_id, env_kw in cfg.envs.items():
         ekw = {**cfg.env_kwargs, **env_kw}
         for agent, agent_kw in cfg.agents.items():
-            for point in points:
+            for point in expand_grid(cfg):
                 akw = {**cfg.agent_kwargs, **agent_kw, **point}
                 label = agent + ("[" + ",".join(f"{k}={_fmt(v)}" for k, v in point.items()) + "]" if point else "")
-                for seed in cfg.seeds:
-                    ident = {"env_id": env_id, "env_kwargs": ekw, "agent": agent, "agent_kwargs": akw, "seed": seed,
-                             "total_steps": cfg.total_steps, "evaluation": cfg.evaluation}
-                    specs.append(RunSpec(env_id, ekw, agent, akw, seed, label, cfg.total_steps, cfg.evaluation,
-                                         _key(ident)))
+                specs += [RunSpec(env_id, agent, seed, ekw, akw, cfg.total_steps, cfg.evaluation, label=label)
+                          for seed in cfg.seeds]
     return specs
 
 
-# ---------------------------------------------------------------------------------------------- one run
-def execute(spec: RunSpec, threads: int = 1, checkpoint_dir: str | None = None,
-            checkpoint_every: int | None = None) -> dict:
-    """Run one sweep point (in a Ray worker or in this process). Returns ``{"key", "result", "error", "seconds"}``
-    where ``result`` is the :class:`~clenv.loop.RunResult` (``agent`` set to the label) or None, and ``error`` the
-    traceback of a failed run."""
+def _execute_remote(spec: RunSpec, out: str, checkpoint_every, threads) -> dict:
+    """One run in a worker (or this process): ``{"key", "result", "error", "seconds"}``; the driver saves the
+    result, so a worker needs no access to ``out`` unless the run checkpoints."""
     t0 = time.perf_counter()
     try:
-        import gymnasium as gym
-        import torch
-
-        import clenv
-        from clenv.cli import agent_provider
-        from clenv.metrics.online import online_metrics
-
-        torch.set_num_threads(int(threads))
-        env_id = spec.env_id if ":" in spec.env_id else f"clenv:{spec.env_id}"  # works without `import clenv`
-        env = gym.make(env_id, **spec.env_kwargs)
-        agent = agent_provider().make(spec.agent, env, **spec.agent_kwargs)
-        callbacks, resume = [], None
-        if checkpoint_dir is not None and checkpoint_every:
-            ck = clenv.Checkpoint(checkpoint_dir, every=checkpoint_every)
-            callbacks.append(ck)
-            resume = checkpoint_dir if ck.path.is_file() else None
-        ev = clenv.Evaluation(**spec.evaluation) if spec.evaluation is not None else None
-        result = clenv.run(env, agent, seed=spec.seed, progress=False, total_steps=spec.total_steps, evaluation=ev,
-                           callbacks=callbacks, resume_from=resume, desc=spec.describe())
-        for k, v in online_metrics(result.task_accuracy).items():
-            result.metrics.setdefault(k, v)
-        result.agent = spec.label
-        result.config.update({"env_id": spec.env_id, "agent_name": spec.agent, "env_kwargs": spec.env_kwargs,
-                              "agent_kwargs": spec.agent_kwargs, "sweep_key": spec.key, "resumed": resume is not None})
-        env.close()
-        return {"key": spec.key, "result": result, "error": None, "seconds": time.perf_counter() - t0}
+        result, _ = execute(spec, out=out, save=False, checkpoint_every=checkpoint_every, threads=threads)
+        return {"key": result.config["key"], "result": result, "error": None, "seconds": time.perf_counter() - t0}
     except Exception:  # noqa: BLE001 - a failed run is reported, the sweep goes on
-        return {"key": spec.key, "result": None, "error": traceback.format_exc(), "seconds": time.perf_counter() - t0}
+        return {"key": None, "result": None, "error": traceback.format_exc(), "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
@@ -394,57 +274,59 @@ def _pick_backend(requested: str | None, log) -> str:
 
 def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
     """Run every missing run of ``cfg`` and save each as it finishes. Returns ``{"specs", "skipped", "done",
-    "failed": {key: traceback}, "dirs", "backend"}`` (``dirs``: the result directory of every run that has one)."""
+    "failed": {description: traceback}, "dirs", "backend"}`` (``dirs``: the result directory of every run that has
+    one). A run is done when its folder (named by its key, :mod:`clenv.app.spec`) holds a result, whichever command
+    made it."""
     out = Path(cfg.out)
-    specs = expand(cfg)
-    pending = [s for s in specs if not (s.directory(out) / "result.json").is_file()]
-    todo = {s.key for s in pending}
-    skipped = len(specs) - len(pending)
-    log(f"clenv sweep: {len(specs)} runs ({len(cfg.envs)} envs x {len(cfg.agents)} agents x "
+    resolved = []
+    for spec in expand(cfg):
+        r = spec.resolve()
+        r.env.close()
+        resolved.append(r)
+    pending = [r for r in resolved if not (r.directory(out) / "result.json").is_file()]
+    skipped = len(resolved) - len(pending)
+    log(f"clenv sweep: {len(resolved)} runs ({len(cfg.envs)} envs x {len(cfg.agents)} agents x "
         f"{len(expand_grid(cfg))} grid points x {len(cfg.seeds)} seeds); {skipped} already done, "
         f"{len(pending)} to run")
-    report = {"specs": specs, "skipped": skipped, "done": [], "failed": {}, "backend": None, "dirs": []}
+    report = {"specs": [r.spec for r in resolved], "skipped": skipped, "done": [], "failed": {}, "backend": None,
+              "dirs": []}
     if dry_run:
-        for s in specs:
-            state = "todo" if s.key in todo else "done"
-            log(f"  [{state}] {s.describe()} -> {s.directory(out)}")
-        report["dirs"] = [s.directory(out) for s in specs if s.key not in todo]
+        todo = {id(r) for r in pending}
+        for r in resolved:
+            log(f"  [{'todo' if id(r) in todo else 'done'}] {r.spec.describe()} -> {r.directory(out)}")
+        report["dirs"] = [r.directory(out) for r in resolved if id(r) not in todo]
         return report
     backend = _pick_backend(cfg.backend, log) if pending else (cfg.backend or "none")
     report["backend"] = backend
-    by_key = {s.key: s for s in pending}
-    ck_root = out / ".checkpoints"
-    ck_dir = (lambda s: str(ck_root / s.key)) if cfg.checkpoint_every else (lambda s: None)
+    by_key = {r.key: r for r in pending}
 
-    def collect(outcome: dict, i: int) -> None:
-        s = by_key[outcome["key"]]
+    def collect(outcome: dict, i: int, r) -> None:
         if outcome["error"] is not None:
-            report["failed"][s.key] = outcome["error"]
+            report["failed"][r.spec.describe()] = outcome["error"]
             last = outcome["error"].strip().splitlines()[-1]
-            log(f"[{i}/{len(pending)}] FAILED {s.describe()}: {last}")
+            log(f"[{i}/{len(pending)}] FAILED {r.spec.describe()}: {last}")
             return
         from clenv.results import save_run
 
-        path = save_run(outcome["result"], s.directory(out))
-        if cfg.checkpoint_every:
-            shutil.rmtree(ck_root / s.key, ignore_errors=True)  # the result is saved: the checkpoint is spent
-        report["done"].append(s.key)
-        r = outcome["result"]
-        log(f"[{i}/{len(pending)}] {s.describe()}: avg online acc {r.average_accuracy * 100:.2f}%, "
-            f"{r.steps} steps, {r.wall_time:.1f} s -> {path}")
+        result = outcome["result"]
+        path = save_run(result, r.directory(out))
+        shutil.rmtree(out / ".checkpoints" / r.key, ignore_errors=True)  # the result is saved: the checkpoint is spent
+        report["done"].append(r.key)
+        log(f"[{i}/{len(pending)}] {r.spec.describe()}: avg online acc {result.average_accuracy * 100:.2f}%, "
+            f"{result.steps} steps, {result.wall_time:.1f} s -> {path}")
 
     if pending and backend == "sequential":
         import torch
 
         before = torch.get_num_threads()
         try:
-            for i, s in enumerate(pending, 1):
-                collect(execute(s, cfg.threads, ck_dir(s), cfg.checkpoint_every), i)
+            for i, r in enumerate(pending, 1):
+                collect(_execute_remote(r.spec, str(out), cfg.checkpoint_every, cfg.threads), i, r)
         finally:
             torch.set_num_threads(before)
     elif pending:
-        _run_on_ray(cfg, pending, ck_dir, collect, log)
-    report["dirs"] = [s.directory(out) for s in specs if (s.directory(out) / "result.json").is_file()]
+        _run_on_ray(cfg, pending, collect, log, by_key)
+    report["dirs"] = [r.directory(out) for r in resolved if (r.directory(out) / "result.json").is_file()]
     return report
 
 
@@ -453,27 +335,30 @@ def expand_grid(cfg: SweepConfig) -> list[dict]:
     return [dict(zip(cfg.grid, values)) for values in itertools.product(*cfg.grid.values())] or [{}]
 
 
-def _run_on_ray(cfg: SweepConfig, pending: list[RunSpec], ck_dir, collect, log) -> None:
+def _run_on_ray(cfg: SweepConfig, pending: list, collect, log, by_key: dict) -> None:
     import ray
 
     started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        # Workers import a user's agent module ("package.module:Class") from where the driver runs.
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(),
+                                                                               os.environ.get("PYTHONPATH")) if p)}}
         if address:
             log(f"clenv sweep: joining the Ray cluster at RAY_ADDRESS={address}")
-            ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env)
         else:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level="WARNING")
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level="WARNING", runtime_env=runtime_env)
         started = True
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(execute)
-        refs = [task.remote(s, cfg.threads, ck_dir(s), cfg.checkpoint_every) for s in pending]
-        i = 0
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
+        task = ray.remote(num_cpus=1, max_retries=0)(_execute_remote)
+        refs = {task.remote(r.spec, str(cfg.out), cfg.checkpoint_every, cfg.threads): r for r in pending}
+        waiting, i = list(refs), 0
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
             for ref in ready:
                 i += 1
-                collect(ray.get(ref), i)  # saved as soon as it is back: a dead driver loses at most running runs
+                collect(ray.get(ref), i, refs[ref])  # saved as soon as it is back: a dead driver loses only running runs
     finally:
         if started:
             ray.shutdown()
@@ -481,13 +366,11 @@ def _run_on_ray(cfg: SweepConfig, pending: list[RunSpec], ck_dir, collect, log) 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _grid_flag(items: Sequence[str] | None) -> dict:
-    from clenv.cli import CliError, parse_value
-
     grid = {}
     for item in items or ():
         key, sep, text = item.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise CliError(f"--grid expects key=v1,v2,... with a hyperparameter name as key, got {item!r}")
+            raise UsageError(f"--grid expects key=v1,v2,... with a hyperparameter name as key, got {item!r}")
         value = parse_value(text)
         if not isinstance(value, list):  # "0.001,0.01": split on commas; "[[100],[100,100]]": a JSON list
             value = [parse_value(v) for v in text.split(",") if v.strip()]
@@ -520,18 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags_to_config(args) -> dict:
-    from clenv.cli import parse_assignments
-
     doc = load_config(args.config) if args.config else {}
     if args.envs is not None:
         doc["envs"] = args.envs
     if args.agents is not None:
         doc["agents"] = args.agents
     if args.seeds is not None:
-        try:
-            doc["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise SweepConfigError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+        doc["seeds"] = parse_seeds(args.seeds)
     if args.grid:
         doc["grid"] = {**(doc.get("grid") or {}), **_grid_flag(args.grid)}
     if args.env_set:
@@ -549,19 +427,18 @@ def _flags_to_config(args) -> dict:
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``clenv sweep``. Exit status: 0 when every run is done, 1 when some failed, 2 on a bad
     config (nothing is run)."""
-    from clenv.cli import CliError
-
     args = build_parser().parse_args(argv)
     try:
         cfg = validate_config(_flags_to_config(args))
+        check_out(cfg.out)
         result = run_sweep(cfg, dry_run=args.dry_run)
-    except (SweepConfigError, CliError) as err:
+    except (SweepConfigError, UsageError) as err:
         print(f"clenv sweep: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         return 0
     if result["dirs"]:
-        from clenv.report import report_main
+        from clenv.app.report import report_main
 
         print()
         report_main([str(d) for d in result["dirs"]] + ["--out", str(Path(cfg.out) / "report")]
@@ -569,8 +446,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     failed = result["failed"]
     if failed:
         print(f"clenv sweep: {len(failed)} run(s) failed; rerun the same command to retry them", file=sys.stderr)
-        for key, tb in failed.items():
-            print(f"--- run {key}:\n{tb}", file=sys.stderr)
+        for what, tb in failed.items():
+            print(f"--- {what}:\n{tb}", file=sys.stderr)
         return 1
     return 0
 

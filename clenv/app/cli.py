@@ -1,95 +1,21 @@
 """The ``clenv`` command: ``list``, ``run``, ``compare``, ``sweep``, ``report`` and ``reproduce``.
 
-Agents are found through the ``clenv.agents`` entry-point group (the bundled ``agents`` package declares itself
-there), so this module never imports ``agents`` by name.
+``run`` and ``compare`` build :class:`clenv.app.spec.RunSpec` objects and :func:`~clenv.app.spec.execute` them, as
+``sweep`` and ``reproduce`` do; every input is checked before the first run starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import json
+import os
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-__all__ = ["main", "parse_assignments", "agent_provider"]
+from clenv.app.spec import (RunSpec, UsageError, agent_provider, check_agent, check_out, execute, parse_assignments,
+                            parse_seeds)
 
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-def parse_value(text: str) -> Any:
-    """``k=v`` values: JSON or Python literals (numbers, true/false/none, lists, tuples), else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            return parse(text)
-        except (ValueError, SyntaxError, TypeError):
-            pass
-    return text
-
-
-def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise CliError(f"{flag} expects key=value with a Python identifier as key, got {item!r}")
-        out[key.strip()] = parse_value(value)
-    return out
-
-
-def agent_provider():
-    """The module that provides ``make(name, env, **hp)`` and ``available()``, from the ``clenv.agents`` group."""
-    eps = list(entry_points(group="clenv.agents"))
-    if not eps:
-        raise CliError("no agent provider is installed (entry-point group 'clenv.agents'); reinstall clenv with "
-                       "`pip install -e .`")
-    return eps[0].load()
-
-
-def _make_env(env_id: str, env_kwargs: dict):
-    import gymnasium as gym
-
-    import clenv  # noqa: F401  (registers the ids)
-
-    if env_id.split(":")[-1] not in gym.registry:
-        close = [i for i in clenv.env_ids() if env_id.lower()[:6] in i.lower()]
-        raise CliError(f"unknown env id {env_id!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                       + " (`clenv list` shows every id)")
-    try:
-        return gym.make(env_id, **env_kwargs)
-    except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from None
-
-
-def _run_one(env_id, agent_name, seed, env_kwargs, agent_kwargs, out_root, progress, total_steps, evaluation):
-    import clenv
-    from clenv.results import run_dir, save_run
-
-    provider = agent_provider()
-    env = _make_env(env_id, env_kwargs)
-    try:
-        agent = provider.make(agent_name, env, **agent_kwargs)
-    except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from None
-    ev = None
-    if evaluation:
-        ev = clenv.Evaluation(**evaluation)
-    result = clenv.run(env, agent, seed=seed, progress=progress, total_steps=total_steps, evaluation=ev,
-                       desc=f"{agent_name} seed {seed}")
-    result.config.update({"env_id": env_id, "agent_name": agent_name, "env_kwargs": env_kwargs,
-                          "agent_kwargs": agent_kwargs})
-    path = save_run(result, run_dir(out_root, env_id, agent_name, seed)) if out_root is not None else None
-    return result, path
-
+__all__ = ["main", "build_parser"]
 
 #: The summary every run and compare prints (the papers' main plasticity columns).
 _SUMMARY = (("avg_online_acc", "avg online acc"), ("online_acc_last25", "last 25% of tasks"),
@@ -103,7 +29,7 @@ _RL_SUMMARY = (("avg_task_return", "mean return, all tasks"), ("task_return_last
 def _summary(results: list) -> str:
     """Mean (std) over seeds per agent, through the report's aggregation and table format; RL streams show the
     per-task mean episode return instead of accuracy."""
-    from clenv.report import aggregate, format_table
+    from clenv.app.report import aggregate, format_table
 
     env = str(results[0].env_id)
     if "avg_task_return" in results[0].metrics:
@@ -139,23 +65,42 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _common(args):
+def _common(args) -> tuple[dict, dict, Path | None, dict | None]:
+    """Everything a run / compare needs, checked before any compute: threads, kwargs, evaluation, ``--out``."""
     import torch
 
     if args.threads < 1:
-        raise CliError(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.total_steps is not None and args.total_steps < 1:
+        raise UsageError(f"--total-steps must be >= 1, got {args.total_steps}")
     torch.set_num_threads(args.threads)
     env_kwargs = parse_assignments(args.env_set, "--env-set")
     agent_kwargs = parse_assignments(args.agent_set, "--agent-set")
-    out = None if args.no_save else Path(args.out)
-    evaluation = parse_assignments(args.eval_set, "--eval-set") if args.eval_set else ({} if args.evaluate else None)
+    evaluation = parse_assignments(args.eval_set, "--eval-set") if (args.eval_set or args.evaluate) else None
+    if evaluation is not None:
+        import clenv
+
+        try:
+            clenv.Evaluation(**evaluation)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--eval-set: {err}") from None
+    out = None if args.no_save else check_out(args.out)
     return env_kwargs, agent_kwargs, out, evaluation
 
 
-def cmd_run(args) -> int:
+def _specs(args, names: list[str], seeds: list[int]) -> list:
+    """The resolved runs of a run / compare, every one checked (names, kwargs, env) before the first starts."""
     env_kwargs, agent_kwargs, out, evaluation = _common(args)
-    result, path = _run_one(args.env, args.agent, args.seed, env_kwargs, agent_kwargs, out, not args.no_progress,
-                            args.total_steps, evaluation)
+    for name in names:
+        check_agent(name)
+    runs = [RunSpec(args.env, name, seed, env_kwargs, agent_kwargs, args.total_steps, evaluation).resolve()
+            for name in names for seed in seeds]
+    return runs, out
+
+
+def cmd_run(args) -> int:
+    (resolved,), out = _specs(args, [args.agent], parse_seeds([args.seed], "--seed"))
+    result, path = execute(resolved, out=out, progress=not args.no_progress)
     print(f"{args.agent} on {args.env}, seed {args.seed}: {result.steps} steps, {len(result.task_accuracy)} tasks, "
           f"{result.num_task_switches} task switches, {result.wall_time:.1f} s")
     tasks = result.task_accuracy
@@ -176,42 +121,23 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    env_kwargs, agent_kwargs, out, evaluation = _common(args)
     names = [a.strip() for a in args.agents.split(",") if a.strip()]
-    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    if len(names) < 1 or not seeds:
-        raise CliError("--agents needs at least one name and --seeds at least one seed")
+    if not names:
+        raise UsageError("--agents needs at least one name")
+    seeds = parse_seeds(args.seeds)
+    runs, out = _specs(args, names, seeds)
     results: list = []
-    for name in names:
-        for seed in seeds:
-            result, _ = _run_one(args.env, name, seed, env_kwargs, agent_kwargs, out, not args.no_progress,
-                                 args.total_steps, evaluation)
-            results.append(result)
-            print(f"  {name} seed {seed}: avg online acc {result.average_accuracy * 100:.2f}%, last 25% tasks "
-                  f"{result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)", flush=True)
+    for resolved in runs:
+        result, _ = execute(resolved, out=out, progress=not args.no_progress)
+        results.append(result)
+        print(f"  {resolved.spec.agent} seed {resolved.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}%, "
+              f"last 25% tasks {result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)",
+              flush=True)
     print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s in all")
     print(_summary(results))
     if out is not None:
         print(f"results under {out}/ (aggregate with `clenv report {out}/...`)")
     return 0
-
-
-def cmd_sweep(args) -> int:
-    from clenv.sweep import sweep_main
-
-    return sweep_main(args.rest)
-
-
-def cmd_report(args) -> int:
-    from clenv.report import report_main
-
-    return report_main(args.rest)
-
-
-def cmd_reproduce(args) -> int:
-    from clenv.reproduce import reproduce_main
-
-    return reproduce_main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,44 +174,45 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     c.set_defaults(func=cmd_compare)
 
-    sw = sub.add_parser("sweep", help="methods x grid x seeds x streams on Ray (or sequentially), resumable",
-                        add_help=False)
-    sw.add_argument("rest", nargs=argparse.REMAINDER)
-    sw.set_defaults(func=cmd_sweep)
-
-    rep = sub.add_parser("report", help="aggregate run folders into tables and figures", add_help=False)
-    rep.add_argument("rest", nargs=argparse.REMAINDER)
-    rep.set_defaults(func=cmd_report)
-
-    rp = sub.add_parser("reproduce", help="run a paper table's protocol and print ours next to the paper's "
-                        "(`clenv reproduce --list`)", add_help=False)
-    rp.add_argument("rest", nargs=argparse.REMAINDER)
-    rp.set_defaults(func=cmd_reproduce)
+    # These three have parsers of their own; main() hands them their arguments before this parser sees them.
+    sub.add_parser("sweep", help="methods x grid x seeds x streams on Ray (or sequentially), resumable")
+    sub.add_parser("report", help="aggregate run folders into tables and figures")
+    sub.add_parser("reproduce", help="run a paper table's protocol and print ours next to the paper's "
+                   "(`clenv reproduce --list`)")
     return p
+
+
+def _own_parser(command: str):
+    if command == "sweep":
+        from clenv.app.sweep import sweep_main
+
+        return sweep_main
+    if command == "report":
+        from clenv.app.report import report_main
+
+        return report_main
+    from clenv.app.reproduce import reproduce_main
+
+    return reproduce_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["sweep"]:  # its own parser: argparse's REMAINDER drops a leading --option
-        from clenv.sweep import sweep_main
-
-        return sweep_main(argv[1:])
-    if argv[:1] == ["reproduce"]:  # likewise (`clenv reproduce --list`)
-        from clenv.reproduce import reproduce_main
-
-        return reproduce_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if os.getcwd() not in sys.path:  # a user's agent module in the current directory, as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
     try:
+        if argv[:1] and argv[0] in ("sweep", "report", "reproduce"):
+            return int(_own_parser(argv[0])(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except CliError as err:
+    except UsageError as err:
         print(f"clenv: error: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:  # a missing dataset: the message says where we looked and the fix
         print(f"clenv: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clenv: interrupted", file=sys.stderr)
+        print("clenv: interrupted (finished runs are saved; rerun the command to continue)", file=sys.stderr)
         return 130
 
 

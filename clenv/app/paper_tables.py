@@ -30,27 +30,6 @@ __all__ = ["Benchmark", "Method", "Cell", "PaperTable", "BENCHMARKS", "TABLES", 
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    """One benchmark as a runnable protocol.
-
-    ``env_kwargs`` change the paper env's registered protocol (every key a ``gym.make`` kwarg); ``stand_in`` is the
-    Fashion-MNIST id that runs the same protocol when the paper's dataset is missing, with ``stand_in_kwargs`` on top
-    (e.g. classes drawn per task, as Fashion-MNIST has 10 classes). ``agent_kwargs`` go to every agent (the
-    backbone of the setting). ``gamma``: the probe budget in steps for the paper's per-task budget (None: the
-    registry's, Table 5)."""
-
-    key: str
-    name: str
-    paper_env: str
-    stand_in: str
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    stand_in_kwargs: dict[str, Any] = field(default_factory=dict)
-    agent_kwargs: dict[str, Any] = field(default_factory=dict)
-    gamma: int | None = None
-    note: str = ""
-
-
-@dataclass(frozen=True)
 class Method:
     """A row label of a paper table and how to run it: agent name, hyperparameters beyond the paper row, and
     multiplicative env changes (Table 31 trains 4x the epochs)."""
@@ -101,69 +80,6 @@ class PaperTable:
             if m.label == label:
                 return m
         raise KeyError(label)
-
-
-# ---------------------------------------------------------------------------------------------------- benchmarks
-_FORGET = "NeuMoSync Appendix F: 10 / 5 / 20 / 10 tasks, batch 64, the wide CNN (256-128-64-32 filters, 2 x 256 FC)"
-_BENCH = (
-    Benchmark("random_label_mnist", "Random-Label MNIST", "RandomLabelMNIST-v0", "RandomLabelFashionMNIST-v0"),
-    Benchmark("random_label_cifar10", "Random-Label CIFAR-10", "RandomLabelCIFAR10-v0", "RandomLabelFashionMNIST-v0"),
-    Benchmark("shuffle_cifar10", "Shuffle CIFAR-10", "ShuffleCIFAR10-v0", "ShuffleFashionMNIST-v0"),
-    Benchmark("permuted_mnist", "Permuted MNIST", "PermutedMNIST-v0", "PermutedFashionMNIST-v0"),
-    Benchmark("class_split_cifar100", "Class Split CIFAR-100", "ClassSplitCIFAR100-v0", "SplitFashionMNIST-v0",
-              stand_in_kwargs=dict(disjoint=False)),
-    Benchmark("class_split_tiny_imagenet", "Class Split T-ImageNet", "ClassSplitTinyImageNet-v0",
-              "SplitFashionMNIST-v0", stand_in_kwargs=dict(disjoint=False)),
-    Benchmark("permuted_mnist_forgetting", "Permuted MNIST (forgetting)", "PermutedMNIST-v0",
-              "PermutedFashionMNIST-v0", env_kwargs=dict(num_tasks=10), agent_kwargs=dict(backbone="cnn_wide"),
-              note=_FORGET),
-    Benchmark("split_cifar10", "Class-split CIFAR-10 (forgetting)", "SplitCIFAR10-v0", "SplitFashionMNIST-v0",
-              agent_kwargs=dict(backbone="cnn_wide"), note=_FORGET),
-    Benchmark("class_split_cifar100_forgetting", "Class-split CIFAR-100 (forgetting)", "ClassSplitCIFAR100-v0",
-              "SplitFashionMNIST-v0", env_kwargs=dict(num_tasks=20, batch_size=64),
-              stand_in_kwargs=dict(disjoint=False), agent_kwargs=dict(backbone="cnn_wide"), note=_FORGET),
-    Benchmark("class_split_tiny_imagenet_forgetting", "Class-split T-ImageNet (forgetting)",
-              "ClassSplitTinyImageNet-v0", "SplitFashionMNIST-v0", env_kwargs=dict(num_tasks=10, batch_size=64),
-              stand_in_kwargs=dict(disjoint=False), agent_kwargs=dict(backbone="cnn_wide"),
-              note=_FORGET + "; the classes per task are not given there, so the registry's 2 are kept"),
-)
-BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
-
-
-def benchmark(name: str) -> Benchmark:
-    """A benchmark by key or by name, case and punctuation ignored ("Random-Label MNIST", "random_label_mnist")."""
-    want = re.sub(r"[^a-z0-9]", "", name.lower())
-    for b in _BENCH:
-        if want in (re.sub(r"[^a-z0-9]", "", b.key), re.sub(r"[^a-z0-9]", "", b.name.lower())):
-            return b
-    raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-
-
-def protocol_kwargs(key: str) -> dict[str, Any]:
-    """The paper's protocol of benchmark ``key`` as ``gym.make`` kwargs of its paper env (registry defaults plus
-    the setting's changes)."""
-    from clenv.registry import protocol
-
-    b = BENCHMARKS[key]
-    return {**protocol(b.paper_env).kwargs, **b.env_kwargs}
-
-
-def steps_per_task(kwargs: dict[str, Any]) -> int | None:
-    """Steps per task of a protocol given as env kwargs (the env's rule: train samples // batch size x epochs);
-    None when the samples per task are not fixed by the kwargs (a whole dataset)."""
-    if kwargs.get("steps_per_task"):
-        return int(kwargs["steps_per_task"])
-    samples = kwargs.get("samples_per_task")
-    if samples is None and kwargs.get("classes_per_task") and kwargs.get("samples_per_class"):
-        samples = int(kwargs["classes_per_task"]) * int(kwargs["samples_per_class"])
-    if not samples:
-        return None
-    return (int(samples) // int(kwargs.get("batch_size", 16))) * int(kwargs.get("epochs_per_task", 1))
-
-
-def paper_steps_per_task(key: str) -> int | None:
-    """Steps per task of benchmark ``key`` under the paper's protocol (Table 5), or None."""
-    return steps_per_task(protocol_kwargs(key)) if key in BENCHMARKS else None
 
 
 # ---------------------------------------------------------------------------------------------------- methods

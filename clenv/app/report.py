@@ -1,8 +1,10 @@
 """``clenv report RUN_DIR... [--out DIR]``: aggregate saved runs into mean (std) tables and PNG figures.
 
-Runs (directories with ``result.json``, found at or below each RUN_DIR) are grouped by (env id, agent); seeds of a
-group are aggregated as "mean (std)" with the sample standard deviation (ddof=1; 0 for one seed). Tables follow the
-papers' layouts, one table per env with one row per agent:
+Runs (directories with ``result.json``, found at or below each RUN_DIR) are grouped by their full configuration (env
+id and kwargs, agent and hyperparameters: :func:`clenv.app.spec.group_identity`); the seeds of a group are aggregated
+as "mean (std)" with the sample standard deviation (ddof=1; 0 for one seed). A row is named by its agent; when one
+agent ran under several configurations, each row adds what sets it apart (``base[lr=0.001]``) and the report says so.
+Tables follow the papers' layouts, one table per env with one row per configuration:
 
 - online accuracy over the last 10/25/50/75/100% of tasks (NeuMoSync Tables 2, 27-33);
 - fast adaptation: BKT_γ/2, BKT_γ, BKT_mean, FKT_γ/2, FKT_γ, FKT_mean, LCA_0, LCA_F, LCA_B, final accuracy (Table 1);
@@ -11,7 +13,7 @@ papers' layouts, one table per env with one row per agent:
 - plasticity diagnostics at the last task end.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
-appears only when some run has its metrics. Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and
+appears only when some run has its own metrics (the online columns a probe table repeats for context do not count). Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and
 ``learning_curves.png``, ``accuracy_matrix.png``, ``stability_gap.png``, ``diagnostics.png`` into ``--out``
 (default ``./report``), and prints the tables.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from clenv.app.spec import canonical, group_identity, identity_key
 from clenv.results import atomic_write_bytes, find_runs, load_run
 
 __all__ = ["report_main", "aggregate", "TABLES", "format_table"]
@@ -64,11 +68,48 @@ def is_percent(name: str) -> bool:
     return name not in _NOT_PERCENT and not name.startswith(_NOT_PERCENT_PREFIX) and "/" not in name
 
 
-def aggregate(runs) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
-    """(env id, agent) -> metric -> (mean, sample std, number of finite values)."""
-    groups: dict[tuple[str, str], list] = {}
+def is_online(name: str) -> bool:
+    """The metrics every run has (the loop's online accuracies), which probe tables only repeat."""
+    return name in ("avg_online_acc", "final_task_online_acc") or name.startswith("online_acc_last")
+
+
+def _short(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def configurations(runs, label=None) -> tuple[dict, list[str]]:
+    """Runs grouped by configuration: ``{(env id, row label): [runs]}``, and a note per agent that ran under several
+    configurations. The label is ``label(run)`` (default: the run's agent) plus, where several configurations
+    share it, the env kwargs and hyperparameters in which they differ."""
+    groups: dict[tuple[str, str], dict] = {}
     for r in runs:
-        groups.setdefault((str(r.env_id), str(r.agent)), []).append(r)
+        ident = group_identity(r.config)
+        name = label(r) if label is not None else str(r.agent)
+        groups.setdefault((str(r.env_id), name), {}).setdefault(identity_key(ident), (ident, []))[1].append(r)
+    out, notes = {}, []
+    for (env, name), by_key in groups.items():
+        if len(by_key) == 1:
+            out[(env, name)] = next(iter(by_key.values()))[1]
+            continue
+        flat = {k: {**{f"env.{a}": b for a, b in (i.get("env") or {}).items()}, **(i.get("hparams") or {}),
+                    **{a: b for a, b in i.items() if a not in ("env", "hparams")}} for k, (i, _) in by_key.items()}
+        keys = sorted({a for f in flat.values() for a in f})
+        differ = [a for a in keys if len({_short(canonical(f.get(a))) for f in flat.values()}) > 1]
+        for k, (_, rs) in by_key.items():
+            tag = ",".join(f"{a}={_short(flat[k].get(a))}" for a in differ)
+            out[(env, f"{name}[{tag}]")] = rs
+        notes.append(f"{name} on {env} ran under {len(by_key)} configurations (differing in {', '.join(differ)}): "
+                     "one row each")
+    return out, notes
+
+
+def aggregate(runs, label=None) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+    """(env id, row label) -> metric -> (mean, sample std, number of finite values), one row per configuration
+    (:func:`configurations`)."""
+    return _stats(configurations(runs, label)[0])
+
+
+def _stats(groups: dict) -> dict:
     out = {}
     for key, rs in groups.items():
         names = dict.fromkeys(k for r in rs for k in r.metrics)
@@ -97,7 +138,8 @@ def format_table(title: str, columns, agg: dict, env: str) -> str | None:
     rows = [(agent, stats) for (e, agent), stats in sorted(agg.items()) if e == env]
     has = lambda s, c: c in s and s[c][2] > 0  # noqa: E731 - a finite value for metric c
     rows = [(a, s) for a, s in rows if any(has(s, c) for c, _ in columns)]
-    if not rows:
+    own = [c for c, _ in columns if not is_online(c)]
+    if not rows or (own and not any(has(s, c) for _, s in rows for c in own)):
         return None
     cols = [(c, h) for c, h in columns if any(has(s, c) for _, s in rows)]
     n = max(max(s.get(c, (0, 0, 0))[2] for c, _ in cols) for _, s in rows)
@@ -126,7 +168,7 @@ def report_main(argv=None) -> int:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders containing them")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options may stand before or after the folders
     try:
         dirs = find_runs(args.run_dirs)
     except FileNotFoundError as e:
@@ -137,11 +179,13 @@ def report_main(argv=None) -> int:
               file=sys.stderr)
         return 2
     runs = [load_run(d) for d in dirs]
-    agg = aggregate(runs)
+    groups, notes = configurations(runs)
+    agg = _stats(groups)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     envs = sorted({e for e, _ in agg})
     parts = [f"# clenv report: {len(runs)} runs, {len(agg)} configurations", ""]
+    parts += [f"- note: {n}" for n in notes] + ([""] if notes else [])
     for title, columns in TABLES:
         for env in envs:
             t = format_table(title, columns, agg, env)
@@ -152,16 +196,14 @@ def report_main(argv=None) -> int:
     atomic_write_bytes(out / "metrics.csv", _csv(agg))
     written = [out / "report.md", out / "metrics.csv"]
     if not args.no_figures:
-        from clenv import plots
+        from clenv.app import plots
 
-        groups: dict[str, list] = {}
-        for r in runs:
-            groups.setdefault(f"{r.env_id} / {r.agent}", []).append(r)
+        figure_groups = {f"{env} / {name}": rs for (env, name), rs in groups.items()}
         for fn, name in ((plots.learning_curves, "learning_curves.png"), (plots.accuracy_matrices,
                          "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
                          (plots.diagnostics_over_tasks, "diagnostics.png"),
                          (plots.agent_traces, "agent_traces.png")):
-            path = fn(groups, out / name)
+            path = fn(figure_groups, out / name)
             if path is not None:
                 written.append(path)
     print(text)

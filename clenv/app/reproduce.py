@@ -9,16 +9,16 @@
 For each benchmark of the table (or the ``--benchmark`` ones) and each method (or the ``--agents`` ones: agent
 names, method labels or result keys), every seed runs once:
 
-- the env is the paper's id when its data is found, else the Fashion-MNIST stand-in of :data:`clenv.papers.
+- the env is the paper's id when its data is found, else the Fashion-MNIST stand-in of :data:`clenv.protocols.
   BENCHMARKS` under the paper's protocol (said in the output); ``--env`` runs another id under its own protocol;
 - ``--scale F`` multiplies the number of tasks (at least 2) and the epochs per task (at least 1); the probe budget
   gamma keeps the paper's share of a task's steps (Table 5, or Table 13 for Table 4), at least 2 and at most a task;
   ``--env-set`` changes any env kwarg after that;
-- agents come from the ``clenv.agents`` entry point (clenv never imports ``agents``) with the benchmark's paper
-  hyperparameters (``paper_benchmark=`` of the provider's ``make``), the method's own (Table 2's controllers, Table
-  32's beta, ...), then ``--agent-set``; the seed also seeds the agent's initialisation;
+- every run is a :class:`clenv.app.spec.RunSpec` executed by :func:`clenv.app.spec.execute`, as ``clenv run``'s
+  are: the agent with the benchmark's paper hyperparameters (``paper_benchmark=``), the method's own (Table 2's
+  controllers, Table 32's beta, ...), then ``--agent-set``; the seed also seeds the agent's initialisation;
 - the probes the table needs run (:class:`clenv.Evaluation`: adaptation for LCA / FKT / BKT, forgetting for AF);
-- runs are saved with :func:`clenv.results.save_run` under ``OUT/<table>/<env>/<method>/seed<k>-...``, and the
+- runs are saved under ``OUT/<table>/<env>/<agent>/seed<k>-<key>``, and the
   comparison (one table per benchmark, ours and the paper's as adjacent rows, formatted by
   :func:`clenv.report.format_table`) is printed and written to ``OUT/<table>/comparison.md``.
 """
@@ -26,13 +26,14 @@ names, method labels or result keys), every seed runs once:
 from __future__ import annotations
 
 import argparse
-import inspect
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from clenv import papers
+from clenv import protocols
+from clenv.app import paper_tables as papers
+from clenv.app.spec import RunSpec, UsageError, check_out, execute, parse_assignments, parse_seeds
 
 __all__ = ["reproduce_main", "plan", "comparison"]
 
@@ -59,13 +60,13 @@ def select_methods(table: papers.PaperTable, wanted: str | None) -> list[papers.
     return chosen
 
 
-def select_benchmarks(table: papers.PaperTable, wanted: str | None) -> list[papers.Benchmark]:
+def select_benchmarks(table: papers.PaperTable, wanted: str | None) -> list[protocols.Benchmark]:
     if not wanted:
-        return [papers.BENCHMARKS[b] for b in table.benchmarks]
+        return [protocols.BENCHMARKS[b] for b in table.benchmarks]
     out = []
     for w in (w.strip() for w in wanted.split(",") if w.strip()):
         try:
-            b = papers.benchmark(w)
+            b = protocols.benchmark(w)
         except KeyError as err:
             raise ValueError(str(err).strip("'\"")) from None
         if b.key not in table.benchmarks:
@@ -84,7 +85,7 @@ def _data_available(env_id: str, kwargs: dict) -> bool:
     return True
 
 
-def plan(bench: papers.Benchmark, *, env_id: str | None = None, scale: float = 1.0,
+def plan(bench: protocols.Benchmark, *, env_id: str | None = None, scale: float = 1.0,
          env_set: dict | None = None, check_data: bool = True) -> dict[str, Any]:
     """Which env and kwargs a benchmark runs with, and the notes to print.
 
@@ -104,7 +105,7 @@ def plan(bench: papers.Benchmark, *, env_id: str | None = None, scale: float = 1
         if row.backbone != paper_row.backbone:
             agent_kwargs["backbone"] = paper_row.backbone
     else:
-        kwargs = papers.protocol_kwargs(bench.key)
+        kwargs = protocols.protocol_kwargs(bench.key)
         env_id = bench.paper_env
         if check_data and not _data_available(env_id, kwargs):
             stand_in = protocol(bench.stand_in)
@@ -131,10 +132,10 @@ def plan(bench: papers.Benchmark, *, env_id: str | None = None, scale: float = 1
         kwargs.update(env_set)
         notes.append(f"--env-set: {env_set}")
     return {"env_id": env_id, "env_kwargs": kwargs, "agent_kwargs": agent_kwargs,
-            "paper_steps": papers.paper_steps_per_task(bench.key), "notes": notes}
+            "paper_steps": protocols.paper_steps_per_task(bench.key), "notes": notes}
 
 
-def probe_budget(table: papers.PaperTable, bench: papers.Benchmark, steps: int, paper_steps: int | None):
+def probe_budget(table: papers.PaperTable, bench: protocols.Benchmark, steps: int, paper_steps: int | None):
     """gamma for a task of ``steps`` steps: the paper's gamma scaled by steps / paper steps, in [2, steps]; and a
     sentence saying so."""
     from clenv.registry import protocol
@@ -142,33 +143,32 @@ def probe_budget(table: papers.PaperTable, bench: papers.Benchmark, steps: int, 
     g0 = table.gamma.get(bench.key) or protocol(bench.paper_env).gamma
     src = "Table 13" if bench.key in table.gamma else "Table 5"
     if not g0 or not paper_steps:
-        g = max(_MIN_GAMMA, int(round(0.2 * steps)))
-        return min(g, steps), f"gamma = {min(g, steps)} (20% of the {steps} steps of a task; no paper gamma)"
-    g = min(steps, max(_MIN_GAMMA, int(round(g0 * steps / paper_steps))))
+        g = protocols.default_gamma(steps, _MIN_GAMMA)
+        return g, f"gamma = {g} ({protocols.GAMMA_SHARE:.0%} of the {steps} steps of a task; no paper gamma)"
+    g = protocols.scaled_gamma(g0, paper_steps, steps, _MIN_GAMMA)
     if steps == paper_steps and g == g0:
         return g, f"gamma = {g} ({src})"
     return g, (f"gamma = {g} ({src}'s {g0} for {paper_steps} steps per task, kept at the same share of our "
                f"{steps} steps, within [{_MIN_GAMMA}, {steps}])")
 
 
-def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int):
-    import clenv
-
+def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int) -> dict:
+    """The ``clenv.Evaluation`` options a table's metrics need."""
     if table.probes == "adaptation":
-        return clenv.Evaluation(adaptation=True, gamma=gamma, probe_every=probe_every)
+        return {"adaptation": True, "gamma": gamma, "probe_every": probe_every}
     if table.probes == "forgetting":
-        return clenv.Evaluation(forgetting=True)
-    return clenv.Evaluation()
+        return {"forgetting": True}
+    return {}
 
 
 def _row_name(i: int, label: str, who: str) -> str:
     return f"{i}. {label} · {who}"
 
 
-def comparison(table: papers.PaperTable, bench: papers.Benchmark, env_id: str, methods, runs) -> str | None:
+def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str, methods, runs) -> str | None:
     """The benchmark's part of ``table`` as a Markdown table: for each method a row of ours (mean (std) over its
     runs) and a row of the paper's numbers, formatted by :func:`clenv.report.format_table`."""
-    from clenv.report import aggregate, format_table
+    from clenv.app.report import aggregate, format_table
 
     ours = aggregate(runs)
     title = f"{table.id}: {table.title} — {bench.name}"
@@ -217,8 +217,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def reproduce_main(argv=None) -> int:
     """Entry point of ``clenv reproduce``; returns the exit status (2 on a usage error)."""
-    from clenv.cli import parse_assignments  # the CLI's k=v parsing
-
     args = _parser().parse_args(argv)
     if args.list:
         return _list()
@@ -229,33 +227,48 @@ def reproduce_main(argv=None) -> int:
         table = papers.table(args.table)
         benches = select_benchmarks(table, args.benchmark)
         methods = select_methods(table, args.agents)
-        seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-        if not seeds:
-            raise ValueError("--seeds needs at least one seed")
+        seeds = parse_seeds(args.seeds)
         env_set = parse_assignments(args.env_set, "--env-set")
         agent_set = parse_assignments(args.agent_set, "--agent-set")
         if args.probe_every < 1 or args.threads < 1:
             raise ValueError("--probe-every and --threads must be >= 1")
-        return _reproduce(table, benches, methods, seeds, args, env_set, agent_set)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        out_root = None if args.no_save else check_out(Path(args.out) / table.id)
+        return _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_root)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError, UsageError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"clenv reproduce: error: {msg}", file=sys.stderr)
         return 2
 
 
-def _reproduce(table, benches, methods, seeds, args, env_set, agent_set) -> int:
-    import gymnasium as gym
+def _specs(table, bench, plan_, m, seeds, agent_set, probe_every) -> tuple[list, str | None]:
+    """The resolved runs of one method on one benchmark (one per seed) and the sentence about its gamma."""
+    import dataclasses
+
+    kwargs = dict(plan_["env_kwargs"])
+    for k, f in m.env_factors.items():
+        kwargs[k] = max(1, int(round(int(kwargs[k]) * f)))
+    hp = {**plan_["agent_kwargs"], **m.hparams, **agent_set}
+    base = RunSpec(plan_["env_id"], m.agent, seeds[0], kwargs, hp, None, None, paper_benchmark=bench.key,
+                   label=m.key)
+    gamma, text = None, None
+    if table.probes == "adaptation":
+        probe = base.resolve()
+        steps = probe.env.unwrapped.steps_per_task(0)
+        probe.env.close()
+        paper_steps = plan_["paper_steps"]
+        if paper_steps and m.env_factors.get("epochs_per_task"):
+            paper_steps = int(round(paper_steps * m.env_factors["epochs_per_task"]))
+        gamma, text = probe_budget(table, bench, steps, paper_steps)
+    evaluation = _evaluation(table, gamma, probe_every)
+    return [dataclasses.replace(base, seed=seed, evaluation=evaluation).resolve() for seed in seeds], text
+
+
+def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_root) -> int:
     import torch
 
-    import clenv
-    from clenv.results import atomic_write_bytes, run_dir, save_run
+    from clenv.results import atomic_write_bytes
 
     torch.set_num_threads(args.threads)
-    from clenv.cli import agent_provider  # the one lookup of the clenv.agents entry point
-
-    provider = agent_provider()
-    takes_benchmark = "paper_benchmark" in inspect.signature(provider.make).parameters
-    out_root = None if args.no_save else Path(args.out) / table.id
     print(f"clenv reproduce {table.id}: {table.title}")
     if table.note:
         print(f"  note: {table.note}")
@@ -265,47 +278,19 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set) -> int:
         print(f"\n== {bench.name}: {p['env_id']} {p['env_kwargs']}")
         for n in p["notes"]:
             print(f"  note: {n}")
-        if not takes_benchmark:
-            print("  note: the agent provider's make() has no paper_benchmark=: its own defaults apply")
         runs = []
         said = None
         for m in methods:
-            kwargs = dict(p["env_kwargs"])
-            for k, f in m.env_factors.items():
-                kwargs[k] = max(1, int(round(int(kwargs[k]) * f)))
-            make_kw = kwargs
-            env = gym.make(p["env_id"], **make_kw)
-            steps = env.unwrapped.steps_per_task(0)
-            paper_steps = p["paper_steps"]
-            if paper_steps and m.env_factors.get("epochs_per_task"):
-                paper_steps = int(round(paper_steps * m.env_factors["epochs_per_task"]))
-            gamma = None
-            if table.probes == "adaptation":
-                gamma, text = probe_budget(table, bench, steps, paper_steps)
-                if text != said:
-                    print(f"  {text}" if said is None else f"  {m.label}: {text}")
-                    said = text
-            for seed in seeds:
-                hp = {**p["agent_kwargs"], **m.hparams, "seed": seed, **agent_set}
-                extra = {"paper_benchmark": bench.key} if takes_benchmark else {}
-                agent = provider.make(m.agent, env, **extra, **hp)
-                if seed == seeds[0]:
-                    print(f"  {m.label} ({m.key}): hparams from {getattr(agent, 'hparam_source', 'the provider')}")
-                result = clenv.run(env, agent, seed=seed, progress=not args.no_progress,
-                                   evaluation=_evaluation(table, gamma, args.probe_every),
-                                   desc=f"{m.label} seed {seed}")
-                result.agent = m.key
-                result.config.update({"reproduce": {"table": table.id, "benchmark": bench.key, "method": m.label,
-                                                    "scale": args.scale, "gamma": gamma,
-                                                    "hparam_source": getattr(agent, "hparam_source", None)},
-                                      "env_id": p["env_id"], "agent_name": m.agent, "env_kwargs": make_kw,
-                                      "agent_kwargs": hp})
-                if out_root is not None:
-                    save_run(result, run_dir(out_root, p["env_id"], m.key, seed))
+            resolved, text = _specs(table, bench, p, m, seeds, agent_set, args.probe_every)
+            if text is not None and text != said:
+                print(f"  {text}" if said is None else f"  {m.label}: {text}")
+                said = text
+            print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
+            for r in resolved:
+                result, _ = execute(r, out=out_root, progress=not args.no_progress)
                 runs.append(result)
-                print(f"  {m.label} seed {seed}: avg online acc {result.average_accuracy * 100:.2f}% "
+                print(f"  {m.label} seed {r.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}% "
                       f"({result.wall_time:.1f} s)", flush=True)
-            env.close()
         text = comparison(table, bench, p["env_id"], methods, runs)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")
@@ -313,7 +298,6 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set) -> int:
         parts.append(block)
         print("\n" + block, flush=True)
     if out_root is not None:
-        out_root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_root / "comparison.md", ("\n\n".join(parts) + "\n").encode())
         print(f"\nruns and comparison.md under {out_root}/ (`clenv report {out_root}` aggregates the runs)")
     return 0

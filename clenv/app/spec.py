@@ -1,0 +1,321 @@
+"""One run specification and one way to execute it: what ``clenv run``, ``compare``, ``sweep`` and ``reproduce`` all
+call.
+
+A :class:`RunSpec` names an env id and its kwargs, an agent and its hyperparameters, a seed, an evaluation and a
+step limit. :meth:`RunSpec.resolve` makes the env and fills in everything the spec leaves to defaults (the env's
+registered protocol, the agent's class defaults and paper row, the seed rule); the resolved configuration is the
+run's *identity*, and a stable hash of it, the *key*, names the run's folder::
+
+    <out>/<env id>/<agent>/seed<k>-<key>/{result.json, arrays-*.npz}
+
+so the same run asked for by any command lands in the same folder (``clenv sweep`` skips a run that ``clenv run``
+already did), and a checkpoint under ``<out>/.checkpoints/<key>`` is resumed only by the same run.
+
+Agents are found through the ``clenv.agents`` entry-point group (the bundled ``agents`` package declares itself
+there, so clenv never imports it by name); an agent is a registry name (``cbp``, ``cbp+er``) or ``package.module:Class``
+for a user's own file (importable from the current directory or ``PYTHONPATH``).
+
+The seed rule: the run seed seeds the stream and, unless the hyperparameters give ``seed`` explicitly, the agent's
+initialisation and every random stream it owns (:func:`clenv.loop.apply_seed_rule`). The agent's seed is part of the
+identity.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Sequence
+
+from clenv.checkpoint import FREE_ENV_CONFIG
+
+__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "parse_value", "parse_assignments", "parse_seeds",
+           "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key", "group_identity"]
+
+
+class UsageError(Exception):
+    """A user error in a command's input: printed as one line, exit status 2, nothing run."""
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def parse_value(text: str) -> Any:
+    """``k=v`` values: JSON or Python literals (numbers, true/false/none, lists, tuples), else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    return text
+
+
+def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` of a repeatable flag as a dict (values by :func:`parse_value`)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UsageError(f"{flag} expects key=value with a Python identifier as key, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_seeds(text, flag: str = "--seeds") -> list[int]:
+    """Comma-separated non-negative integer seeds (a list of them is accepted too), at least one, no repeats."""
+    items = text if isinstance(text, (list, tuple)) else [s for s in str(text).split(",") if s.strip()]
+    seeds = []
+    for s in items:
+        try:
+            v = int(str(s).strip()) if not isinstance(s, bool) else None
+        except ValueError:
+            v = None
+        if v is None or v < 0 or (isinstance(s, float) and s != v):
+            raise UsageError(f"{flag} expects comma-separated integers >= 0, got {s!r}")
+        seeds.append(v)
+    if not seeds:
+        raise UsageError(f"{flag} needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"{flag} repeats a seed: {seeds}")
+    return seeds
+
+
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice (difflib's ratio, case ignored), or ``""``."""
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
+    return f"; did you mean {lower[close[0]]!r}?" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------- agents
+def agent_provider():
+    """The module that provides ``make(name, env, **hp)``, ``resolve(...)`` and ``available()``, from the
+    ``clenv.agents`` entry-point group."""
+    eps = list(entry_points(group="clenv.agents"))
+    if not eps:
+        raise UsageError("no agent provider is installed (entry-point group 'clenv.agents'); reinstall clenv with "
+                         "`pip install -e .`")
+    return eps[0].load()
+
+
+def check_agent(name: str) -> None:
+    """Refuse an agent name that does not exist (each part of a ``+`` composition), before anything runs."""
+    provider = agent_provider()
+    names = provider.available()
+    for part in (p.strip() for p in str(name).split("+")):
+        if ":" in part:
+            try:
+                provider.agent_class(part)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+        elif part.lower() not in names:
+            raise UsageError(f"unknown agent {part!r}{suggest(part, names)} (`clenv list --agents` shows every "
+                             "name; compose with '+', e.g. 'cbp+er'; a user agent is 'package.module:Class')")
+
+
+def _check_hparam_types(name: str, defaults: dict, given: dict) -> None:
+    """A value whose kind contradicts the default (``lr=fast``) is refused with the key named."""
+    for key, value in given.items():
+        d = defaults.get(key)
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"agent {name!r}: hyperparameter {key}={value!r} should be a number like its "
+                                 f"default {d!r}")
+        elif isinstance(d, bool) and not isinstance(value, bool):
+            raise UsageError(f"agent {name!r}: hyperparameter {key}={value!r} should be true or false")
+
+
+# ---------------------------------------------------------------------------------------------- envs
+def make_env(env_id: str, env_kwargs: dict):
+    """``gym.make`` of a clenv stream with user errors as :class:`UsageError` (unknown id, a gymnasium env that is
+    not a continual stream, bad kwargs)."""
+    import gymnasium as gym
+
+    import clenv
+
+    bare = str(env_id).split(":")[-1]
+    ids = clenv.env_ids()
+    if bare not in ids:
+        if bare in gym.registry:
+            raise UsageError(f"{env_id!r} is a gymnasium env, not a clenv stream; wrap it as "
+                             f"TaskSequence-v0 (--env TaskSequence-v0 --env-set 'tasks=[\"{bare}\"]') or pick one "
+                             "of `clenv list`")
+        raise UsageError(f"unknown env id {env_id!r}{suggest(bare, ids)} (`clenv list` shows every id)")
+    try:
+        return gym.make(bare, **env_kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{bare}: {err}") from None
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The results root, created and proven writable before any compute (not a file, not read-only)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {p} is a file; give a directory for the results")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {p} is not writable ({err.strerror}); give a directory you can write") from None
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def identity_key(identity: dict) -> str:
+    """A stable 12-hex-digit hash of a JSON-able identity (key order and tuple/list spelling do not matter)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=repr).encode()).hexdigest()[:12]
+
+
+def canonical(x):
+    return json.loads(json.dumps(x, sort_keys=True, default=repr))
+
+
+def group_identity(config: dict) -> dict:
+    """What makes runs seeds of one configuration: their identity without the seed (and without the agent's seed
+    when the seed rule set it to the run seed). ``config`` is a result's ``config``; results written without an
+    identity are grouped by their env config and agent hyperparameters."""
+    ident = config.get("identity")
+    if ident is None:
+        ident = {"env_id": config.get("env_id"), "agent": config.get("agent_name"),
+                 "env": {k: v for k, v in (config.get("env") or {}).items() if k not in FREE_ENV_CONFIG},
+                 "hparams": dict(config.get("agent") or {}), "seed": config.get("seed")}
+    ident = dict(ident)
+    seed = ident.pop("seed", None)
+    hp = dict(ident.get("hparams") or {})
+    if "seed" in hp and hp["seed"] == seed:
+        hp.pop("seed")
+    ident["hparams"] = hp
+    return canonical(ident)
+
+
+# ---------------------------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: env id and kwargs, agent and hyperparameters, seed, evaluation (``clenv.Evaluation`` options, None
+    for none), step limit. ``paper_benchmark`` takes the agent's paper hyperparameters from another benchmark's row
+    (``clenv reproduce`` on a stand-in); ``label`` names the run in tables (default: the agent)."""
+
+    env_id: str
+    agent: str
+    seed: int = 0
+    env_kwargs: dict = field(default_factory=dict)
+    agent_kwargs: dict = field(default_factory=dict)
+    total_steps: int | None = None
+    evaluation: dict | None = None
+    paper_benchmark: str | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.agent
+
+    def describe(self) -> str:
+        return f"{self.name} seed {self.seed} on {self.env_id}"
+
+    def resolve(self) -> "ResolvedRun":
+        """Make the env and resolve the agent's hyperparameters (nothing is trained or initialised)."""
+        check_agent(self.agent)
+        env = make_env(self.env_id, dict(self.env_kwargs))
+        provider = agent_provider()
+        kwargs = dict(self.agent_kwargs)
+        bench = self.paper_benchmark
+        if bench is not None and bench == getattr(_registry_row(self.env_id), "benchmark", None):
+            bench = None  # the env's own row: the same run as without it
+        extra = {"paper_benchmark": bench} if bench is not None else {}
+        try:
+            _check_hparam_types(self.agent, provider.resolve(self.agent, env, paper_benchmark=False)[1], kwargs)
+            cls, hparams, source = provider.resolve(self.agent, env, **extra, **kwargs)
+        except (TypeError, ValueError, UsageError) as err:
+            env.close()
+            raise UsageError(str(err) if isinstance(err, UsageError) else f"agent {self.agent!r}: {err}") from None
+        if "seed" in hparams and "seed" not in kwargs:  # the seed rule, applied once at construction
+            kwargs["seed"] = hparams["seed"] = int(self.seed)
+        u = env.unwrapped
+        identity = {"env_id": env.spec.id, "agent": self.agent,
+                    "env": {k: v for k, v in dict(u.config).items() if k not in FREE_ENV_CONFIG},
+                    "hparams": hparams, "seed": int(self.seed), "total_steps": self.total_steps,
+                    "evaluation": self.evaluation}
+        identity = canonical(identity)
+        return ResolvedRun(self, env, kwargs, extra, source, identity, identity_key(identity))
+
+    def directory(self, out, key: str) -> Path:
+        from clenv.results import run_dir
+
+        return run_dir(out, self.env_id.split(":")[-1], self.agent, self.seed, timestamp=key)
+
+
+def _registry_row(env_id: str):
+    from clenv.registry import protocol
+
+    return protocol(env_id)
+
+
+@dataclass
+class ResolvedRun:
+    """A spec with its env made: the agent kwargs to build with, the identity and its key."""
+
+    spec: RunSpec
+    env: Any
+    agent_kwargs: dict
+    make_extra: dict
+    hparam_source: str
+    identity: dict
+    key: str
+
+    def directory(self, out) -> Path:
+        return self.spec.directory(out, self.key)
+
+    def build_agent(self):
+        return agent_provider().make(self.spec.agent, self.env, **self.make_extra, **self.agent_kwargs)
+
+
+def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None, save: bool = True,
+            progress: bool = False, checkpoint_every: int | None = None, threads: int | None = None):
+    """Run one spec to its end and save it under ``out`` (unless ``save`` is False or ``out`` None). With
+    ``checkpoint_every`` the run checkpoints under ``<out>/.checkpoints/<key>`` and continues a checkpoint of the
+    same run left by an interrupted attempt; the spent checkpoint is removed once the result is saved. Returns
+    ``(result, directory or None)``."""
+    import shutil
+
+    import torch
+
+    import clenv
+    from clenv.results import save_run
+
+    resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
+    s = resolved.spec
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    env = resolved.env
+    agent = resolved.build_agent()
+    callbacks, ck_dir = [], None
+    if checkpoint_every and out is not None:
+        ck_dir = Path(out) / ".checkpoints" / resolved.key
+        callbacks.append(clenv.Checkpoint(ck_dir, every=checkpoint_every))
+    evaluation = clenv.Evaluation(**s.evaluation) if s.evaluation is not None else None
+    kw = dict(seed=s.seed, progress=progress, total_steps=s.total_steps, evaluation=evaluation, callbacks=callbacks,
+              desc=s.describe())
+    if ck_dir is not None and (ck_dir / "checkpoint.pt").is_file():
+        result = clenv.resume(ck_dir, env, agent, **kw)
+    else:
+        result = clenv.run(env, agent, **kw)
+    result.agent = s.name
+    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "env_kwargs": dict(s.env_kwargs),
+                          "agent_kwargs": dict(s.agent_kwargs), "identity": resolved.identity, "key": resolved.key})
+    env.close()
+    path = None
+    if out is not None and save:
+        path = save_run(result, resolved.directory(out))
+        if ck_dir is not None:
+            shutil.rmtree(ck_dir, ignore_errors=True)  # the result is saved: the checkpoint is spent
+    return result, path

@@ -1,0 +1,13 @@
+"""The one input scaling rule: uint8 images become floats in [0, 1]; other inputs become floats unchanged."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["to_unit_float"]
+
+
+def to_unit_float(x) -> torch.Tensor:
+    """``x`` as a float tensor: uint8 pixels divided by 255, anything else cast (a new tensor either way)."""
+    x = torch.as_tensor(x)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
