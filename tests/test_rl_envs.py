@@ -207,3 +207,136 @@ def test_loop_runs_rl_stream_with_episode_returns():
     for k in range(4):
         rets = [ret for t, ret, _ in episodes if t == k]
         assert result.task_return[k] == pytest.approx(np.mean(rets))
+
+
+# ---------------------------------------------------------------------------------------------------- actions,
+# refused resets and refused kwargs: each refusal is an error that leaves the stream where it was
+
+from clenv.envs.rl import ContinualAcrobot, ContinualMountainCar  # noqa: E402
+
+STREAMS = {
+    "cartpole": lambda: ContinualCartPoleEnv(num_tasks=2, steps_per_task=12, max_episode_steps=5),
+    "acrobot": lambda: ContinualAcrobot(num_tasks=2, steps_per_task=12),
+    "mountaincar": lambda: ContinualMountainCar(num_tasks=2, steps_per_task=12),
+    "continuous": lambda: TaskSequenceEnv(["MountainCarContinuous-v0"], num_tasks=2, steps_per_task=12),
+}
+
+
+def _valid_actions(env, seed=0):
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        rng = np.random.default_rng(seed)
+        return lambda: int(rng.integers(space.n))
+    space.seed(seed)
+    return space.sample
+
+
+def _rest_of_stream(env, seed=0):
+    """Observations, rewards and infos until stream_done, with seeded valid actions, resetting between episodes."""
+    act, out = _valid_actions(env, seed), []
+    while True:
+        obs, r, te, tr, info = env.step(act())
+        out.append((np.array(obs), r, te, tr, info))
+        if info["stream_done"]:
+            return out
+        if te or tr:
+            obs, info = env.reset()
+            out.append((np.array(obs), info))
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x[0], y[0])
+        assert [str(v) for v in x[1:]] == [str(v) for v in y[1:]]
+
+
+BAD_DISCRETE = [-1, 3, 7, "x", 1.0, np.float32(0), True, np.bool_(False), None, np.array([1]), np.array(1.5), [0],
+                {"a": 1}]
+BAD_BOX = [np.array([2.0]), np.array([-1.5], np.float32), np.array([np.nan]), np.array([np.inf]), 0.5,
+           np.array([[0.5]]), ["x"], np.array([True]), np.array([0.5j]), None]
+
+
+@pytest.mark.parametrize("name, action", [(n, a) for n in ("cartpole", "acrobot", "mountaincar") for a in BAD_DISCRETE]
+                         + [("continuous", a) for a in BAD_BOX])
+def test_actions_outside_the_action_space_are_refused_and_change_nothing(name, action):
+    env, twin = STREAMS[name](), STREAMS[name]()
+    for e in (env, twin):
+        e.reset(seed=3)
+        e.step(_valid_actions(e, 1)())
+    with pytest.raises((ValueError, TypeError), match="action"):
+        env.step(action)
+    _same(_rest_of_stream(env), _rest_of_stream(twin))
+
+
+def test_acrobot_refuses_minus_one_instead_of_applying_plus_one_torque():
+    env = ContinualAcrobot(num_tasks=1, steps_per_task=5)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action must be in 0\.\.2.*got -1"):
+        env.step(-1)
+    with pytest.raises(TypeError, match="integer"):
+        env.step("x")
+    # numpy integers and 0-d integer arrays are valid actions, as gymnasium's Discrete.contains has them
+    for a in (np.int64(2), np.array(0), np.uint8(1)):
+        env.step(a)
+
+
+@pytest.mark.slow
+def test_action_check_survives_python_O():
+    import subprocess
+    import sys
+
+    code = ("from clenv.envs.rl import ContinualCartPoleEnv\n"
+            "e = ContinualCartPoleEnv(num_tasks=1, steps_per_task=5); e.reset(seed=0)\n"
+            "for a in (7, 'x'):\n"
+            "    try:\n        e.step(a)\n    except (ValueError, TypeError) as err:\n        print('refused', a)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["refused 7", "refused x"]
+
+
+@pytest.mark.parametrize("seed, options", [
+    (1, {"task_id": 2}), (None, {"task_id": -0.75}), (None, {"task_id": 1.0}), (2, {"task_id": True}),
+    (None, {"task_id": float("nan")}), (3, {"stream_seed": 1.5}), (4, {"other": 0}), (5, "task_id=1"),
+    (-3, None), (2.0, None), ("7", None),
+])
+def test_refused_rl_reset_leaves_the_stream_where_it_was(seed, options):
+    env, twin = STREAMS["cartpole"](), STREAMS["cartpole"]()
+    for e in (env, twin):
+        e.reset(seed=0)
+        e.step(0)
+    with pytest.raises((ValueError, TypeError), match="must be|unknown reset option"):
+        env.reset(seed=seed, options=options)
+    assert env.stream_seed == twin.stream_seed
+    assert env.np_random.bit_generator.state == twin.np_random.bit_generator.state
+    _same(_rest_of_stream(env), _rest_of_stream(twin))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: ContinualCartPoleEnv(num_tasks=2.5), "num_tasks"),
+    (lambda: ContinualCartPoleEnv(num_tasks=3.0), "num_tasks"),
+    (lambda: ContinualCartPoleEnv(steps_per_task=0), "steps_per_task"),
+    (lambda: ContinualCartPoleEnv(steps_per_task=2.5), "steps_per_task"),
+    (lambda: ContinualCartPoleEnv(steps_per_task="100"), "steps_per_task"),
+    (lambda: ContinualCartPoleEnv(max_episode_steps=0.5), "max_episode_steps"),
+    (lambda: ContinualCartPoleEnv(spread=float("nan")), "spread"),
+    (lambda: ContinualCartPoleEnv(spread="2"), "spread"),
+    (lambda: ContinualCartPoleEnv(vary="gravity"), "vary"),
+    (lambda: TaskSequenceEnv("CartPole-v1"), "tasks"),
+    (lambda: TaskSequenceEnv(["CartPole-v1"], num_tasks=1.5), "num_tasks"),
+    (lambda: ContinualAcrobot(steps_per_task=-5), "steps_per_task"),
+    (lambda: ContinualAcrobot(scale=float("nan")), "scale"),
+    (lambda: ContinualMountainCar(noise_std=float("inf")), "noise_std"),
+    (lambda: ContinualAcrobot(identity_first_task="no"), "identity_first_task"),
+])
+def test_rl_constructors_refuse_values_they_used_to_accept(make, name):
+    with pytest.raises((TypeError, ValueError), match=name):
+        make()
+
+
+def test_rl_task_lookup_refuses_non_integers():
+    env = STREAMS["cartpole"]()
+    env.reset(seed=0)
+    assert env.task(np.int64(1)) == env.task(1)
+    with pytest.raises(TypeError, match="task_id"):
+        env.task(0.75)

@@ -23,20 +23,57 @@ Envs:
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from clenv.streams import start_stream, task_rng
+from clenv.streams import check_reset, require_int, require_real, start_stream, task_rng
 
 __all__ = ["ContinualRLEnv", "ContinualCartPoleEnv", "TaskSequenceEnv", "ContinualAcrobot", "ContinualMountainCar",
-           "RL_INFO_KEYS"]
+           "RL_INFO_KEYS", "check_action"]
 
 #: The keys every RL ``info`` carries: the supervised ``INFO_KEYS`` plus ``stream_done``.
 RL_INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task",
                 "stream_done")
+
+
+def check_action(space: spaces.Space, action) -> None:
+    """Raise ``TypeError`` (wrong kind of value) or ``ValueError`` (wrong shape or value) unless ``action`` is in
+    ``space``. An explicit check, not an ``assert``: inner envs index with the action (Acrobot took -1 as +1
+    torque) and their own asserts vanish under ``python -O``."""
+    if isinstance(space, spaces.Discrete):
+        lo, hi = int(space.start), int(space.start) + int(space.n) - 1
+        a = action[()] if isinstance(action, np.ndarray) and action.ndim == 0 else action
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (numbers.Integral, np.integer)):
+            raise TypeError(f"action must be an integer in {lo}..{hi} (action space {space}), got {action!r:.80} "
+                            f"({type(action).__name__})")
+        if not lo <= int(a) <= hi:
+            raise ValueError(f"action must be in {lo}..{hi} (action space {space}), got {int(a)}")
+        return
+    if isinstance(space, spaces.Box):
+        try:
+            a = np.asarray(action)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"action must be an array of shape {space.shape}, got {action!r:.80} ({err})") from None
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"action must be real numbers (action space {space}), got dtype {a.dtype}")
+        if a.shape != space.shape:
+            raise ValueError(f"action must have shape {space.shape} (action space {space}), got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("action contains NaN or inf; the step was refused and the stream did not advance")
+        if (a < space.low).any() or (a > space.high).any():
+            raise ValueError(f"action {a.tolist()} is outside the action space's bounds {space.low.tolist()}.."
+                             f"{space.high.tolist()}; clip it (np.clip) before stepping")
+        return
+    try:
+        ok = space.contains(action)
+    except Exception as err:  # a space's own check can fail on a foreign type
+        raise TypeError(f"action {action!r:.80} cannot be checked against the action space {space}: {err}") from None
+    if not ok:
+        raise ValueError(f"action {action!r:.80} is not in the action space {space}")
 
 
 
@@ -55,15 +92,10 @@ class ContinualRLEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, *, num_tasks: int, steps_per_task: int, max_episode_steps: int | None):
-        if int(num_tasks) < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        if int(steps_per_task) < 1:
-            raise ValueError(f"steps_per_task must be >= 1, got {steps_per_task}")
-        if max_episode_steps is not None and int(max_episode_steps) < 1:
-            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
-        self.num_tasks = int(num_tasks)
-        self.steps_per_task = int(steps_per_task)
-        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        # Counts follow clenv's one rule (clenv.streams.require_int): integers, never floats or bools.
+        self.num_tasks = require_int("num_tasks", num_tasks, minimum=1)
+        self.steps_per_task = require_int("steps_per_task", steps_per_task, minimum=1)
+        self.max_episode_steps = require_int("max_episode_steps", max_episode_steps, minimum=1, optional=True)
         self.stream_seed: int | None = None
         self._first_task, self._last_task = 0, self.num_tasks - 1
         self._task = 0
@@ -93,9 +125,8 @@ class ContinualRLEnv(gym.Env):
         """The parameters of task ``task_id`` under the current stream seed."""
         if self.stream_seed is None:
             raise RuntimeError("call reset() first: the stream seed is drawn at reset")
-        if not 0 <= int(task_id) < self.num_tasks:
-            raise ValueError(f"task_id must be in 0..{self.num_tasks - 1}, got {task_id}")
-        return self._task_params(int(task_id), task_rng(self.stream_seed, int(task_id)))
+        task_id = require_int("task_id", task_id, minimum=0, maximum=self.num_tasks - 1)
+        return self._task_params(task_id, task_rng(self.stream_seed, task_id))
 
     def _task_params(self, task_id: int, rng: np.random.Generator) -> dict[str, Any]:
         return {}
@@ -112,7 +143,9 @@ class ContinualRLEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start a new episode. Without ``seed`` or options this continues the stream (the next task if the last
         episode used up the current task's budget); ``seed`` restarts it. ``options``: ``task_id`` replays only
-        that task; ``stream_seed`` sets the stream directly."""
+        that task; ``stream_seed`` sets the stream directly. A refused reset (``ValueError`` / ``TypeError``)
+        changes nothing."""
+        seed, options = check_reset(self.num_tasks, seed, options)  # before super().reset reseeds np_random
         super().reset(seed=seed)
         restart = seed is not None or bool(options) or self._stream_over
         switch = False
@@ -140,6 +173,7 @@ class ContinualRLEnv(gym.Env):
     def step(self, action):
         if self._episode_over:
             raise RuntimeError("the episode has ended; call reset() (which continues the stream)")
+        check_action(self.action_space, action)
         obs, reward, terminated, truncated, _ = self._inner.step(action)
         self._step += 1
         self._step_in_task += 1
@@ -186,8 +220,9 @@ class ContinualCartPoleEnv(ContinualRLEnv):
     def __init__(self, num_tasks: int = 10, steps_per_task: int = 10_000, *, max_episode_steps: int | None = 500,
                  spread: float = 2.0, vary: Sequence[str] = ("gravity", "length", "masspole", "force_mag")):
         super().__init__(num_tasks=num_tasks, steps_per_task=steps_per_task, max_episode_steps=max_episode_steps)
-        if float(spread) < 1.0:
-            raise ValueError(f"spread must be >= 1, got {spread}")
+        spread = require_real("spread", spread, minimum=1.0)
+        if isinstance(vary, str) or not all(isinstance(v, str) for v in vary):
+            raise TypeError(f"vary must be a list of parameter names such as ['gravity'], got {vary!r}")
         unknown = set(vary) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"unknown CartPole parameter(s) {sorted(unknown)}; expected a subset of "
@@ -232,6 +267,8 @@ class TaskSequenceEnv(ContinualRLEnv):
 
     def __init__(self, tasks: Sequence[str | dict] = ("CartPole-v1",), num_tasks: int | None = None,
                  steps_per_task: int = 10_000, *, max_episode_steps: int | None = None):
+        if isinstance(tasks, (str, dict)):
+            raise TypeError(f"tasks must be a list of gymnasium ids (or dicts), got {tasks!r}; pass [{tasks!r}]")
         if not tasks:
             raise ValueError("tasks must name at least one gymnasium id")
         self.tasks = [self._parse(t) for t in tasks]

@@ -11,6 +11,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from clenv.streams import require_bool, require_real
+
 __all__ = ["TaskObservationPerturbation"]
 
 _MODES = ("permute", "affine", "permute_affine")
@@ -38,11 +40,11 @@ class TaskObservationPerturbation(gym.Wrapper):
         space = env.observation_space
         if not isinstance(space, spaces.Box):
             raise TypeError(f"TaskObservationPerturbation needs a Box observation space, got {space}")
-        if float(scale) < 1.0 or float(shift) < 0.0 or float(noise_std) < 0.0:
-            raise ValueError(f"need scale >= 1, shift >= 0, noise_std >= 0; got {scale}, {shift}, {noise_std}")
         self.mode = mode
-        self.scale, self.shift, self.noise_std = float(scale), float(shift), float(noise_std)
-        self.identity_first_task = bool(identity_first_task)
+        self.scale = require_real("scale", scale, minimum=1.0)
+        self.shift = require_real("shift", shift, minimum=0.0)
+        self.noise_std = require_real("noise_std", noise_std, minimum=0.0)
+        self.identity_first_task = require_bool("identity_first_task", identity_first_task)
         self._base = space
         self._dim = int(np.prod(space.shape))
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
