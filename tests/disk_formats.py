@@ -6,6 +6,7 @@ byte for byte in the formats the real downloads use (idx files, pickled CIFAR ba
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -34,6 +35,31 @@ def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 120, n_test: i
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
         data[prefix] = (x, y)
     return data
+
+
+def write_debian_fashion_mnist(directory: Path, n_train: int = 30, n_test: int = 10, seed: int = 0):
+    """Debian's ``dataset-fashion-mnist`` layout: the four idx files gzipped, side by side in one directory."""
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = (np.arange(n) % 10).astype(np.uint8)
+        for kind, array in (("images-idx3", x), ("labels-idx1", y)):
+            plain = directory / f"{prefix}-{kind}-ubyte"
+            write_idx(plain, array)
+            with open(plain, "rb") as src, gzip.open(f"{plain}.gz", "wb") as dst:
+                dst.write(src.read())
+            plain.unlink()
+        data[prefix] = (x, y)
+    return data
+
+
+def truncate(path: Path, keep: int) -> None:
+    """Cut ``path`` to its first ``keep`` bytes, as an interrupted download or copy leaves it."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:keep])
 
 
 def write_cifar(root: Path, num_classes: int = 10, per_class_train: int = 6, per_class_test: int = 2, seed: int = 0):

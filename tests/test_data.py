@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from clenv.data import DatasetNotFoundError, clear_cache, load_dataset
+from clenv.data import DatasetNotFoundError, DatasetUnreadableError, clear_cache, load_dataset
 from clenv.data.sources import DEBIAN_FASHION_MNIST
-from tests.disk_formats import write_cifar, write_image_folder, write_mnist
+from tests.disk_formats import truncate, write_cifar, write_debian_fashion_mnist, write_image_folder, write_mnist
 
 HAVE_DEBIAN_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
 
@@ -140,3 +140,91 @@ def test_missing_dataset_names_every_place_and_the_fix(tmp_path, monkeypatch):
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(ValueError, match="fashion_mnist"):
         load_dataset("fashion-mnist")
+
+
+# ---------------------------------------------------------------------------------------------------- explicit data
+# roots fail loudly; Debian's copy is only a fall-back for the default roots
+
+@pytest.fixture
+def fake_debian(tmp_path, monkeypatch):
+    """A small Debian-format Fashion-MNIST (and a private HOME for its unpacked cache): what the fall-back would
+    silently load if an explicit root were not honoured."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CLENV_DEBIAN_FASHION_MNIST", str(tmp_path / "debian"))
+    monkeypatch.setenv("CLENV_DATA", str(tmp_path / "default-root"))
+    return write_debian_fashion_mnist(tmp_path / "debian", n_train=30, n_test=10)
+
+
+def test_default_root_still_falls_back_to_debian(fake_debian):
+    d = load_dataset("fashion_mnist", download=False)
+    assert "Debian" in d.source and len(d.train) == 30
+    np.testing.assert_array_equal(d.train.images[:, 0].numpy(), fake_debian["train"][0])
+
+
+@pytest.mark.parametrize("make_root", ["empty", "missing"])
+def test_explicit_root_without_data_is_an_error_not_debians_copy(fake_debian, tmp_path, make_root):
+    root = tmp_path / "mine"
+    if make_root == "empty":
+        root.mkdir()
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion_mnist", root=root, download=False)
+    msg = str(err.value)
+    assert str(root) in msg and "Fix: put torchvision's FashionMNIST/raw/ idx files under" in msg
+    assert str(tmp_path / "debian") not in msg  # Debian's copy was not even looked at
+
+
+def test_explicit_root_that_is_a_file_names_the_file(fake_debian, tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"not a directory")
+    for name in ("fashion_mnist", "mnist"):
+        with pytest.raises(DatasetNotFoundError, match=rf"(?s){path}: a file, not a directory.*must be a directory"):
+            load_dataset(name, root=path)
+
+
+@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST")])
+@pytest.mark.parametrize("file, keep", [("train-images-idx3-ubyte", 500), ("t10k-labels-idx1-ubyte", 12),
+                                        ("train-labels-idx1-ubyte", 3)])
+def test_truncated_idx_file_is_an_error_naming_it(fake_debian, tmp_path, name, folder, file, keep):
+    root = tmp_path / "mine"
+    write_mnist(root, folder=folder, n_train=20, n_test=10)
+    truncate(root / folder / "raw" / file, keep)
+    for download in (False, None):
+        with pytest.raises(DatasetUnreadableError, match=rf"(?s){root / folder / 'raw' / file} is "
+                                                          rf"(truncated|not an idx file).*Fix: delete"):
+            load_dataset(name, root=root, download=download)
+
+
+def test_explicit_root_downloads_there_and_never_falls_back(fake_debian, tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def offline(self):
+        calls.append(self.root)
+        raise OSError("<urlopen error offline>")
+
+    monkeypatch.setattr(tvd.FashionMNIST, "download", offline)
+    root = tmp_path / "mine"
+    with pytest.raises(DatasetNotFoundError, match="download attempted.*offline"):
+        load_dataset("fashion_mnist", root=root)
+    assert calls == [str(root)]
+    # With the files in the explicit root, they are what is loaded.
+    written = write_mnist(root, folder="FashionMNIST", n_train=20, n_test=10)
+    clear_cache()
+    d = load_dataset("fashion_mnist", root=root)
+    assert str(root) in d.source and len(d.train) == 20
+    np.testing.assert_array_equal(d.train.images[:, 0].numpy(), written["train"][0])
+
+
+def test_truncated_debian_gz_is_an_error_and_leaves_no_temporary_file(fake_debian, tmp_path):
+    gz = tmp_path / "debian" / "train-images-idx3-ubyte.gz"
+    good = gz.read_bytes()
+    truncate(gz, len(good) // 2)
+    with pytest.raises(DatasetUnreadableError, match=rf"(?s){gz} is truncated or damaged.*--reinstall"):
+        load_dataset("fashion_mnist", download=False)
+    raw = tmp_path / "home" / ".cache" / "clenv" / "debian-fashion-mnist" / "FashionMNIST" / "raw"
+    assert not any(".tmp" in p.name for p in raw.iterdir())
+    assert not (raw / "train-images-idx3-ubyte").exists()
+    gz.write_bytes(good)  # a reinstalled package: the next load unpacks it
+    d = load_dataset("fashion_mnist", download=False)
+    np.testing.assert_array_equal(d.train.images[:, 0].numpy(), fake_debian["train"][0])

@@ -1,8 +1,8 @@
 """Dataset sources (one uint8 tensor per split, loaded once) and batched augmentation."""
 
 from clenv.data.augment import Augmentation
-from clenv.data.sources import (DATASETS, Dataset, DatasetNotFoundError, Split, clear_cache, default_data_root,
-                                load_dataset, make_synthetic)
+from clenv.data.sources import (DATASETS, Dataset, DatasetNotFoundError, DatasetUnreadableError, Split, clear_cache,
+                                default_data_root, load_dataset, make_synthetic)
 
-__all__ = ["Augmentation", "DATASETS", "Dataset", "DatasetNotFoundError", "Split", "clear_cache",
-           "default_data_root", "load_dataset", "make_synthetic"]
+__all__ = ["Augmentation", "DATASETS", "Dataset", "DatasetNotFoundError", "DatasetUnreadableError", "Split",
+           "clear_cache", "default_data_root", "load_dataset", "make_synthetic"]

@@ -5,7 +5,10 @@ of Debian's ``dataset-fashion-mnist``, scikit-learn's bundled digits). A dataset
 cached; streams index into it, so a batch is an index, never a DataLoader iteration.
 
 Where data is looked for: the ``root`` argument, else the ``CLENV_DATA`` environment variable, else torchvision's
-conventional ``~/.cache/clenv/data`` (and, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``).
+conventional ``~/.cache/clenv/data`` (and, for Fashion-MNIST, ``/usr/share/datasets/fashion-mnist``). An explicit
+``root`` is the only place looked (and downloaded into, with ``download`` not False): when it is empty, is a file or
+holds damaged files, that is an error naming it, never a silent fall-back to another copy. A damaged idx file
+(truncated, or not idx at all) is an error wherever it is found.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +29,7 @@ import torch
 __all__ = [
     "Dataset",
     "DatasetNotFoundError",
+    "DatasetUnreadableError",
     "DATASETS",
     "load_dataset",
     "default_data_root",
@@ -35,6 +41,11 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset could not be found on disk; the message names every place looked and how to fix it."""
+
+
+class DatasetUnreadableError(DatasetNotFoundError):
+    """A dataset's file is there but cannot be read (truncated, damaged, not the format); the message names the file
+    and the fix. A subclass of :class:`DatasetNotFoundError`, so code that handles a missing dataset handles it."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +109,55 @@ def _split_from_torchvision(ds) -> Split:
     return Split(images.to(torch.uint8), labels)
 
 
+# Bytes per element of each idx type code (the MNIST family's file format).
+_IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def _idx_problem(path: Path) -> str | None:
+    """None when ``path`` is a complete idx file, else what is wrong with it (torchvision would fail on it with an
+    error that does not name the file, or with an ``assert`` that ``python -O`` removes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_ITEMSIZE or not 1 <= head[3] <= 3:
+            return f"{path} is not an idx file (its {min(size, 4)}-byte header is not 0, 0, type, 1..3 dimensions)"
+        raw_dims = f.read(4 * head[3])
+    if len(raw_dims) < 4 * head[3]:
+        return f"{path} is truncated: {size} bytes, shorter than its header"
+    dims = struct.unpack(f">{head[3]}I", raw_dims)
+    expected = 4 + 4 * head[3] + int(np.prod(dims, dtype=np.int64)) * _IDX_ITEMSIZE[head[2]]
+    if size != expected:
+        return (f"{path} is {'truncated' if size < expected else 'damaged'}: {size} bytes, where its header "
+                f"(shape {tuple(dims)}) says {expected}")
+    return None
+
+
+def _check_idx_files(cls, name: str, root: Path) -> None:
+    """Raise :class:`DatasetUnreadableError` naming the first damaged idx file of torchvision MNIST-family dataset
+    ``cls`` at ``root`` (files that are absent are torchvision's "not found", reported by the caller)."""
+    import torchvision.datasets as tvd
+
+    if not (isinstance(cls, type) and issubclass(cls, tvd.MNIST)):
+        return
+    raw = root / cls.__name__ / "raw"
+    for url, _ in cls.resources:
+        path = raw / os.path.splitext(os.path.basename(url))[0]
+        if path.is_file():
+            problem = _idx_problem(path)
+            if problem:
+                raise DatasetUnreadableError(
+                    f"dataset {name!r}: {problem}.\nFix: delete {path} and run again (with download=None, the "
+                    f"default, torchvision fetches it again), or copy a complete file there.")
+
+
 def _try_torchvision(cls, name: str, num_classes: int, root: Path, download: bool,
                      looked: list[str]) -> Dataset | None:
     """Both splits of torchvision dataset ``cls`` at ``root``, or None (the reason appended to ``looked``)."""
     looked.append(f"{root}" + (" (download attempted)" if download else ""))
+    if root.exists() and not root.is_dir():
+        looked[-1] = f"{root}: a file, not a directory"
+        return None
+    _check_idx_files(cls, name, root)
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
@@ -110,6 +166,15 @@ def _try_torchvision(cls, name: str, num_classes: int, root: Path, download: boo
         return None
     return Dataset(name, _split_from_torchvision(train), _split_from_torchvision(test), num_classes,
                    f"torchvision.datasets.{cls.__name__}({root})")
+
+
+def _explicit_fix(root, what: str) -> str:
+    """The fix for an explicit data root that did not hold the dataset."""
+    r = Path(root).expanduser()
+    if r.exists() and not r.is_dir():
+        return f"data_root must be a directory: pass the folder that holds {what}, not the file {r}"
+    return (f"put {what} under {r} (with download=None, the default, torchvision fetches it there when online), "
+            f"or leave data_root unset to use CLENV_DATA and the other default places")
 
 
 def _torchvision(cls_name: str, num_classes: int, fix: str) -> Callable[..., Dataset]:
@@ -122,11 +187,12 @@ def _torchvision(cls_name: str, num_classes: int, fix: str) -> Callable[..., Dat
             found = _try_torchvision(cls, cls_name.lower(), num_classes, r, bool(download), looked)
             if found is not None:
                 return found
-        if download is None:  # not on disk: fetch it (needs internet)
-            found = _try_torchvision(cls, cls_name.lower(), num_classes, _roots(root)[0], True, looked)
+        first = _roots(root)[0]
+        if download is None and not (first.exists() and not first.is_dir()):  # not on disk: fetch it (internet)
+            found = _try_torchvision(cls, cls_name.lower(), num_classes, first, True, looked)
             if found is not None:
                 return found
-        raise _missing(cls_name, looked, fix)
+        raise _missing(cls_name, looked, fix if root is None else _explicit_fix(root, f"{cls_name}'s files"))
 
     return load
 
@@ -145,19 +211,18 @@ def _load_fashion_mnist(root=None, download: bool | None = None) -> Dataset:
         found = _try_torchvision(tvd.FashionMNIST, "fashion_mnist", 10, r, bool(download), looked)
         if found is not None:
             return found
+    if root is not None:
+        # An explicit root is the data the caller asked for: another copy (Debian's) would hide that it failed.
+        r = _roots(root)[0]
+        if download is None and not (r.exists() and not r.is_dir()):
+            found = _try_torchvision(tvd.FashionMNIST, "fashion_mnist", 10, r, True, looked)
+            if found is not None:
+                return found
+        raise _missing("FashionMNIST", looked, _explicit_fix(root, "torchvision's FashionMNIST/raw/ idx files"))
     debian = Path(os.environ.get("CLENV_DEBIAN_FASHION_MNIST", DEBIAN_FASHION_MNIST))
     looked.append(str(debian))
     if all((debian / f"{f}.gz").exists() for f in _FASHION_FILES):
-        # torchvision reads the raw idx files from <root>/FashionMNIST/raw; unpack Debian's .gz files there once.
-        cache = Path.home() / ".cache" / "clenv" / "debian-fashion-mnist"
-        raw = cache / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in _FASHION_FILES:
-            if not (raw / f).exists():
-                tmp = raw / f"{f}.tmp{os.getpid()}"
-                with gzip.open(debian / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(tmp, raw / f)
+        cache = _unpack_debian_fashion_mnist(debian)
         return Dataset("fashion_mnist", _split_from_torchvision(tvd.FashionMNIST(str(cache), train=True)),
                        _split_from_torchvision(tvd.FashionMNIST(str(cache), train=False)),
                        10, f"Debian dataset-fashion-mnist ({debian})")
@@ -168,6 +233,41 @@ def _load_fashion_mnist(root=None, download: bool | None = None) -> Dataset:
     raise _missing("FashionMNIST", looked, "on a machine with internet the download runs by itself (download=None, "
                    "the default); offline, `apt-get install -y dataset-fashion-mnist`, or put torchvision's "
                    "FashionMNIST/raw files under CLENV_DATA")
+
+
+def _unpack_debian_fashion_mnist(debian: Path) -> Path:
+    """Unpack Debian's .gz idx files once into a cache that torchvision reads (``<cache>/FashionMNIST/raw``).
+
+    Each file is written to a temporary name and renamed when complete, so a crash never leaves a partial file
+    under the final name; on failure the temporary file is removed and the error names the .gz file."""
+    cache = Path.home() / ".cache" / "clenv" / "debian-fashion-mnist"
+    raw = cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    fix = ("Fix: `apt-get install --reinstall -y dataset-fashion-mnist`, or point CLENV_DEBIAN_FASHION_MNIST at a "
+           "directory with complete copies of the four .gz files.")
+    for f in _FASHION_FILES:
+        gz, out = debian / f"{f}.gz", raw / f
+        if not out.exists():
+            tmp = raw / f"{f}.tmp{os.getpid()}"
+            try:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                problem = _idx_problem(tmp)
+                if problem:
+                    raise DatasetUnreadableError(f"{gz} unpacks to a damaged idx file: "
+                                                 f"{problem.replace(str(tmp), 'the unpacked file')}.\n{fix}")
+                os.replace(tmp, out)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a truncated or corrupt .gz
+                raise DatasetUnreadableError(f"{gz} is truncated or damaged ({type(err).__name__}: {err}).\n"
+                                             f"{fix}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            problem = _idx_problem(out)
+            if problem:
+                raise DatasetUnreadableError(f"dataset 'fashion_mnist': the unpacked cache file {problem}.\n"
+                                             f"Fix: delete {out}; it is unpacked again from {gz}.")
+    return cache
 
 
 def _load_digits(root=None, download: bool | None = None) -> Dataset:
