@@ -30,8 +30,8 @@ Contracts:
   ``load_state_dict()`` must restore it into an agent freshly built with the same hyperparameters.
   ``agents.base.SupervisedAgent`` covers network, optimiser, update count and task id; a method with more state
   (replay buffers, Fisher estimates, utilities, EMAs, RNG generators of its own) extends both methods.
-- **Callbacks**: one with ``state_dict()`` / ``load_state_dict()`` is saved and restored (matched by position and
-  class); one without is assumed stateless. Every probe of :mod:`clenv.probes` and :class:`clenv.Evaluation` has
+- **Callbacks**: one with ``state_dict()`` / ``load_state_dict()`` is saved and restored (matched by order, class
+  and options); one without is assumed stateless. Every probe of :mod:`clenv.probes` and :class:`clenv.Evaluation` has
   state, so a run with every probe resumes exactly.
 - **Envs**: ``env.unwrapped`` needs ``state_dict()`` / ``load_state_dict()``; wrappers must be stateless across
   steps. Continual RL envs do not implement it yet.
@@ -117,8 +117,8 @@ def _identity(env, agent) -> dict:
 
 
 def _saved_callbacks(callbacks) -> list[tuple]:
-    """(position, class, options) of the callbacks whose state a checkpoint holds."""
-    return [(i, type(cb).__qualname__, getattr(cb, "options", None)) for i, cb in enumerate(callbacks) if stateful(cb)]
+    """(class, options) of the callbacks whose state a checkpoint holds, in order."""
+    return [(type(cb).__qualname__, getattr(cb, "options", None)) for cb in callbacks if stateful(cb)]
 
 
 def _diff(what: str, then: dict, now: dict, skip=()) -> list[str]:

@@ -145,8 +145,8 @@ class LoopState:
     """The loop's position between two steps.
 
     Callbacks see it in :meth:`Callback.on_step_boundary`; :meth:`state_dict` is what a checkpoint saves of the loop,
-    and ``run(start=LoopState.from_state_dict(...))`` continues from it. ``callback_states`` (position in the
-    callback list -> state) and ``rng`` (:func:`clenv.seeding.global_rng_state`) are restored by :func:`run` after
+    and ``run(start=LoopState.from_state_dict(...))`` continues from it. ``callback_states`` (the states of the
+    stateful callbacks, :func:`stateful`, in their order) and ``rng`` (:func:`clenv.seeding.global_rng_state`) are restored by :func:`run` after
     the callbacks' ``on_run_start``."""
 
     obs: Any
@@ -159,7 +159,7 @@ class LoopState:
     result: RunResult
     elapsed: float
     callbacks: list = field(default_factory=list)
-    callback_states: dict = field(default_factory=dict)
+    callback_states: list = field(default_factory=list)
     rng: dict | None = None
 
     @property
@@ -175,7 +175,7 @@ class LoopState:
                 "elapsed": float(self.elapsed), "tracker": self.tracker.state_dict(),
                 "result": {"seed": res.seed, "num_task_switches": res.num_task_switches, "episodes": res.episodes,
                            "metrics": copy.deepcopy(res.metrics), "records": copy.deepcopy(res.records)},
-                "callbacks": {i: cb.state_dict() for i, cb in enumerate(self.callbacks) if stateful(cb)}}
+                "callbacks": [cb.state_dict() for cb in self.callbacks if stateful(cb)]}
 
     @classmethod
     def from_state_dict(cls, state: dict, result: RunResult, rng: dict | None = None) -> "LoopState":
@@ -187,7 +187,7 @@ class LoopState:
         result.metrics.update(copy.deepcopy(r["metrics"]))
         result.records.update(copy.deepcopy(r["records"]))
         return cls(state["obs"], state["info"], state["current_task"], list(state["episodes"]), state["ep_return"],
-                   state["ep_len"], tracker, result, state["elapsed"], [], dict(state["callbacks"]), rng)
+                   state["ep_len"], tracker, result, state["elapsed"], [], list(state["callbacks"]), rng)
 
 
 def agent_name(agent) -> str:
@@ -255,8 +255,12 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     for cb in callbacks:
         cb.on_run_start(env, agent, result)
     if start is not None:
-        for i, st in start.callback_states.items():
-            callbacks[i].load_state_dict(st)
+        keeping = [cb for cb in callbacks if stateful(cb)]
+        if len(keeping) != len(start.callback_states):
+            raise ValueError(f"the saved run had {len(start.callback_states)} stateful callbacks, this one has "
+                             f"{len(keeping)}")
+        for cb, st in zip(keeping, start.callback_states):
+            cb.load_state_dict(st)
         if start.rng is not None:  # last: nothing after this may draw from the global streams before the step
             set_global_rng_state(start.rng)
         current_task, episodes, ep_return, ep_len = start.current_task, list(start.episodes), start.ep_return, \

@@ -1,13 +1,16 @@
 """One result format per run: ``result.json`` (config, seed, package versions, per-task records, metrics, small
-records) plus ``arrays.npz`` (per-step series and every array record), both written atomically.
+records) plus ``arrays-<hash>.npz`` (per-step series and every array record), both written atomically.
 
 Layout of a run directory::
 
-    runs/<env>/<agent>/seed<k>-<timestamp>/
-        arrays.npz    step_reward, step_task, and "records.<name>" for every numpy array in result.records
-        result.json   format, env_id, agent, seed, config, versions, created, summary, tasks, metrics, records
+    runs/<env>/<agent>/seed<k>-<key>/
+        arrays-<hash>.npz  step_reward, step_task, and "records.<name>" for every numpy array in result.records
+        result.json        format, env_id, agent, seed, config, versions, created, summary, tasks, metrics, records,
+                           arrays_file (the name of its arrays file)
 
-``result.json`` is written last, so a directory with it is complete. Non-finite floats are stored as null (strict
+``result.json`` is written last and names its arrays file (named by a hash of its bytes), so a directory with it is
+complete, and rewriting a run folder never pairs one save's JSON with another's arrays: a reader sees the old pair
+or the new one. Arrays files no ``result.json`` names are removed after the new JSON is in place. Non-finite floats are stored as null (strict
 JSON); metrics and task accuracies read back as NaN, other JSON records keep None.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -123,7 +127,9 @@ def save_run(result: RunResult, directory: str | os.PathLike) -> Path:
             json_records[k] = v
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(d / "arrays.npz", buf.getvalue())
+    data = buf.getvalue()
+    arrays_file = f"arrays-{hashlib.sha256(data).hexdigest()[:16]}.npz"
+    atomic_write_bytes(d / arrays_file, data)
     doc = {
         "format": FORMAT,
         "env_id": result.env_id,
@@ -139,8 +145,13 @@ def save_run(result: RunResult, directory: str | os.PathLike) -> Path:
         "metrics": result.metrics,
         "records": json_records,
         "arrays": sorted(arrays),
+        "arrays_file": arrays_file,
     }
     atomic_write_bytes(d / "result.json", json.dumps(_jsonable(doc), indent=1, allow_nan=False).encode())
+    for old in [*d.glob("arrays-*.npz"), d / "arrays.npz"]:  # the previous save's arrays, now named by no JSON
+        if old.name != arrays_file:
+            with contextlib.suppress(OSError):
+                old.unlink()
     return d
 
 
@@ -155,7 +166,7 @@ def load_run(directory: str | os.PathLike) -> RunResult:
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown result format {doc.get('format')!r}, expected {FORMAT!r}")
     records: dict[str, Any] = dict(doc.get("records") or {})
-    with np.load(d / "arrays.npz") as z:
+    with np.load(d / doc.get("arrays_file", "arrays.npz")) as z:  # results written before arrays_file: arrays.npz
         arrays = {k: z[k] for k in z.files}
     for k, v in arrays.items():
         if k.startswith("records."):

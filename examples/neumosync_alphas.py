@@ -23,7 +23,7 @@ import torch
 
 import agents
 import clenv
-from clenv import plots
+from clenv.app import plots
 
 #: The four coefficients in the order the agent reports them, with the paper's names.
 COEFFICIENTS = (("sm", "a_SM (synaptic)"), ("wc", "a_WC (consolidation)"), ("al", "a_AL (PReLU slope)"),

@@ -54,7 +54,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, name, every, stop):
 
     env, agent = make(name)  # a new env and agent, as in a new process
     ck2 = clenv.Checkpoint(tmp_path, every=every)
-    resumed = clenv.run(env, agent, seed=7, progress=False, callbacks=[ck2], resume_from=tmp_path)
+    resumed = clenv.resume(tmp_path, env, agent, seed=7, progress=False, callbacks=[ck2])
     assert_same(resumed, full)
     assert ck2.saved_steps and ck2.saved_steps[0] == saved_at + every  # it went on checkpointing
 
@@ -106,8 +106,8 @@ def test_resume_restores_global_rng_and_callback_state(tmp_path):
     torch.manual_seed(123), np.random.seed(123), random.seed(123)  # other global streams in the "new process"
     env, agent = noisy()
     counter2 = Counter()
-    resumed = clenv.run(env, agent, seed=1, progress=False, callbacks=[counter2, clenv.Checkpoint(tmp_path, every=6)],
-                        resume_from=tmp_path)
+    resumed = clenv.resume(tmp_path, env, agent, seed=1, progress=False,
+                           callbacks=[counter2, clenv.Checkpoint(tmp_path, every=6)])
     assert_same(resumed, full)
     assert counter.steps == counter2.steps == 32 and counter2.reward_sum == counter.reward_sum
 
@@ -182,7 +182,7 @@ def test_corrupt_checkpoint_is_refused_and_changes_nothing(tmp_path, damage):
     env.reset(seed=11)
     seed_before, w_before = env.unwrapped.stream_seed, params(agent)
     with pytest.raises(CheckpointError, match="corrupt|not a clenv checkpoint"):
-        clenv.run(env, agent, seed=3, progress=False, resume_from=tmp_path)
+        clenv.resume(tmp_path, env, agent, seed=3, progress=False)
     assert env.unwrapped.stream_seed == seed_before
     assert all(torch.equal(a, b) for a, b in zip(w_before, params(agent)))
 
@@ -202,7 +202,7 @@ def test_mismatched_checkpoint_names_the_difference_and_changes_nothing(tmp_path
     seed_before, w_before = env.unwrapped.stream_seed, params(agent)
     opt_before = {k: v for k, v in agent.optimizer.state_dict().items() if k != "state"}
     with pytest.raises(CheckpointError, match=pattern):
-        clenv.run(env, agent, seed=seed, progress=False, resume_from=tmp_path)
+        clenv.resume(tmp_path, env, agent, seed=seed, progress=False)
     assert env.unwrapped.stream_seed == seed_before
     assert all(torch.equal(a, b) for a, b in zip(w_before, params(agent)))
     assert {k: v for k, v in agent.optimizer.state_dict().items() if k != "state"} == opt_before
@@ -236,25 +236,56 @@ def test_existing_checkpoint_is_not_overwritten_by_a_new_run(tmp_path):
     assert f.read_bytes() == good
 
 
-def test_evaluation_with_checkpoint_is_refused_before_the_first_step(tmp_path):
+def _same_records(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            assert np.array_equal(a[k], b[k], equal_nan=True), k
+        elif isinstance(a[k], dict) and all(isinstance(v, np.ndarray) for v in a[k].values()):
+            assert a[k].keys() == b[k].keys() and all(np.array_equal(a[k][j], b[k][j], equal_nan=True) for j in a[k])
+        else:
+            assert repr(a[k]) == repr(b[k]), k
+
+
+@pytest.mark.parametrize("stop", [13, 2 * STEPS_PER_TASK])  # mid-task / at a task boundary
+def test_every_probe_family_resumes_bit_identically(tmp_path, stop):
+    """Held-out / forgetting, adaptation, continual evaluation, plasticity and traces, killed and resumed."""
+    every = 5 if stop == 13 else STEPS_PER_TASK
+    evaluation = lambda: clenv.Evaluation.all(stability_every=3, stability_samples=32, eval_samples=32,  # noqa: E731
+                                              probe_samples=32, plasticity_samples=32)
     env, agent = make()
-    with pytest.raises(CheckpointError, match="Evaluation"):
-        clenv.run(env, agent, seed=3, progress=False, callbacks=[clenv.Checkpoint(tmp_path, every=4)],
-                  evaluation=clenv.Evaluation())
-    assert agent.num_updates == 0 and not checkpoint_path(tmp_path).exists()
-    _saved_run(tmp_path / "b")
+    full = clenv.run(env, agent, seed=3, progress=False, evaluation=evaluation())
     env, agent = make()
-    with pytest.raises(CheckpointError, match="Evaluation"):
-        clenv.run(env, agent, seed=3, progress=False, evaluation=clenv.Evaluation(), resume_from=tmp_path / "b")
+    part = clenv.run(env, agent, seed=3, progress=False, total_steps=stop, evaluation=evaluation(),
+                     callbacks=[clenv.Checkpoint(tmp_path, every=every)])
+    assert part.steps == stop and read_checkpoint(tmp_path)["step"] == (stop - 1) // every * every  # saved before step `stop`
+    env, agent = make()  # a new process would do the same: fresh env, agent and probes
+    resumed = clenv.resume(tmp_path, env, agent, seed=3, progress=False, evaluation=evaluation())
+    assert_same(resumed, full)
+    drop = lambda m: {k: v for k, v in m.items() if k != "probe_time_s"}  # noqa: E731 - wall time
+    np.testing.assert_equal(drop(resumed.metrics), drop(full.metrics))  # exact equality (NaN equal to NaN)
+    assert {"lca_f", "acc", "avg_sg", "dormant_ratio", "test_acc"} <= set(full.metrics)
+    _same_records(resumed.records, full.records)
+
+
+def test_resume_with_other_probes_is_refused_before_anything_changes(tmp_path):
+    env, agent = make()
+    clenv.run(env, agent, seed=3, progress=False, total_steps=9, evaluation=clenv.Evaluation(forgetting=True),
+              callbacks=[clenv.Checkpoint(tmp_path, every=4)])
+    env, agent = make()
+    before = params(agent)
+    with pytest.raises(CheckpointError, match="stateful callbacks"):
+        clenv.resume(tmp_path, env, agent, seed=3, progress=False, evaluation=clenv.Evaluation(heldout=True))
+    assert all(torch.equal(p, q) for p, q in zip(before, params(agent)))
 
 
 def test_total_steps_counts_from_the_run_start(tmp_path):
     _saved_run(tmp_path)  # checkpoint at step 8
     env, agent = make()
     with pytest.raises(ValueError, match="already reached"):
-        clenv.run(env, agent, seed=3, progress=False, total_steps=8, resume_from=tmp_path)
+        clenv.resume(tmp_path, env, agent, seed=3, progress=False, total_steps=8)
     env, agent = make()
-    res = clenv.run(env, agent, seed=3, progress=False, total_steps=12, resume_from=tmp_path)
+    res = clenv.resume(tmp_path, env, agent, seed=3, progress=False, total_steps=12)
     assert res.steps == 12
 
 
@@ -282,4 +313,4 @@ def test_every_supervised_agent_resumes_exactly(tmp_path, name):
     env, agent = fresh()
     clenv.run(env, agent, seed=3, progress=False, callbacks=[clenv.Checkpoint(tmp_path, every=5)], total_steps=19)
     env, agent = fresh()
-    assert_same(clenv.run(env, agent, seed=3, progress=False, resume_from=tmp_path), full)
+    assert_same(clenv.resume(tmp_path, env, agent, seed=3, progress=False), full)

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from clenv.cli import main, parse_assignments, parse_value, CliError
+from clenv.app.cli import main
+from clenv.app.spec import UsageError, parse_assignments, parse_value
 
 SMALL = ["--env-set", "num_tasks=2", "--env-set", "samples_per_task=32", "--env-set", "epochs_per_task=2"]
 
@@ -31,7 +32,7 @@ def test_run_writes_a_result_folder_and_prints_a_summary(tmp_path, capsys):
     assert len(written) == 1, "expected one result file"
     record = json.loads(written[0].read_text())
     assert record["seed"] == 3 and len(record["tasks"]["task_accuracy"]) == 2
-    assert record["config"]["agent_kwargs"] == {"optimizer": "adam", "lr": 0.001}
+    assert (record["config"]["agent"]["optimizer"], record["config"]["agent"]["lr"]) == ("adam", 0.001)
 
 
 def test_compare_prints_agents_side_by_side(capsys):
@@ -60,10 +61,10 @@ def test_value_parsing():
     assert parse_value("3") == 3 and parse_value("1e-3") == 0.001 and parse_value("false") is False
     assert parse_value("none") is None and parse_value("(100, 100)") == (100, 100) and parse_value("adam") == "adam"
     assert parse_assignments(["a=1", "b=x"], "--env-set") == {"a": 1, "b": "x"}
-    with pytest.raises(CliError):
+    with pytest.raises(UsageError):
         parse_assignments(["1a=2"], "--env-set")
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "clenv.cli", "list"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "clenv.app.cli", "list"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "PermutedMNIST-v0" in out.stdout

@@ -7,7 +7,7 @@ import agents
 import clenv  # noqa: F401  (registers the ids)
 from agents.base import collect_defaults
 from agents.paper_hparams import ENV_BENCHMARK, PAPER_HPARAMS, lookup, paper_hparams
-from clenv.papers import BENCHMARKS
+from clenv.protocols import BENCHMARKS
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,16 @@
-"""clenv.papers reference data and the ``clenv reproduce`` command."""
+"""clenv.app.paper_tables reference data and the ``clenv reproduce`` command."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from clenv import papers
-from clenv.cli import main
+from clenv import protocols
+from clenv.app import paper_tables as papers
+from clenv.app.cli import main
 from clenv.registry import protocol
-from clenv.report import TABLES as REPORT_TABLES
-from clenv.reproduce import plan, probe_budget, select_methods
+from clenv.app.report import TABLES as REPORT_TABLES
+from clenv.app.reproduce import plan, probe_budget, select_methods
 
 SEED_PAPER = Path("/work/shared/seeds/000_c039e5521929aa7c.txt")
 
@@ -23,15 +24,15 @@ def test_reference_data_parses_and_names_real_metrics():
         labels = {m.label for m in t.methods}
         for c in t.cells:
             assert c.metric in REPORT_METRICS, (t.id, c.metric)
-            assert c.benchmark in papers.BENCHMARKS, (t.id, c.benchmark)
+            assert c.benchmark in protocols.BENCHMARKS, (t.id, c.benchmark)
             assert c.method in labels, (t.id, c.method)
             assert 0.0 <= abs(c.mean) <= 100.0 and c.std >= 0.0
         # Every (benchmark, method, metric) at most once, and every column filled for every method listed.
         keys = [(c.benchmark, c.method, c.metric) for c in t.cells]
         assert len(keys) == len(set(keys)), t.id
         for b in t.benchmarks:
-            assert protocol(papers.BENCHMARKS[b].paper_env) is not None
-            assert protocol(papers.BENCHMARKS[b].stand_in) is not None
+            assert protocol(protocols.BENCHMARKS[b].paper_env) is not None
+            assert protocol(protocols.BENCHMARKS[b].stand_in) is not None
 
 
 def test_known_cells_and_a_copy_slip_is_caught():
@@ -89,7 +90,7 @@ def test_methods_select_by_agent_label_or_key():
 
 
 def test_plan_scales_with_minimums_and_stands_in():
-    b = papers.BENCHMARKS["random_label_cifar10"]
+    b = protocols.BENCHMARKS["random_label_cifar10"]
     p = plan(b, scale=0.01, check_data=False)
     # 100 tasks x 0.01 = 1 -> the minimum 2; 50 epochs x 0.01 -> 0.5 -> rounds to 0 -> the minimum 1
     assert p["env_kwargs"]["num_tasks"] == 2 and p["env_kwargs"]["epochs_per_task"] == 1

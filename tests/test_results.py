@@ -10,7 +10,7 @@ import pytest
 from clenv.loggers import ConsoleSummary, TensorBoardLogger, format_summary
 from clenv.loop import RunResult
 from clenv.metrics import online_metrics
-from clenv.report import aggregate, report_main
+from clenv.app.report import aggregate, report_main
 from clenv.results import FORMAT, atomic_write_bytes, find_runs, load_run, run_dir, save_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -122,7 +122,7 @@ def test_report_on_three_seeds_writes_tables_and_figures(tmp_path, capsys):
 
 def test_agent_traces_groups_signals_into_family_panels(tmp_path, monkeypatch):
     """``family/part`` signals share a panel (one line per part); a run without traces draws nothing."""
-    from clenv import plots
+    from clenv.app import plots
 
     drawn, band = {}, plots._band
 
@@ -168,3 +168,58 @@ def test_tensorboard_logger_writes_events(tmp_path):
     acc.Reload()
     assert acc.Tags()["scalars"] == ["lca_f"]  # the NaN was skipped
     assert [(e.step, e.value) for e in acc.Scalars("lca_f")] == [(3, 0.5)]
+
+
+def test_rewriting_a_run_folder_never_pairs_two_saves(tmp_path, monkeypatch):
+    """A save killed between its arrays and its JSON leaves the previous save whole (old code: new arrays.npz
+    beside the old result.json)."""
+    import clenv.results as results
+
+    save_run(fake_run(0), tmp_path)
+    second = fake_run(1)
+    real = results.atomic_write_bytes
+
+    def killed_at_json(path, data):
+        if path.name == "result.json":
+            raise KeyboardInterrupt("killed")
+        real(path, data)
+
+    monkeypatch.setattr(results, "atomic_write_bytes", killed_at_json)
+    with pytest.raises(KeyboardInterrupt):
+        save_run(second, tmp_path)
+    back = load_run(tmp_path)
+    assert back.seed == 0 and np.array_equal(back.step_reward, fake_run(0).step_reward)
+    monkeypatch.setattr(results, "atomic_write_bytes", real)
+    save_run(second, tmp_path)
+    back = load_run(tmp_path)
+    assert back.seed == 1 and np.array_equal(back.step_reward, second.step_reward)
+    assert len(list(tmp_path.glob("arrays-*.npz"))) == 1  # the spent arrays files are gone
+
+
+def test_report_keeps_configurations_apart_and_labels_them(tmp_path, capsys):
+    """Runs of one agent with other settings are other rows, labelled by what differs (old code: one row of
+    '2 seeds')."""
+    a = fake_run(0, acc=(0.1, 0.2, 0.3))
+    b = fake_run(1, acc=(0.7, 0.8, 0.9))
+    c = fake_run(2, acc=(0.1, 0.2, 0.3))
+    a.config = {"env": {"num_tasks": 3}, "agent": {"lr": 0.01, "optimizer": "sgd", "seed": 0}}
+    c.config = {"env": {"num_tasks": 3}, "agent": {"lr": 0.01, "optimizer": "sgd", "seed": 2}}
+    b.config = {"env": {"num_tasks": 3}, "agent": {"lr": 0.001, "optimizer": "adam", "seed": 1}}
+    for i, r in enumerate((a, b, c)):
+        save_run(r, tmp_path / "runs" / f"r{i}")
+    assert report_main([str(tmp_path / "runs"), "--no-figures", "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    assert "3 runs, 2 configurations" in text and "ran under 2 configurations" in text
+    assert "| base[lr=0.001,optimizer=adam] | 90.00 (0.00)" in text  # last-10% column, one seed
+    assert "| base[lr=0.01,optimizer=sgd] | 30.00 (0.00)" in text  # seeds 0 and 2 of one configuration
+    assert "over up to 2 seeds" in text
+
+
+def test_report_shows_no_probe_table_from_online_metrics_alone(tmp_path, capsys):
+    r = fake_run(0)
+    r.metrics = online_metrics([0.1, 0.2, 0.3])
+    save_run(r, tmp_path / "run")
+    assert report_main(["--no-figures", "--out", str(tmp_path / "rep"), str(tmp_path / "run")]) == 0  # options first
+    text = capsys.readouterr().out
+    assert "over the last x% of tasks" in text
+    assert "Forgetting" not in text and "Held-out" not in text

@@ -12,9 +12,9 @@ import pytest
 
 import agents
 import clenv
-from clenv import sweep
+from clenv.app import spec, sweep
 from clenv.results import load_run
-from clenv.sweep import SweepConfigError, expand, run_sweep, sweep_main, validate_config
+from clenv.app.sweep import SweepConfigError, expand, run_sweep, sweep_main, validate_config
 
 ENV_KW = dict(num_tasks=2, samples_per_task=32, batch_size=16, epochs_per_task=2, test_samples_per_task=16)
 
@@ -36,14 +36,18 @@ def test_expand_counts_labels_and_keys(tmp_path):
                  agents={"base": {}, "scratch": {"weight_decay": 0.1}})
     specs = expand(validate_config(doc))
     assert len(specs) == 1 * 2 * 2 * 1 * 2
-    assert len({s.key for s in specs}) == len(specs)
+    keys = {s.resolve().key for s in specs}
+    assert len(keys) == len(specs)
     assert {s.label for s in specs} == {"base[lr=0.001,momentum=0.0]", "base[lr=0.01,momentum=0.0]",
                                         "scratch[lr=0.001,momentum=0.0]", "scratch[lr=0.01,momentum=0.0]"}
     s = next(s for s in specs if s.agent == "scratch" and s.agent_kwargs["lr"] == 1e-2)
     assert s.agent_kwargs == {"optimizer": "adam", "lr": 1e-2, "momentum": 0.0, "weight_decay": 0.1}
     # the key covers everything that changes the result: another total_steps is another run
     other = expand(validate_config({**doc, "total_steps": 3}))
-    assert not {x.key for x in other} & {x.key for x in specs}
+    assert not {x.resolve().key for x in other} & keys
+    # ... while asking for a default explicitly is the same run (the key hashes the resolved configuration)
+    explicit = expand(validate_config({**doc, "agent_kwargs": {**doc["agent_kwargs"], "betas": [0.9, 0.999]}}))
+    assert {x.resolve().key for x in explicit} == keys
 
 
 def test_sequential_sweep_saves_one_record_per_run_equal_to_a_direct_run(tmp_path, capsys):
@@ -58,7 +62,8 @@ def test_sequential_sweep_saves_one_record_per_run_equal_to_a_direct_run(tmp_pat
         direct = clenv.run(env, agents.make(name, env, optimizer="adam", lr=1e-3), seed=seed, progress=False)
         assert np.array_equal(r.step_reward, direct.step_reward) and r.task_accuracy == direct.task_accuracy
         assert r.metrics["avg_online_acc"] == pytest.approx(direct.average_accuracy)
-        assert r.config["agent_name"] == name and r.config["agent_kwargs"] == {"optimizer": "adam", "lr": 1e-3}
+        hp = r.config["identity"]["hparams"]
+        assert r.config["agent_name"] == name and (hp["optimizer"], hp["lr"], hp["seed"]) == ("adam", 1e-3, seed)
     table = (tmp_path / "runs" / "report" / "report.md").read_text()
     assert "| base |" in table and "| scratch |" in table and "over up to 2 seeds" in table
     assert "| base |" in out
@@ -78,16 +83,16 @@ def test_rerun_skips_finished_runs_and_redoes_only_missing_ones(tmp_path, monkey
     real = sweep.execute
 
     def counting(spec, *a, **k):
-        calls.append(spec.key)
+        calls.append(spec.describe())
         return real(spec, *a, **k)
 
     monkeypatch.setattr(sweep, "execute", counting)
     again = run_sweep(cfg, log=quiet)
     assert again["skipped"] == 4 and not again["done"] and calls == []
-    victim = first["specs"][2]
-    (victim.directory(cfg.out) / "result.json").unlink()
+    victim = first["dirs"][2]
+    (victim / "result.json").unlink()
     third = run_sweep(cfg, log=quiet)
-    assert calls == [victim.key] and third["skipped"] == 3 and len(third["dirs"]) == 4
+    assert calls == [first["specs"][2].describe()] and third["skipped"] == 3 and len(third["dirs"]) == 4
 
 
 def test_failed_run_is_reported_others_saved_and_retried_on_rerun(tmp_path, capsys):
@@ -98,17 +103,20 @@ def test_failed_run_is_reported_others_saved_and_retried_on_rerun(tmp_path, caps
     assert [load_run(d.parent).agent for d in (tmp_path / "runs").rglob("result.json")] == ["base"]
 
 
-def test_checkpointed_run_resumes_mid_stream(tmp_path):
+def test_checkpointed_run_resumes_mid_stream(tmp_path, monkeypatch):
     cfg = validate_config(config(tmp_path, agents=["base"], seeds=[5], checkpoint_every=2))
     (spec,) = expand(cfg)
-    ck_dir = tmp_path / "runs" / ".checkpoints" / spec.key
+    ck_dir = tmp_path / "runs" / ".checkpoints" / spec.resolve().key
     env = gym.make("RandomLabelDigits-v0", **ENV_KW)
     clenv.run(env, agents.make("base", env, optimizer="adam", lr=1e-3), seed=5, progress=False, total_steps=3,
               callbacks=[clenv.Checkpoint(ck_dir, every=2)])  # an interrupted run left a checkpoint at step 2
     assert (ck_dir / "checkpoint.pt").is_file()
+    resumed = []
+    real_resume = clenv.checkpoint.resume
+    monkeypatch.setattr(clenv.checkpoint, "resume", lambda *a, **k: resumed.append(a[0]) or real_resume(*a, **k))
     report = run_sweep(cfg, log=quiet)
     r = load_run(report["dirs"][0])
-    assert r.config["resumed"] is True and not ck_dir.exists()  # resumed, then the spent checkpoint is removed
+    assert resumed == [ck_dir] and not ck_dir.exists()  # resumed, then the spent checkpoint is removed
     env = gym.make("RandomLabelDigits-v0", **ENV_KW)
     direct = clenv.run(env, agents.make("base", env, optimizer="adam", lr=1e-3), seed=5, progress=False)
     assert np.array_equal(r.step_reward, direct.step_reward)
@@ -117,15 +125,17 @@ def test_checkpointed_run_resumes_mid_stream(tmp_path):
 @pytest.mark.parametrize("change,pattern", [
     (dict(agnets=["base"]), r"unknown sweep config key\(s\) 'agnets' \(did you mean 'agents'\?\)"),
     (dict(agents=["base", "nope"]), r"'agents': unknown agent 'nope'"),
-    (dict(envs=["RandomLabelDigit-v0"]), r"'envs': unknown env id 'RandomLabelDigit-v0' \(did you mean "
-                                         r"'RandomLabelDigits-v0'\?\)"),
-    (dict(grid={"lrr": [0.1]}), r"'grid': unknown hyperparameter 'lrr' for agent 'base'"),
+    (dict(agents=["base", "crleu"]), r"'agents': unknown agent 'crleu'; did you mean 'crelu'\?"),
+    (dict(envs=["RandomLabelDigit-v0"]), r"'envs': unknown env id 'RandomLabelDigit-v0'; did you mean "
+                                         r"'RandomLabelDigits-v0'\?"),
+    (dict(grid={"lrr": [0.1]}), r"'grid'.*base\[lrr=0.1\].*unknown hyperparameter.*'lrr'"),
     (dict(grid={"lr": 0.1}), r"'grid.lr' must be a non-empty list"),
     (dict(seeds=["a"]), r"'seeds' must be a non-empty list of integers"),
-    (dict(env_kwargs={"num_task": 3}), r"'env_kwargs': unknown env kwarg 'num_task'"),
-    (dict(agents={"base": {"lr2": 1}}), r"'agents.base': unknown hyperparameter 'lr2'"),
-    (dict(evaluation={"forget": True}), r"'evaluation': unknown clenv.Evaluation option 'forget'"),
-    (dict(evaluation={}, checkpoint_every=5), r"'checkpoint_every' cannot be combined with 'evaluation'"),
+    (dict(env_kwargs={"num_task": 3}), r"'env_kwargs'.*unknown keyword argument.*'num_task'"),
+    (dict(agents={"base": {"lr2": 1}}), r"'agent_kwargs'.*unknown hyperparameter.*'lr2'"),
+    (dict(agents={"base": {"lr": "fast"}}), r"'agent_kwargs'.*lr='fast' should be a number"),
+    (dict(seeds=[0, -1]), r"'seeds'.*integers >= 0, got -1"),
+    (dict(evaluation={"forget": True}), r"'evaluation'.*unexpected keyword argument 'forget'"),
     (dict(backend="dask"), r"'backend' must be one of ray, sequential"),
     (dict(total_steps=0), r"'total_steps' must be an integer >= 1"),
     (dict(envs=None), r"'envs' is required"),
@@ -138,7 +148,7 @@ def test_bad_config_names_the_key(tmp_path, change, pattern):
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
     path = _write(tmp_path, config(tmp_path, seeds=[0, 0]))
     assert sweep_main(["--config", path]) == 2
-    assert "'seeds' lists a seed twice" in capsys.readouterr().err
+    assert "'seeds' repeats a seed" in capsys.readouterr().err
     assert sweep_main(["--config", str(tmp_path / "missing.json")]) == 2
     (tmp_path / "broken.json").write_text("{envs: ")
     assert sweep_main(["--config", str(tmp_path / "broken.json")]) == 2
@@ -176,7 +186,7 @@ def test_without_ray_the_default_backend_is_sequential(tmp_path, monkeypatch):
 
 
 def test_import_clenv_does_not_import_ray():
-    code = "import sys, clenv, clenv.sweep, clenv.checkpoint; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, clenv, clenv.app.sweep, clenv.checkpoint; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

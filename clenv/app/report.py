@@ -83,7 +83,7 @@ def configurations(runs, label=None) -> tuple[dict, list[str]]:
     share it, the env kwargs and hyperparameters in which they differ."""
     groups: dict[tuple[str, str], dict] = {}
     for r in runs:
-        ident = group_identity(r.config)
+        ident = group_identity(r.config, r.seed)
         name = label(r) if label is not None else str(r.agent)
         groups.setdefault((str(r.env_id), name), {}).setdefault(identity_key(ident), (ident, []))[1].append(r)
     out, notes = {}, []

@@ -180,15 +180,15 @@ def canonical(x):
     return json.loads(json.dumps(x, sort_keys=True, default=repr))
 
 
-def group_identity(config: dict) -> dict:
+def group_identity(config: dict, seed=None) -> dict:
     """What makes runs seeds of one configuration: their identity without the seed (and without the agent's seed
-    when the seed rule set it to the run seed). ``config`` is a result's ``config``; results written without an
-    identity are grouped by their env config and agent hyperparameters."""
+    when the seed rule set it to the run seed ``seed``). ``config`` is a result's ``config``; results written
+    without an identity (``clenv.run`` + ``save_run``) are grouped by their env config and agent hyperparameters."""
     ident = config.get("identity")
     if ident is None:
         ident = {"env_id": config.get("env_id"), "agent": config.get("agent_name"),
                  "env": {k: v for k, v in (config.get("env") or {}).items() if k not in FREE_ENV_CONFIG},
-                 "hparams": dict(config.get("agent") or {}), "seed": config.get("seed")}
+                 "hparams": dict(config.get("agent") or {}), "seed": seed}
     ident = dict(ident)
     seed = ident.pop("seed", None)
     hp = dict(ident.get("hparams") or {})
@@ -310,8 +310,9 @@ def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None
     else:
         result = clenv.run(env, agent, **kw)
     result.agent = s.name
-    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "env_kwargs": dict(s.env_kwargs),
-                          "agent_kwargs": dict(s.agent_kwargs), "identity": resolved.identity, "key": resolved.key})
+    # What was resolved, not how it was asked for: every command that asks for this run writes the same file.
+    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
+                          "key": resolved.key})
     env.close()
     path = None
     if out is not None and save:

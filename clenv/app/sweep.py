@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from clenv.app.spec import RunSpec, UsageError, check_out, execute, parse_assignments, parse_seeds, parse_value
+from clenv.app.spec import (RunSpec, UsageError, check_agent, check_out, execute, parse_assignments, parse_seeds,
+                            parse_value, suggest)
 
 __all__ = ["SweepConfig", "SweepConfigError", "load_config", "validate_config", "expand", "expand_grid", "run_sweep",
            "sweep_main"]
@@ -216,12 +217,34 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
         except (TypeError, ValueError) as err:
             raise SweepConfigError(f"'evaluation': {err}") from None
     if check_names:
-        for spec in expand(cfg):  # every env id, env kwarg, agent name and hyperparameter, before anything runs
-            try:
-                spec.resolve().env.close()
-            except UsageError as err:
-                raise SweepConfigError(f"{spec.describe()}: {err}") from None
+        _check_names(cfg)
     return cfg
+
+
+def _check_names(cfg: SweepConfig) -> None:
+    """Every env id and agent name exists, and every (env, agent, grid point) resolves (env kwargs, hyperparameters),
+    before anything runs; the message names the config key."""
+    import clenv
+
+    for env_id in cfg.envs:
+        if env_id.split(":")[-1] not in clenv.env_ids():
+            raise SweepConfigError(f"'envs': unknown env id {env_id!r}{suggest(env_id.split(':')[-1], clenv.env_ids())}")
+    for name in cfg.agents:
+        try:
+            check_agent(name)
+        except UsageError as err:
+            raise SweepConfigError(f"'agents': {err}") from None
+    seen = set()
+    for spec in expand(cfg):
+        what = (spec.env_id, spec.label)
+        if what in seen:
+            continue
+        seen.add(what)
+        try:
+            spec.resolve().env.close()
+        except UsageError as err:
+            raise SweepConfigError(f"'envs' / 'env_kwargs' / 'agents' / 'agent_kwargs' / 'grid', run "
+                                   f"{spec.describe()}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------- expansion
@@ -430,7 +453,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = validate_config(_flags_to_config(args))
-        check_out(cfg.out)
+        if not args.dry_run:
+            check_out(cfg.out)
         result = run_sweep(cfg, dry_run=args.dry_run)
     except (SweepConfigError, UsageError) as err:
         print(f"clenv sweep: error: {err}", file=sys.stderr)
