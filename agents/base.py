@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
+import types
 from typing import Any
 
 import numpy as np
@@ -31,12 +33,105 @@ import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
 
-__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded"]
+__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams"]
+
+#: The random generator types an agent may own; their states are part of the agent's state (see random_streams).
+RANDOM_TYPES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
+# Values that hold no generator of the agent's own: not walked into.
+_LEAVES = (str, bytes, int, float, complex, bool, torch.Tensor, np.ndarray, torch.optim.Optimizer, type,
+           types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, torch.device,
+           torch.dtype)
+# nn.Module internals that hold tensors or hooks, never generators.
+_MODULE_SKIP = frozenset({"_parameters", "_buffers", "_non_persistent_buffers_set", "_modules", "_forward_hooks",
+                          "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+                          "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+                          "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                          "_forward_pre_hooks_with_kwargs"})
+
+
+def _foreign(value) -> bool:
+    # An env or a space is the environment's, with its own seeding: an agent holding one does not own its RNG.
+    try:
+        import gymnasium
+    except ImportError:  # pragma: no cover - gymnasium is a dependency
+        return False
+    return isinstance(value, (gymnasium.Env, gymnasium.spaces.Space))
+
+
+def random_streams(obj) -> dict[str, Any]:
+    """Every random generator reachable from ``obj``'s attributes (``torch.Generator``, ``np.random.Generator``,
+    ``np.random.RandomState``, ``random.Random``), by attribute path (``"gnt.generator"``, ``"memory.rng"``,
+    ``"network.controller._generator"``).
+
+    The walk follows instance attributes, dict / list / tuple items and ``nn.Module`` children in insertion order,
+    so two agents built the same way list the same paths in the same order; an object reached twice is listed once,
+    under its first path. Envs and spaces are not walked (their randomness is the env's)."""
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+
+    def walk(value, path: str) -> None:
+        if value is None or isinstance(value, _LEAVES) or id(value) in seen or _foreign(value):
+            return
+        seen.add(id(value))
+        if isinstance(value, RANDOM_TYPES):
+            found[path] = value
+            return
+        if isinstance(value, dict):
+            for k, v in list(value.items()):
+                if isinstance(k, (str, int)):
+                    walk(v, f"{path}[{k!r}]")
+            return
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{path}[{i}]")
+            return
+        attrs = getattr(value, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return
+        prefix = f"{path}." if path else ""
+        module = isinstance(value, nn.Module)
+        for k, v in list(attrs.items()):
+            if not (module and k in _MODULE_SKIP):
+                walk(v, prefix + k)
+        if module:
+            for k, child in value._modules.items():
+                walk(child, prefix + k)
+
+    walk(obj, "")
+    return found
+
+
+def _stream_state(gen) -> tuple[str, Any]:
+    if isinstance(gen, torch.Generator):
+        return "torch", gen.get_state()
+    if isinstance(gen, np.random.Generator):
+        return "numpy", copy.deepcopy(gen.bit_generator.state)
+    if isinstance(gen, np.random.RandomState):
+        return "numpy_legacy", gen.get_state()
+    return "python", gen.getstate()
+
+
+def _set_stream_state(gen, kind: str, state) -> None:
+    if kind == "torch":
+        gen.set_state(state)
+    elif kind == "numpy":
+        gen.bit_generator.state = copy.deepcopy(state)
+    elif kind == "numpy_legacy":
+        gen.set_state(state)
+    else:
+        gen.setstate(state)
 
 
 class Agent:
     """Base of every agent. ``NAME`` is the registry name; ``DEFAULTS`` the paper's hyperparameters (merged along
-    the class hierarchy, so a subclass lists only what it adds or changes)."""
+    the class hierarchy, so a subclass lists only what it adds or changes).
+
+    State: ``state_dict()`` always carries the state of every random generator the agent owns (found by
+    :func:`random_streams`: any ``torch.Generator`` / numpy / ``random.Random`` generator among its attributes, at any
+    depth), and ``load_state_dict()`` restores them, so a method never saves its generators itself; it only has to
+    create them when it is constructed (a generator created later has no counterpart in a freshly built agent and
+    is refused on loading). Subclasses extend both methods through ``super()``.
+    """
 
     NAME = "agent"
     DEFAULTS: dict[str, Any] = {}
@@ -51,10 +146,27 @@ class Agent:
         """Called before the first step of each task (``task_id`` None when ids are hidden)."""
 
     def state_dict(self) -> dict:
-        return {}
+        return {"random_streams": {path: _stream_state(g) for path, g in random_streams(self).items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        for gen, kind, st in self.matching_streams(state):
+            _set_stream_state(gen, kind, st)
+
+    def matching_streams(self, state: dict) -> list[tuple[Any, str, Any]]:
+        """(generator, kind, saved state) for every generator of ``state`` (a ``state_dict()``); raises
+        ``ValueError`` if the saved generators are not this agent's (nothing is changed). Empty for a state saved
+        without generators."""
+        saved = state.get("random_streams")
+        if saved is None:
+            return []
+        now = random_streams(self)
+        missing, extra = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+        wrong = [p for p in saved if p in now and _stream_state(now[p])[0] != saved[p][0]]
+        if missing or extra or wrong:
+            raise ValueError(f"{type(self).__name__}: the saved random generators do not match this agent's "
+                             f"(saved only: {missing}; this agent only: {extra}; other type: {wrong}); a method "
+                             f"must create its generators when it is constructed")
+        return [(now[p], kind, st) for p, (kind, st) in saved.items()]
 
 
 @contextlib.contextmanager
@@ -249,14 +361,18 @@ class SupervisedAgent(Agent):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "num_updates": self.num_updates, "task_id": self.task_id}
+        return {**super().state_dict(), "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates, "task_id": self.task_id}
 
     def load_state_dict(self, state: dict) -> None:
+        self.matching_streams(state)  # refuse foreign generators before anything changes
         self.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # A copy: torch's optimiser keeps the given tensors (no copy), and its in-place updates would then write into
+        # the state passed in (another agent's, in a clone or a round trip).
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.num_updates = state.get("num_updates", 0)
         self.task_id = state.get("task_id")
+        super().load_state_dict(state)  # the generators, last: nothing above may replace one after it is set
 
     def clone(self) -> "SupervisedAgent":
         """An independent deep copy (network, optimiser state, method state): what probes train."""

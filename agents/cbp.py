@@ -119,7 +119,9 @@ class GenerateAndTest:
         return {"states": self.states, "replaced_total": self.replaced_total}
 
     def load_state_dict(self, state: dict) -> None:
-        self.states = [dict(s) for s in state["states"]]
+        # Copies: the states are updated in place, which must not write into the dict they came from.
+        self.states = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                       for s in state["states"]]
         self.replaced_total = int(state.get("replaced_total", 0))
 
 

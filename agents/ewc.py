@@ -93,11 +93,15 @@ class EWCAgent(SupervisedAgent):
         return reg + 0.5 * self.hparams["ewc_lambda"] * pen
 
     def state_dict(self) -> dict:
+        # The recent inputs are state: the next task switch estimates the Fisher on them.
         return {**super().state_dict(), "fisher_sum": self.fisher_sum, "fisher_anchor": self.fisher_anchor,
-                "tasks_consolidated": self.tasks_consolidated}
+                "tasks_consolidated": self.tasks_consolidated, "recent": list(self._recent)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.fisher_sum = dict(state.get("fisher_sum", {}))
         self.fisher_anchor = dict(state.get("fisher_anchor", {}))
         self.tasks_consolidated = state.get("tasks_consolidated", 0)
+        if "recent" in state:
+            self._recent = deque((x.clone(), y.clone()) for x, y in state["recent"])
+            self._recent_count = sum(len(x) for x, _ in self._recent)

@@ -66,3 +66,10 @@ class ReDoAgent(SupervisedAgent):
                 recycled[layer.name] = idx
                 self.recycled_total += int(idx.numel())
         return recycled
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "recycled_total": self.recycled_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.recycled_total = int(state.get("recycled_total", 0))

@@ -79,7 +79,9 @@ class ReservoirBuffer:
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.x, self.y, self.task, self.seen = state["x"], state["y"], state["task"], int(state["seen"])
+        # Copies: add() writes into the tensors in place, which must not change the state they came from.
+        self.x, self.y, self.task = (None if state[k] is None else state[k].clone() for k in ("x", "y", "task"))
+        self.seen = int(state["seen"])
         self.rng.bit_generator.state = state["rng"]
 
 

@@ -69,6 +69,13 @@ class Intervention:
     def step(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What changes during a run and decides later steps (the generator is saved by the agent's base)."""
+        return {"num_steps": self.num_steps, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_steps, self.stats = int(state["num_steps"]), dict(state["stats"])
+
     def _reset(self, i: int, idx: torch.Tensor) -> int:
         from agents.common.units import reinit_units
 
@@ -126,6 +133,14 @@ class CBPHook(Intervention):
     @property
     def age(self) -> list[torch.Tensor]:
         return [st["age"] for st in self.gnt.states]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "gnt": None if self.gnt is None else self.gnt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.gnt is not None and state.get("gnt") is not None:
+            self.gnt.load_state_dict(state["gnt"])
 
     def step(self) -> None:
         replaced = self.gnt.step([self._last.get(i) for i in range(len(self.layers))], self.optimizer)

@@ -17,6 +17,7 @@ saved-and-restored numpy state, so the same seeds give the same run regardless o
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import numpy as np
@@ -122,13 +123,27 @@ class TianshouAgent(Agent):
         return dict(self.intervention.stats) if self.intervention is not None else {}
 
     def state_dict(self) -> dict:
-        return {"algorithm": self.algorithm.state_dict(), "num_env_steps": self.num_env_steps,
-                "num_updates": self.num_updates, "task_id": self.task_id}
+        """Algorithm (networks, optimisers), replay buffer, counters, the numpy state tianshou samples with, the
+        intervention's state and (through the base) every generator the agent owns."""
+        return {**super().state_dict(), "algorithm": self.algorithm.state_dict(), "num_env_steps": self.num_env_steps,
+                "num_updates": self.num_updates, "task_id": self.task_id, "buffer": copy.deepcopy(self.buffer),
+                "numpy_state": self._np_state, "algorithm_iter": getattr(self.algorithm, "_iter", None),
+                "intervention": None if self.intervention is None else self.intervention.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.algorithm.load_state_dict(state["algorithm"])
+        self.matching_streams(state)  # refuse a foreign state before anything changes
+        # A copy: the optimisers would keep (and update in place) the given tensors, another agent's in a round trip.
+        self.algorithm.load_state_dict(copy.deepcopy(state["algorithm"]))
+        if state.get("algorithm_iter") is not None and hasattr(self.algorithm, "_iter"):
+            self.algorithm._iter = int(state["algorithm_iter"])  # DQN's target-sync counter, not in its state_dict
         self.num_env_steps, self.num_updates = state["num_env_steps"], state["num_updates"]
         self.task_id = state.get("task_id")
+        if "buffer" in state:
+            self.buffer = copy.deepcopy(state["buffer"])
+            self._np_state = state["numpy_state"]
+        if self.intervention is not None and state.get("intervention") is not None:
+            self.intervention.load_state_dict(state["intervention"])
+        super().load_state_dict(state)  # the generators (the buffer's included), last
 
 
 class TianshouDQNAgent(TianshouAgent):
@@ -187,6 +202,13 @@ class TianshouDQNAgent(TianshouAgent):
         super().on_task_switch(task_id)
         if self.hparams["eps_reset_on_task"]:
             self._eps_origin = self.num_env_steps
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "eps_origin": self._eps_origin}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._eps_origin = int(state.get("eps_origin", 0))
 
 
 class TianshouPPOAgent(TianshouAgent):
