@@ -68,3 +68,67 @@ def test_value_parsing():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "clenv.app.cli", "list"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "PermutedMNIST-v0" in out.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--agent", "base", "--seed", "-1"], "integers >= 0, got -1"),
+    (["compare", "--agents", "base", "--seeds", "0,x"], "integers >= 0, got 'x'"),
+    (["compare", "--agents", "base,crleu", "--seeds", "0"], "unknown agent 'crleu'; did you mean 'crelu'?"),
+    (["run", "--agent", "base", "--agent-set", "lr=fast"], "hyperparameter lr='fast' should be a number"),
+    (["run", "--agent", "base", "--env-set", "batch_size=abc"], "batch_size"),
+    (["run", "--agent", "base", "--total-steps", "0"], "--total-steps must be >= 1"),
+    (["run", "--agent", "base", "--eval-set", "forget=true"], "--eval-set"),
+])
+def test_bad_input_is_refused_before_any_run_starts(argv, message, capsys, tmp_path):
+    out = tmp_path / "runs"
+    assert main([*argv, "--env", "RandomLabelDigits-v0", *SMALL, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line, no traceback
+    assert not out.exists()  # nothing ran, nothing was written (old code: base ran to the end before crleu failed)
+
+
+def test_a_gymnasium_env_that_is_not_a_stream_is_named(capsys):
+    assert main(["run", "--env", "CartPole-v1", "--agent", "base", "--no-save"]) == 2
+    assert "'CartPole-v1' is a gymnasium env, not a clenv stream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["file", "readonly"])
+def test_an_unusable_out_is_refused_before_the_compute(kind, tmp_path, capsys, monkeypatch):
+    import clenv.app.cli as cli
+
+    ran = []
+    monkeypatch.setattr(cli, "execute", lambda *a, **k: ran.append(a))
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("not a directory")
+    else:
+        out.mkdir()
+        out.chmod(0o500)
+        if __import__("os").access(out, __import__("os").W_OK):  # root ignores the mode bits
+            pytest.skip("running as root: a read-only directory is still writable")
+    assert main(["run", "--env", "RandomLabelDigits-v0", "--agent", "base", "--out", str(out), *SMALL]) == 2
+    assert "--out" in capsys.readouterr().err and not ran
+
+
+def test_evaluate_alone_attaches_the_default_evaluation(tmp_path):
+    assert main(["run", "--env", "RandomLabelDigits-v0", "--agent", "base", "--evaluate", "--out", str(tmp_path),
+                 "--no-progress", *SMALL]) == 0
+    (f,) = tmp_path.rglob("result.json")
+    doc = json.loads(f.read_text())
+    assert doc["config"]["identity"]["evaluation"] == {} and "probe_time_s" in doc["metrics"]
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce", "compare"])
+def test_ctrl_c_ends_any_command_with_one_line(command, capsys, monkeypatch, tmp_path):
+    import clenv.app.spec as spec
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spec.ResolvedRun, "build_agent", interrupted)
+    argv = {"sweep": ["sweep", "--env", "RandomLabelDigits-v0", "--agents", "base", "--backend", "sequential"],
+            "reproduce": ["reproduce", "table2", "--agents", "ViT", "--seeds", "0", "--env", "RandomLabelDigits-v0"],
+            "compare": ["compare", "--env", "RandomLabelDigits-v0", "--agents", "base"]}[command]
+    assert main([*argv, *SMALL, "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

@@ -123,7 +123,7 @@ def test_checkpointed_run_resumes_mid_stream(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change,pattern", [
-    (dict(agnets=["base"]), r"unknown sweep config key\(s\) 'agnets' \(did you mean 'agents'\?\)"),
+    (dict(agnets=["base"]), r"unknown sweep config key\(s\) 'agnets'; did you mean 'agents'\?"),
     (dict(agents=["base", "nope"]), r"'agents': unknown agent 'nope'"),
     (dict(agents=["base", "crleu"]), r"'agents': unknown agent 'crleu'; did you mean 'crelu'\?"),
     (dict(envs=["RandomLabelDigit-v0"]), r"'envs': unknown env id 'RandomLabelDigit-v0'; did you mean "

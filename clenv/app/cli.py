@@ -66,7 +66,7 @@ def cmd_list(args) -> int:
 
 
 def _common(args) -> tuple[dict, dict, Path | None, dict | None]:
-    """Everything a run / compare needs, checked before any compute: threads, kwargs, evaluation, ``--out``."""
+    """Threads, kwargs, evaluation and the results root of a run / compare (``--out`` is checked by :func:`_specs`)."""
     import torch
 
     if args.threads < 1:
@@ -84,8 +84,7 @@ def _common(args) -> tuple[dict, dict, Path | None, dict | None]:
             clenv.Evaluation(**evaluation)
         except (TypeError, ValueError) as err:
             raise UsageError(f"--eval-set: {err}") from None
-    out = None if args.no_save else check_out(args.out)
-    return env_kwargs, agent_kwargs, out, evaluation
+    return env_kwargs, agent_kwargs, None if args.no_save else Path(args.out), evaluation
 
 
 def _specs(args, names: list[str], seeds: list[int]) -> list:
@@ -95,7 +94,7 @@ def _specs(args, names: list[str], seeds: list[int]) -> list:
         check_agent(name)
     runs = [RunSpec(args.env, name, seed, env_kwargs, agent_kwargs, args.total_steps, evaluation).resolve()
             for name in names for seed in seeds]
-    return runs, out
+    return runs, None if out is None else check_out(out)
 
 
 def cmd_run(args) -> int:

@@ -41,7 +41,6 @@ Without ``evaluation`` the online metrics (``avg_online_acc``, ``online_acc_last
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.util
 import itertools
 import json
@@ -166,9 +165,8 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
         raise SweepConfigError(f"a sweep config is a mapping, got {type(doc).__name__}")
     unknown = [k for k in doc if k not in KEYS]
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), KEYS, 1)) else "")
-                 for k in unknown]
-        raise SweepConfigError(f"unknown sweep config key(s) {', '.join(hints)}; valid keys: {', '.join(KEYS)}")
+        hints = [f"{k!r}{suggest(str(k), KEYS)}" for k in unknown]
+        raise SweepConfigError(f"unknown sweep config key(s) {', '.join(hints)} (valid keys: {', '.join(KEYS)})")
     d = {**_DEFAULTS, **{k: v for k, v in doc.items()}}
     if d["envs"] is None:
         raise SweepConfigError("'envs' is required: the env ids to sweep (e.g. [RandomLabelDigits-v0])")
