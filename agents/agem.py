@@ -2,7 +2,8 @@
 
 After the stream batch's backward pass: g is the gradient over all trainable parameters as one vector; g_ref the
 gradient of the loss on a random memory batch at the same parameters (gradients zeroed between the two backward
-passes; the memory forward runs in training mode). If ``g . g_ref < 0``, g is replaced by
+passes; the memory forward runs in training mode, as an auxiliary forward: BatchNorm normalises with the memory
+batch's statistics but no running statistic of the agent, BatchNorm's or a method's, is updated from it). If ``g . g_ref < 0``, g is replaced by
 ``g - (g . g_ref / g_ref . g_ref) g_ref``; otherwise it is used unchanged. The optimiser then steps (its weight decay
 and momentum apply after the projection).
 
@@ -49,7 +50,8 @@ class AGEMAgent(ReplayMemoryMixin, SupervisedAgent):
         for p in params:
             p.grad = None
         mx, my = self.memory_batch()
-        F.cross_entropy(self.forward(mx), my).backward()
+        with self.auxiliary_forward():  # train mode, but no statistic of the agent sees the memory batch
+            F.cross_entropy(self.forward(mx), my).backward()
         g_ref = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
         g_new, projected = agem_project(g, g_ref)
         self.projections += int(projected)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
 
-__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams"]
+__all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams",
+           "frozen_statistics"]
 
 #: The random generator types an agent may own; their states are part of the agent's state (see random_streams).
 RANDOM_TYPES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
@@ -170,6 +171,31 @@ class Agent:
 
 
 @contextlib.contextmanager
+def frozen_statistics(module: nn.Module):
+    """Forward passes of ``module`` inside the block leave its running statistics as they are.
+
+    BatchNorm layers stop updating their running mean / variance and batch count (in train mode they still normalise
+    with the batch's statistics, as the training step does; in eval mode they use the running ones as always); every
+    submodule with a ``statistics_frozen`` attribute (e.g. :class:`agents.neumosync.NeuMoSyncNetwork`, whose neuron
+    activity statistics are fed by training passes) sees it True. Both are restored on exit, nested blocks included.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    flagged = [m for m in module.modules() if hasattr(m, "statistics_frozen")]
+    before = [m.statistics_frozen for m in flagged]
+    for m in norms:
+        m.track_running_stats = False
+    for m in flagged:
+        m.statistics_frozen = True
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+        for m, b in zip(flagged, before):
+            m.statistics_frozen = b
+
+
+@contextlib.contextmanager
 def seeded(seed: int):
     """Run the block with torch's global RNG seeded to ``seed`` and restore it afterwards: network
     (re)initialisations are reproducible without disturbing any other random stream."""
@@ -235,6 +261,7 @@ class SupervisedAgent(Agent):
         self.optimizer = self.build_optimizer()
         self.task_id: int | None = None
         self.num_updates = 0
+        self.auxiliary = False  # True inside auxiliary_forward(): the forward pass is not the training step's
         self._cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ construction hooks
@@ -289,13 +316,36 @@ class SupervisedAgent(Agent):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits in evaluation mode without gradients (probes, held-out accuracy)."""
+        """Logits in evaluation mode without gradients (probes, held-out accuracy); an auxiliary forward, so it
+        changes no statistic of the agent."""
         was = self.network.training
         self.network.eval()
         try:
-            return self.forward(x)
+            with self.auxiliary_forward():
+                return self.forward(x)
         finally:
             self.network.train(was)
+
+    @contextlib.contextmanager
+    def auxiliary_forward(self):
+        """Forward passes inside the block are not the training step's (a replay memory's gradient, a probe, a
+        score): they leave every running statistic of the agent unchanged. BatchNorm running statistics and the
+        statistics of networks with a ``statistics_frozen`` flag are frozen (:func:`frozen_statistics`), and
+        ``self.auxiliary`` is True, which a method that records statistics from its forward pass checks (see
+        :attr:`records_statistics`). Gradients and train / eval mode are whatever the caller has."""
+        before = self.auxiliary
+        self.auxiliary = True
+        try:
+            with frozen_statistics(self.network):
+                yield
+        finally:
+            self.auxiliary = before
+
+    @property
+    def records_statistics(self) -> bool:
+        """Whether the forward pass running now is a training forward whose statistics a method may record
+        (activations for CBP's utilities, HAT's gates): train mode, gradients on, not an auxiliary forward."""
+        return self.network.training and torch.is_grad_enabled() and not self.auxiliary
 
     # ------------------------------------------------------------------ contract
     def act(self, obs, info):
@@ -326,7 +376,7 @@ class SupervisedAgent(Agent):
         if not self.network.training:
             self.network.train()
         xb, yb = self.training_batch(x, y)
-        if logits is None or xb is not x:
+        if logits is None or xb is not x or not logits.requires_grad:
             logits = self.forward(xb)
         loss = self.loss(logits, yb)
         self.optimizer.zero_grad(set_to_none=True)

@@ -169,7 +169,7 @@ class CBPAgent(SupervisedAgent):
 
     # Record the post-activations of the training forward pass (the one whose loss is backpropagated).
     def forward(self, x):
-        if not (torch.is_grad_enabled() and self.network.training):
+        if not self.records_statistics:
             return super().forward(x)
         with self.network.capture() as cap:
             out = super().forward(x)

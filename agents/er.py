@@ -22,6 +22,14 @@ class ERAgent(ReplayMemoryMixin, SupervisedAgent):
     NAME = "er"
     DEFAULTS = dict(optimizer="sgd", lr=1e-2)
 
+    def act(self, obs, info):
+        # With a non-empty memory the step trains on a second forward pass over stream + replay batch: this one
+        # only answers, so it must not update BatchNorm or any method's statistics.
+        if len(self.memory) == 0:
+            return super().act(obs, info)
+        with self.auxiliary_forward():
+            return super().act(obs, info)
+
     def training_batch(self, x, y):
         x, y = super().training_batch(x, y)
         if len(self.memory) == 0:

@@ -53,8 +53,9 @@ class EWCAgent(SupervisedAgent):
         x = torch.cat([b[0] for b in self._recent])[-self.hparams["fisher_samples"]:]
         y = torch.cat([b[1] for b in self._recent])[-self.hparams["fisher_samples"]:]
         g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
-        fisher = diagonal_fisher(self.network, x, y, labels=self.hparams["fisher_labels"], generator=g,
-                                 forward=self._fisher_forward())
+        with self.auxiliary_forward():
+            fisher = diagonal_fisher(self.network, x, y, labels=self.hparams["fisher_labels"], generator=g,
+                                     forward=self._fisher_forward())
         decay = float(self.hparams["ewc_decay"])
         params = dict(self.network.named_parameters())
         for n, f in fisher.items():

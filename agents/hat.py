@@ -120,7 +120,7 @@ class HATAgent(SupervisedAgent):
         for layer, g in zip(self.network.unit_layers, gates):
             k = getattr(layer.activation, "width_factor", 1)
             layer.activation.hat_mask = g.repeat(k) if k > 1 else g
-        if self.network.training and torch.is_grad_enabled():
+        if self.records_statistics:
             self._train_gates, self._train_s = gates, s
         try:
             feats = self.network.body(x)

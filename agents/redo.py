@@ -50,7 +50,7 @@ class ReDoAgent(SupervisedAgent):
         was = self.network.training
         self.network.eval()
         try:
-            with self.network.capture() as cap:
+            with self.network.capture() as cap, self.auxiliary_forward():
                 self.forward(x)
         finally:
             self.network.train(was)

@@ -78,6 +78,9 @@ class NeuMoSyncNetwork(nn.Module):
         self.register_buffer("_mask", mask, persistent=False)
         self.register_buffer("_offset", _OFFSET.clone(), persistent=False)
         self.last_alphas: torch.Tensor | None = None  # (B or 1, N, 4), the last training pass, detached
+        # Set by agents.base.frozen_statistics around forwards that are not the training step's (replay gradients,
+        # probes): those must not feed the activity statistics or the trace.
+        self.statistics_frozen = False
 
     # ------------------------------------------------------------------ backbone view
     @property
@@ -120,9 +123,10 @@ class NeuMoSyncNetwork(nn.Module):
     @contextlib.contextmanager
     def _modulated(self, x):
         alphas = self.alphas(x)
-        if self.training:
+        record = self.training and not getattr(self, "statistics_frozen", False)
+        if record:
             self.last_alphas = alphas.detach()
-        self.ctx.alphas, self.ctx.record = self._split(alphas), self.training
+        self.ctx.alphas, self.ctx.record = self._split(alphas), record
         try:
             yield
         finally:
