@@ -1,4 +1,5 @@
-"""Checkpoint and resume long runs: ``clenv.Checkpoint(directory, every=N)`` and ``clenv.resume(directory, env, agent)``.
+"""Checkpoint and resume long runs: ``clenv.Checkpoint(directory, every=N)`` and ``clenv.resume(directory, env,
+agent)``.
 
 Usage::
 

@@ -146,8 +146,8 @@ class LoopState:
 
     Callbacks see it in :meth:`Callback.on_step_boundary`; :meth:`state_dict` is what a checkpoint saves of the loop,
     and ``run(start=LoopState.from_state_dict(...))`` continues from it. ``callback_states`` (the states of the
-    stateful callbacks, :func:`stateful`, in their order) and ``rng`` (:func:`clenv.seeding.global_rng_state`) are restored by :func:`run` after
-    the callbacks' ``on_run_start``."""
+    stateful callbacks, :func:`stateful`, in their order) and ``rng`` (:func:`clenv.seeding.global_rng_state`) are
+    restored by :func:`run` after the callbacks' ``on_run_start``."""
 
     obs: Any
     info: dict
@@ -351,7 +351,8 @@ def return_metrics(task_return, windows=(0.1, 0.25, 1.0)) -> dict[str, float]:
     out = {"avg_task_return": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")}
     for f in windows:
         last = r[-window_size(r.size, f):] if r.size else r
-        out[f"task_return_last{int(round(f * 100))}"] = float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+        mean = float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
+        out[f"task_return_last{int(round(f * 100))}"] = mean
     return out
 
 

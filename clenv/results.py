@@ -10,8 +10,8 @@ Layout of a run directory::
 
 ``result.json`` is written last and names its arrays file (named by a hash of its bytes), so a directory with it is
 complete, and rewriting a run folder never pairs one save's JSON with another's arrays: a reader sees the old pair
-or the new one. Arrays files no ``result.json`` names are removed after the new JSON is in place. Non-finite floats are stored as null (strict
-JSON); metrics and task accuracies read back as NaN, other JSON records keep None.
+or the new one. Arrays files no ``result.json`` names are removed after the new JSON is in place. Non-finite floats
+are stored as null (strict JSON); metrics and task accuracies read back as NaN, other JSON records keep None.
 """
 
 from __future__ import annotations

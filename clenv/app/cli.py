@@ -129,7 +129,8 @@ def cmd_compare(args) -> int:
     for resolved in runs:
         result, _ = execute(resolved, out=out, progress=not args.no_progress)
         results.append(result)
-        print(f"  {resolved.spec.agent} seed {resolved.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}%, "
+        s = resolved.spec
+        print(f"  {s.agent} seed {s.seed}: avg online acc {result.average_accuracy * 100:.2f}%, "
               f"last 25% tasks {result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)",
               flush=True)
     print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s in all")

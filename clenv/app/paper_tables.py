@@ -1,16 +1,10 @@
 """The papers' reference numbers, stored as data: what ``clenv reproduce`` runs and compares against.
 
-Two things live here:
-
-- :data:`BENCHMARKS`: each benchmark of the NeuMoSync paper as a protocol: the paper's env id, the env that stands in
-  for it on machines that only have Fashion-MNIST, the protocol changes a setting makes (the forgetting experiments
-  of Appendix F use 10 Permuted-MNIST tasks and the wide CNN), the probe budget gamma. A benchmark's ``key`` also
-  names the hyperparameter row that ``agents.paper_hparams`` applies (clenv never imports agents; the key is the
-  shared vocabulary).
-- :data:`TABLES`: the paper's result tables. Rows are kept as the paper prints them ("mean (spread)" per cell, in
-  percent) and parsed on import, so each row can be checked against the paper's text. Every cell names a clenv
-  metric (:mod:`clenv.metrics`, :data:`clenv.report.TABLES`) and every method the agent (and hyperparameters) that
-  runs it.
+:data:`TABLES` holds the paper's result tables; their columns and cells name benchmarks by the keys of
+:data:`clenv.protocols.BENCHMARKS` (the protocols themselves, in the library). Rows are kept as the paper prints
+them ("mean (spread)" per cell, in percent) and parsed on import, so each row can be checked against the paper's
+text. Every cell names a clenv metric (:mod:`clenv.metrics`, :data:`clenv.app.report.TABLES`) and every method the
+agent (and hyperparameters) that runs it.
 
 Metric choices worth knowing: Table 1's "Average Final Accuracy" and Table 4's "Acc" are the average online task
 accuracy over all tasks (``avg_online_acc``): NeuMoSync's 64.74 on Random-Label CIFAR-10 is the same number as its
@@ -24,9 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Benchmark", "Method", "Cell", "PaperTable", "BENCHMARKS", "TABLES", "table", "table_ids",
-           "benchmark", "normalize_table_id", "protocol_kwargs", "paper_steps_per_task", "steps_per_task"]
-
+__all__ = ["Method", "Cell", "PaperTable", "TABLES", "table", "table_ids", "normalize_table_id", "parse_rows"]
 
 
 @dataclass(frozen=True)

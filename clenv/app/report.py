@@ -13,9 +13,10 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 - plasticity diagnostics at the last task end.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
-appears only when some run has its own metrics (the online columns a probe table repeats for context do not count). Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and
-``learning_curves.png``, ``accuracy_matrix.png``, ``stability_gap.png``, ``diagnostics.png`` into ``--out``
-(default ``./report``), and prints the tables.
+appears only when some run has its own metrics (the online columns a probe table repeats for context do not count).
+Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and ``learning_curves.png``,
+``accuracy_matrix.png``, ``stability_gap.png``, ``diagnostics.png`` into ``--out`` (default ``./report``), and
+prints the tables.
 """
 
 from __future__ import annotations

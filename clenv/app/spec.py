@@ -36,7 +36,8 @@ from typing import Any, Sequence
 from clenv.checkpoint import FREE_ENV_CONFIG
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "parse_value", "parse_assignments", "parse_seeds",
-           "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key", "group_identity"]
+           "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
+           "group_identity"]
 
 
 class UsageError(Exception):

@@ -226,7 +226,8 @@ def _check_names(cfg: SweepConfig) -> None:
 
     for env_id in cfg.envs:
         if env_id.split(":")[-1] not in clenv.env_ids():
-            raise SweepConfigError(f"'envs': unknown env id {env_id!r}{suggest(env_id.split(':')[-1], clenv.env_ids())}")
+            hint = suggest(env_id.split(":")[-1], clenv.env_ids())
+            raise SweepConfigError(f"'envs': unknown env id {env_id!r}{hint}")
     for name in cfg.agents:
         try:
             check_agent(name)
@@ -379,7 +380,7 @@ def _run_on_ray(cfg: SweepConfig, pending: list, collect, log, by_key: dict) -> 
             ready, waiting = ray.wait(waiting, num_returns=1)
             for ref in ready:
                 i += 1
-                collect(ray.get(ref), i, refs[ref])  # saved as soon as it is back: a dead driver loses only running runs
+                collect(ray.get(ref), i, refs[ref])  # saved as it comes back: a dead driver loses only running runs
     finally:
         if started:
             ray.shutdown()
