@@ -146,6 +146,26 @@ class Agent:
     def on_task_switch(self, task_id) -> None:
         """Called before the first step of each task (``task_id`` None when ids are hidden)."""
 
+    #: True iff ``seed`` was passed to the constructor (``agents.make(name, env, seed=3)``); the run seed seeds an
+    #: agent made without one (``clenv.run`` calls :meth:`reseed`). Set by each base's constructor.
+    seed_explicit = False
+
+    def construction_env(self):
+        """What :meth:`reseed` passes as ``env`` to rebuild this agent (a base that can rebuild without the env
+        returns what its constructor accepts instead)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be rebuilt without its env")
+
+    def reseed(self, seed: int) -> None:
+        """Put the agent exactly in the state it would have had if it had been constructed with ``seed=seed`` (the
+        other hyperparameters unchanged): network initialisation, optimiser state and every generator it owns, all
+        rebuilt; ``hparams["seed"]`` records the seed. ``seed_explicit`` and ``hparam_source`` keep their values.
+        Anything trained so far is discarded, so call it before the run (the loop does)."""
+        twin = type(self)(self.construction_env(), **{**getattr(self, "hparams", {}), "seed": int(seed)})
+        keep = {k: self.__dict__[k] for k in ("hparam_source", "seed_explicit") if k in self.__dict__}
+        self.__dict__.clear()
+        self.__dict__.update(twin.__dict__)
+        self.__dict__.update(keep)
+
     def state_dict(self) -> dict:
         return {"random_streams": {path: _stream_state(g) for path, g in random_streams(self).items()}}
 
@@ -249,6 +269,7 @@ class SupervisedAgent(Agent):
 
     def __init__(self, env, **hparams):
         self.hparams = resolve_hparams(type(self), hparams)
+        self.seed_explicit = "seed" in hparams
         clip = self.hparams["max_grad_norm"]
         if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0):
             raise ValueError(f"max_grad_norm must be a positive number or None (no clipping), got {clip!r}")
@@ -280,6 +301,9 @@ class SupervisedAgent(Agent):
                 "backbone": row.backbone if row and row.backbone else "mlp",
                 "task_aware": bool(getattr(u, "task_aware", False)),
                 "num_tasks": int(getattr(u, "num_tasks", 1)), "device": str(getattr(u, "device", "cpu"))}
+
+    def construction_env(self) -> dict:
+        return dict(self.env_spec)
 
     def backbone_options(self) -> dict:
         h = self.hparams

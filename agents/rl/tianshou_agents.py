@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import types
 from typing import Any
 
 import numpy as np
@@ -46,13 +47,12 @@ class TianshouAgent(Agent):
         from gymnasium import spaces
 
         self.hparams = resolve_hparams(type(self), hparams)
-        u = getattr(env, "unwrapped", env)
+        self.seed_explicit = "seed" in hparams
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(act_space, spaces.Discrete):
             raise TypeError(f"{self.NAME} needs a Discrete action space, got {act_space}")
         if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
             raise TypeError(f"{self.NAME} needs a 1-D Box observation space (a vector), got {obs_space}")
-        del u
         self.observation_space, self.action_space = obs_space, act_space
         self.obs_dim, self.num_actions = int(obs_space.shape[0]), int(act_space.n)
         self.device = torch.device(self.hparams["device"])
@@ -70,6 +70,10 @@ class TianshouAgent(Agent):
                                                   **(self.hparams["intervention_kwargs"] or {}))
         with seeded(seed):
             self.build()
+
+    def construction_env(self):
+        # The constructor reads only the two spaces.
+        return types.SimpleNamespace(observation_space=self.observation_space, action_space=self.action_space)
 
     def backbone(self, num_outputs: int):
         from agents.rl.networks import build_rl_backbone
