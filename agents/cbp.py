@@ -13,7 +13,11 @@ After every optimiser step, generate-and-test on each hidden unit layer (spec se
    utility, mean activation and age are set to 0.
 
 Zero outgoing weights make the re-drawn incoming weights invisible at the moment of replacement. ``utility="
-adaptable"`` uses the ``adaptable_contribution`` variant ``mean|w_out| * |h - h_mean| / mean|w_in|``. With
+adaptable"`` uses the ``adaptable_contribution`` variant of the authors' ``gnt.py`` / ``convGnT.py``:
+``mean_k |w_out[k, i]| * mean_batch |h_i - h_bar_i| / mean_j |w_in[i, j]|``, where ``h_bar_i`` is the
+bias-corrected EMA (decay ``decay_rate``) of the unit's signed batch-mean activation (conv: the deviation is taken at
+every position and averaged, the mean is the channel's; CReLU / Fourier branches each have their own mean and their
+deviations are summed). With
 ``absorb_mean=True`` (the MLP algorithm ``gnt.py``) a Linear consumer's bias also absorbs the removed unit's mean
 contribution, so the batch-mean output is kept too.
 
@@ -67,9 +71,10 @@ class GenerateAndTest:
         self.states = []
         for l in self.layers:
             dev = l.incoming.weight.device
+            branches = getattr(l.activation, "width_factor", 1)
             self.states.append({"age": torch.zeros(l.num_units, dtype=torch.long, device=dev),
                                 "util": torch.zeros(l.num_units, device=dev),
-                                "mean_act": torch.zeros(l.num_units, device=dev),
+                                "mean_act": torch.zeros(branches, l.num_units, device=dev),
                                 "mean_col": torch.zeros(l.out_map.numel(), device=dev),
                                 "accum": 0.0})
 
@@ -88,9 +93,12 @@ class GenerateAndTest:
             if self.utility == "contribution":
                 new = act * _mean_abs_out(layer)
             else:
-                st["mean_act"].mul_(eta).add_((1 - eta) * act)
+                per_branch = _branches(h, st["mean_act"].shape[0])  # (B, branches, units, positions)
+                st["mean_act"].mul_(eta).add_((1 - eta) * per_branch.mean((0, 3)))
                 mean_hat = st["mean_act"] / (1 - eta ** st["age"].double()).float().clamp_min(1e-12)
-                new = _mean_abs_out(layer) * (act - mean_hat).abs() / _mean_abs_in(layer).clamp_min(1e-12)
+                # batch (and position) mean of |h - h_bar|, branches summed as in unit_activity
+                spread = (per_branch - mean_hat[None, :, :, None]).abs().mean((0, 3)).sum(0)
+                new = _mean_abs_out(layer) * spread / _mean_abs_in(layer).clamp_min(1e-12)
             st["util"].mul_(eta).add_((1 - eta) * new)
             if self.absorb_mean:
                 st["mean_col"].mul_(eta).add_((1 - eta) * _column_means(h, layer))
@@ -109,8 +117,8 @@ class GenerateAndTest:
             if self.absorb_mean:
                 _absorb_into_bias(layer, idx, st["mean_col"])
             reinit_units(layer, idx, optimizer, generator=self.generator, reset_momentum=self.reset_momentum)
-            for key in ("util", "mean_act", "age"):
-                st[key][idx] = 0
+            st["util"][idx], st["age"][idx] = 0, 0
+            st["mean_act"][:, idx] = 0
             replaced[i] = idx
             self.replaced_total += n_new
         return replaced
@@ -120,9 +128,17 @@ class GenerateAndTest:
 
     def load_state_dict(self, state: dict) -> None:
         # Copies: the states are updated in place, which must not write into the dict they came from.
-        self.states = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-                       for s in state["states"]]
+        states = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for s in state["states"]]
+        for st in states:
+            if st["mean_act"].dim() == 1:  # saved before the mean was kept per branch: one branch
+                st["mean_act"] = st["mean_act"][None]
+        self.states = states
         self.replaced_total = int(state.get("replaced_total", 0))
+
+
+def _branches(h: torch.Tensor, branches: int) -> torch.Tensor:
+    """Post-activations (B, branches * units[, H, W]) -> (B, branches, units, positions)."""
+    return h.reshape(h.shape[0], branches, h.shape[1] // branches, -1)
 
 
 def _column_means(h: torch.Tensor, layer) -> torch.Tensor:
@@ -160,7 +176,7 @@ class CBPAgent(SupervisedAgent):
 
     @property
     def cbp_state(self) -> dict[str, dict]:
-        """Per-layer state (age, util, mean_act, accum) by layer name."""
+        """Per-layer state (age, util, mean_act (branches, units), accum) by layer name."""
         return {l.name: st for l, st in zip(self.gnt.layers, self.gnt.states)}
 
     @property
