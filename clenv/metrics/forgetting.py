@@ -6,8 +6,10 @@ not measured are NaN). ``b[j]`` is the accuracy of the randomly initialised mode
 Definitions (shared/specs/methods.md section 7.1, NeuMoSync Appendix F, FTN Tables 1-3):
 
 - ACC = (1/T) sum_j R[T-1, j]                                    (GEM)
-- AF_chaudhry = (1/(T-1)) sum_{j<T-1} (max_{l<T-1} R[l, j] - R[T-1, j])   (RWalk; lower is better; the max runs over
-  every earlier checkpoint l, not only l = j)
+- AF_chaudhry = (1/(T-1)) sum_{j<T-1} (max_{j<=l<T-1} R[l, j] - R[T-1, j])   (RWalk; lower is better; the max runs
+  over the checkpoints from the one where task j was learned to the one before the last, as every reference
+  implementation computes it (the RWalk and A-GEM code); checkpoints taken before task j was trained measure an
+  untrained task and are not forgetting)
 - AF_neumosync = (1/(T-1)) sum_{j<T-1} R[T-1, j]                 (NeuMoSync App. F "average forgetting": the final
   accuracy on previous tasks; higher is better; a different quantity under the same name, hence two names)
 - BWT = (1/(T-1)) sum_{j<T-1} (R[T-1, j] - R[j, j])              (Lopez-Paz & Ranzato)
@@ -48,13 +50,14 @@ def accuracy_curve(R) -> np.ndarray:
 
 
 def af_chaudhry(R) -> float:
-    """Average forgetting after the last task (Chaudhry et al. 2018): the mean over tasks j < T-1 of
-    max_{l<T-1} R[l, j] - R[T-1, j]. NaN with a single task."""
+    """Average forgetting after the last task (Chaudhry et al. 2018, RWalk): the mean over tasks j < T-1 of
+    max_{j<=l<T-1} R[l, j] - R[T-1, j], the drop from the best accuracy reached once task j was learned. NaN with a
+    single task. For accuracies it equals :func:`forgetting_measure`."""
     R = _matrix(R)
     T = R.shape[0]
     if T < 2:
         return float("nan")
-    best = np.nanmax(R[:T - 1, :T - 1], axis=0)
+    best = np.array([np.nanmax(R[j:T - 1, j]) for j in range(T - 1)])
     return float(np.mean(best - R[T - 1, :T - 1]))
 
 
