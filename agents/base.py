@@ -7,15 +7,24 @@ Contract (what ``clenv.run`` calls)::
     on_task_switch(task_id | None) -> None                                        # optional
     state_dict() / load_state_dict(state)                                         # checkpoints and probes
 
-:class:`SupervisedAgent` writes the training step once. A method overrides hooks, each of which calls ``super()`` so
-that methods compose by class composition (``agents.make("cbp+er", env)`` builds a class with both as bases):
+:class:`SupervisedAgent` writes the training step once. A method overrides hooks (public methods), each of which
+calls ``super()`` so that methods compose by class composition (``agents.make("cbp+er", env)`` builds a class with
+both as bases); docs/agents.md lists them with their signatures:
 
-- ``build_network()``: the model (default: the env's paper backbone, see ``clenv.protocol``);
+- ``read_env(env)`` (classmethod): the ``env_spec`` dict the agent is built from;
+- ``backbone_options()``, ``build_network()``: the model (default: the env's paper backbone, see ``clenv.protocol``);
+- ``parameters_to_optimize()``, ``build_optimizer()``: what trains and how;
+- ``preprocess(obs)``, ``forward(x)``: inputs and logits;
 - ``training_batch(x, y)``: the batch the step trains on (replay appends to it);
-- ``regularizer()``: a loss term added to cross-entropy (L2, L2Init, EWC);
+- ``loss(logits, y)``, ``regularizer()``: cross-entropy plus a loss term (L2, L2Init, EWC);
 - ``before_update()``: after ``backward``, before ``optimizer.step`` (gradient projection: A-GEM);
 - ``after_update(x, y)``: after the step (unit replacement: CBP, ReDo; EMAs: Hare & Tortoise, NeuMoSync);
-- ``on_task_switch(task_id)``: task boundaries (reinitialisation, Fisher estimates, Shrink & Perturb).
+- ``on_task_switch(task_id)``: task boundaries (reinitialisation, Fisher estimates, Shrink & Perturb);
+- ``state_dict()`` / ``load_state_dict(state)``: the method's own state (the base saves every generator the agent
+  owns by itself).
+
+Forward passes that are not the training step run inside ``auxiliary_forward()`` and change no statistic;
+``seed_explicit`` and ``reseed(seed)`` implement the agent's half of the run's seed rule.
 """
 
 from __future__ import annotations
@@ -274,7 +283,7 @@ class SupervisedAgent(Agent):
         if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0):
             raise ValueError(f"max_grad_norm must be a positive number or None (no clipping), got {clip!r}")
         # ``env`` may be an env or the ``env_spec`` dict of another agent (how fresh() rebuilds without the env).
-        self.env_spec = dict(env) if isinstance(env, dict) else self._read_env(env, getattr(env, "unwrapped", env))
+        self.env_spec = dict(env) if isinstance(env, dict) else self.read_env(env)
         self.device = torch.device(self.hparams["device"] or self.env_spec["device"])
         self.num_outputs = self.env_spec["num_outputs"]
         with seeded(int(self.hparams["seed"])):
@@ -286,10 +295,15 @@ class SupervisedAgent(Agent):
         self._cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ construction hooks
-    @staticmethod
-    def _read_env(env, u) -> dict:
+    @classmethod
+    def read_env(cls, env) -> dict:
+        """The ``env_spec`` dict the agent is built from (input shape, outputs, action type, paper backbone,
+        task awareness, number of tasks, device). Called once by the constructor, before ``build_network``; a
+        method that needs more of the env extends it (``spec = super().read_env(env)``) so that ``fresh()`` and
+        ``reseed()`` can rebuild the agent from the dict alone."""
         from clenv import protocol
 
+        u = getattr(env, "unwrapped", env)
         space = u.observation_space
         x_space = space["x"] if hasattr(space, "spaces") and "x" in getattr(space, "spaces", {}) else space
         num = getattr(u, "num_classes", None)

@@ -45,9 +45,10 @@ class HATAgent(SupervisedAgent):
     DEFAULTS = dict(optimizer="adam", lr=1e-3, s_max=400.0, hat_lambda=0.1, multi_head=True, anneal_steps=None,
                     clamp_embedding=6.0)
 
-    @staticmethod
-    def _read_env(env, u) -> dict:
-        spec = SupervisedAgent._read_env(env, u)
+    @classmethod
+    def read_env(cls, env) -> dict:
+        spec = super().read_env(env)
+        u = getattr(env, "unwrapped", env)
         spt = getattr(u, "steps_per_task", None)
         spec["steps_per_task"] = int(spt(0)) if callable(spt) else None
         return spec

@@ -33,9 +33,10 @@ class MetaEnvMixin(SupervisedAgent):
     DEFAULTS = dict(meta_steps=1000, inner_steps=5, inner_lr=1e-2, meta_batch=4, meta_lr=1e-3, query_size=64,
                     first_order=False, meta_samples_per_task=None, meta_seed=None)
 
-    @staticmethod
-    def _read_env(env, u) -> dict:
-        spec = SupervisedAgent._read_env(env, u)
+    @classmethod
+    def read_env(cls, env) -> dict:
+        spec = super().read_env(env)
+        u = getattr(env, "unwrapped", env)
         spec["env_config"] = dict(getattr(u, "config", {}) or {}) or None
         spec["batch_size"] = int(getattr(u, "batch_size", 16))
         return spec
