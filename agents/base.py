@@ -168,8 +168,14 @@ class Agent:
         """Put the agent exactly in the state it would have had if it had been constructed with ``seed=seed`` (the
         other hyperparameters unchanged): network initialisation, optimiser state and every generator it owns, all
         rebuilt; ``hparams["seed"]`` records the seed. ``seed_explicit`` and ``hparam_source`` keep their values.
-        Anything trained so far is discarded, so call it before the run (the loop does)."""
-        twin = type(self)(self.construction_env(), **{**getattr(self, "hparams", {}), "seed": int(seed)})
+        Anything trained so far is discarded, so call it before the run (the loop does). The agent object stays the
+        same, but its network, optimiser and other members are new objects: re-read ``agent.network`` after it. An
+        untrained agent (no update yet) that already has this seed is left as it is, which is the same state."""
+        hparams = getattr(self, "hparams", {})
+        untrained = getattr(self, "num_updates", 1) == 0 and getattr(self, "num_env_steps", 0) == 0
+        if untrained and int(hparams.get("seed", -1)) == int(seed):
+            return
+        twin = type(self)(self.construction_env(), **{**hparams, "seed": int(seed)})
         keep = {k: self.__dict__[k] for k in ("hparam_source", "seed_explicit") if k in self.__dict__}
         self.__dict__.clear()
         self.__dict__.update(twin.__dict__)

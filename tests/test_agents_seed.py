@@ -84,3 +84,11 @@ def test_tianshou_agents_reseed():
     _assert_same_state(a, b)
     obs, info = env.reset(seed=0)
     assert [a.act(obs, info) for _ in range(20)] == [b.act(obs, info) for _ in range(20)]
+
+
+def test_reseed_to_the_same_seed_keeps_an_untrained_agent_and_its_objects():
+    a = agents.make("cbp", _env())
+    net = a.network
+    a.reseed(0)
+    assert a.network is net  # nothing to change: references held to it stay valid
+    _assert_same_state(a, agents.make("cbp", _env(), seed=0))
