@@ -130,6 +130,8 @@ def _diff(what: str, then: dict, now: dict, skip=()) -> list[str]:
 
 def _mismatches(saved: dict, env, agent, seed, callbacks) -> list[str]:
     now = _identity(env, agent)
+    if not getattr(agent, "seed_explicit", True) and "seed" in now["agent_hparams"]:
+        now["agent_hparams"]["seed"] = saved["seed"]  # what the seed rule will make of it
     problems = [f"{what} {saved[key]!r} (this run: {now[key]!r})"
                 for key, what in (("env_id", "env id"), ("env_type", "env class"), ("agent_name", "agent"),
                                   ("agent_class", "agent class")) if saved[key] != now[key]]
@@ -226,7 +228,6 @@ def resume_state(path, env, agent, callbacks=(), *, seed=None, reset_options=Non
     it and neither env nor agent is touched."""
     saved = read_checkpoint(path)
     callbacks = list(callbacks)
-    apply_seed_rule(agent, saved["seed"])  # the agent's identity includes the seed the run gave it
     problems = _mismatches(saved, env, agent, seed, callbacks)
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint_path(path)} belongs to another run: " + "; ".join(problems))
@@ -235,11 +236,14 @@ def resume_state(path, env, agent, callbacks=(), *, seed=None, reset_options=Non
         raise CheckpointError(f"cannot resume: {type(u).__name__} has no state_dict() / load_state_dict()")
 
     # Agent first, rolled back if its load fails part way.
-    backup = copy.deepcopy(agent.state_dict())
+    backup, hparams = copy.deepcopy(agent.state_dict()), copy.deepcopy(getattr(agent, "hparams", None))
     try:
+        apply_seed_rule(agent, saved["seed"])  # the seed the run gave it (its state is overwritten next)
         agent.load_state_dict(saved["agent"])
     except Exception as err:
         agent.load_state_dict(backup)
+        if hparams is not None:
+            agent.hparams = hparams
         raise CheckpointError(f"checkpoint {checkpoint_path(path)}: the agent's state does not load: "
                               f"{type(err).__name__}: {err}") from err
     # reset() puts the wrappers (order enforcing, env checker) in their started state; then the stream jumps ahead.
@@ -248,6 +252,8 @@ def resume_state(path, env, agent, callbacks=(), *, seed=None, reset_options=Non
         u.load_state_dict(saved["env"])
     except Exception as err:
         agent.load_state_dict(backup)
+        if hparams is not None:
+            agent.hparams = hparams
         raise CheckpointError(f"checkpoint {checkpoint_path(path)}: the env's state does not load: {err}") from err
     result = RunResult(env_id=saved["env_id"], agent=saved["agent_name"], seed=saved["seed"])
     return LoopState.from_state_dict(saved["loop"], result, saved["rng"])

@@ -175,3 +175,21 @@ def test_rl_stream_reports_per_task_episode_returns():
         assert result.task_return[k] == pytest.approx(np.mean(returns))
     assert result.metrics["avg_task_return"] == pytest.approx(np.mean(result.task_return))
     assert sum(length for _, _, length in episodes) == result.steps == 900
+
+
+def test_the_run_seed_seeds_an_agent_made_without_an_explicit_seed():
+    """One rule for every driver and for clenv.run: seed s seeds the stream and, unless the agent was given a
+    seed, the agent (old code: every agent started from seed 0 whatever the run seed)."""
+    import agents
+
+    kw = dict(num_tasks=2, samples_per_task=32, epochs_per_task=2)
+    env = gym.make("RandomLabelDigits-v0", **kw)
+    implicit = clenv.run(env, agents.make("base", env), seed=3, progress=False)
+    env = gym.make("RandomLabelDigits-v0", **kw)
+    explicit3 = clenv.run(env, agents.make("base", env, seed=3), seed=3, progress=False)
+    env = gym.make("RandomLabelDigits-v0", **kw)
+    explicit0 = clenv.run(env, agents.make("base", env, seed=0), seed=3, progress=False)
+    assert np.array_equal(implicit.step_reward, explicit3.step_reward)
+    assert implicit.config["agent"]["seed"] == 3  # recorded in the result
+    assert explicit0.config["agent"]["seed"] == 0  # an explicit seed wins
+    assert not np.array_equal(explicit0.step_reward, explicit3.step_reward)
