@@ -212,6 +212,9 @@ def _resnet(depth):
                 tap, bn = _BlockTap(), block.bn1
                 block.bn1 = nn.Sequential(bn, tap)
                 block.relu = nn.ReLU()  # torchvision's in-place ReLU would overwrite the tap's output autograd needs
+                # The tap is the unit's activation: the block must not apply its own ReLU after it (a modulated
+                # activation, NeuMoSync's, passes negative values on to conv2). Same function for a ReLU tap.
+                block.__class__ = _TappedBottleneck if hasattr(block, "conv3") else _TappedBasicBlock
                 units.append(UnitLayer(f"{lname}.{bi}.conv1", block.conv1, block.conv2, tap,
                                        _out_map(block.conv1.out_channels, 1), bn))
         return Backbone(net, head, units, f"resnet{depth}")
@@ -220,10 +223,31 @@ def _resnet(depth):
 
 
 class _BlockTap(nn.Module):
-    """Identity placed after a residual block's first BN; the ReLU follows, so |relu(bn)| is read from here."""
+    """The activation of a residual block's first conv units, placed after its BN (``bn1 = Sequential(bn, tap)``):
+    ReLU, read by unit-level tools (CBP, ReDo) and replaced by NeuMoSync's modulated activation."""
 
     def forward(self, x):
         return torch.relu(x)
+
+
+class _TappedBasicBlock(nn.Module):
+    """torchvision's BasicBlock forward (a block's class is swapped to this; its modules are unchanged) with the
+    activation after ``bn1`` being the tap inside ``bn1`` instead of the block's ReLU."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return self.relu(out + identity)
+
+
+class _TappedBottleneck(nn.Module):
+    """torchvision's Bottleneck forward with the tap inside ``bn1`` as the activation of ``conv1``'s units."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
 
 
 class _CompactViT(nn.Module):

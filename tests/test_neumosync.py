@@ -521,3 +521,37 @@ def test_step_benchmark_reports_time_and_flop_ratios():
     flops = {m[1]: float(m[2]) for m in re.finditer(r"^flop_ratio_(\w+)=([\d.]+)$", out.stdout, re.M)}
     assert list(flops) == ["no_controller", "lowrank_e128", "e128", "e512"]
     assert 1.0 < flops["no_controller"] < flops["lowrank_e128"] < flops["e128"] < flops["e512"]
+
+
+# ---------------------------------------------------------------------------------------------- ResNets
+def test_resnet_block_passes_the_modulated_activation_to_conv2():
+    # The modulated layer of a residual block is conv1 -> bn1 -> PReLU_{a_AL} + a_ARM -> conv2: negative
+    # pre-activations must reach conv2 scaled by a_AL, and every value shifted by a_ARM (no block ReLU after it).
+    agent = agents.make("neumosync", spec((3, 8, 8), "resnet18"), controller="none")
+    net = agent.network
+    slot = net.layer_names.index("layer1.0.conv1")
+    start, n = sum(net.layer_sizes[:slot]), net.layer_sizes[slot]
+    with torch.no_grad():
+        net.controller.table[start:start + n, 2] = 0.5   # a_AL
+        net.controller.table[start:start + n, 3] = -0.2  # a_ARM
+    block = net.backbone.body.layer1[0]
+    seen = {}
+    block.bn1[0].register_forward_hook(lambda m, i, o: seen.__setitem__("z", o.detach()))
+    block.conv2.register_forward_pre_hook(lambda m, i: seen.__setitem__("conv2_in", i[0].detach()))
+    agent.predict(batch((3, 8, 8))[0])
+    z = seen["z"]
+    assert (z < 0).any()
+    torch.testing.assert_close(seen["conv2_in"], torch.where(z >= 0, z, 0.5 * z) - 0.2)
+
+
+def test_resnets_get_the_sparse_controller_with_the_papers_fraction():
+    agent = agents.make("neumosync", spec((3, 8, 8), "resnet18"))
+    assert agent.hparams["controller"] == "sparse" and agent.hparams["sparse_fraction"] == 0.1
+    ctrl = agent.network.controller
+    assert type(ctrl).__name__ == "SparseController" and ctrl.num_sampled == round(0.1 * agent.network.num_neurons)
+    assert NeuMoSyncAgent.default_controller("resnet50") == ("sparse", 0.01)
+    mlp = agents.make("neumosync", spec())
+    assert mlp.hparams["controller"] == "transformer"  # the MLP / CNN benchmarks keep the full transformer
+    explicit = agents.make("neumosync", spec((3, 8, 8), "resnet18"), controller="mlp")
+    assert type(explicit.network.controller).__name__ == "MLPController"
+    assert agent.fresh().hparams == agent.hparams  # the resolved values rebuild the same agent

@@ -180,8 +180,9 @@ class NeuMoSyncAgent(SupervisedAgent):
     Hyperparameters beyond the base agent's (defaults: Table 7, Random-Label MNIST: Adam, lr 1e-3, e = 128):
 
     - ``beta`` (0.999): consolidation rate of phi;
-    - ``controller``: ``transformer`` (paper), ``conv1d``, ``mlp`` (Table 2), ``sparse`` (E.1, for ResNets;
-      ``sparse_fraction`` K), ``unconditioned`` (G.5), ``none`` (per-neuron learnable coefficients, 3.4.1) or
+    - ``controller``: ``auto`` (default: ``sparse`` on ResNet-18 / ResNet-50, ``transformer`` otherwise, see
+      :meth:`default_controller`), ``transformer`` (paper), ``conv1d``, ``mlp`` (Table 2), ``sparse`` (E.1, for
+      ResNets; ``sparse_fraction`` K, ``auto``: 0.1 on ResNet-18, 0.01 on ResNet-50), ``unconditioned`` (G.5), ``none`` (per-neuron learnable coefficients, 3.4.1) or
       ``lowrank`` (not the paper's: the encoder runs once per batch on neuron tokens and the image enters through a
       rank-d read-out; ~2.3x cheaper per step than ``transformer`` at e = 128 on CPU, and as accurate on the reduced
       Random-Label protocol once clipped (71.97 (2.99) vs 72.70 (2.50), examples/neumosync_vs_base.py), see
@@ -206,16 +207,33 @@ class NeuMoSyncAgent(SupervisedAgent):
     """
 
     NAME = "neumosync"
-    DEFAULTS = dict(optimizer="adam", lr=1e-3, beta=0.999, controller="transformer", input_conditioned=True,
+    DEFAULTS = dict(optimizer="adam", lr=1e-3, beta=0.999, controller="auto", input_conditioned=True,
                     d_model=14, d_ff=128, heads=2, patch_size=5, feature_dim=4, coefficients=COEFFICIENTS,
-                    global_plasticity=False, reset_controller=False, sparse_fraction=0.1, feature_ema=0.99,
+                    global_plasticity=False, reset_controller=False, sparse_fraction="auto", feature_ema=0.99,
                     mlp_hidden=32, neutral_init=True)
+
+    @staticmethod
+    def default_controller(backbone: str) -> tuple[str, float]:
+        """The paper's controller and sparse fraction K for a backbone (Section 3.6, Appendix E.1): the sparse
+        encoder-decoder with K = 0.1 on ResNet-18 and K = 0.01 on ResNet-50 (4,810 and ~26,000 neurons, too many for
+        full self-attention), the full transformer otherwise (K then only matters if ``controller="sparse"``)."""
+        if backbone == "resnet18":
+            return "sparse", 0.1
+        if backbone == "resnet50":
+            return "sparse", 0.01
+        return "transformer", 0.1
 
     def build_network(self) -> nn.Module:
         h = self.hparams
         name = h["backbone"] or self.env_spec["backbone"]
         if name not in _SUPPORTED:
             raise ValueError(f"NeuMoSync supports backbones {_SUPPORTED}, got {name!r}")
+        # "auto" resolves by backbone; the resolved values are what hparams record (and what fresh() rebuilds).
+        controller, fraction = self.default_controller(name)
+        if h["controller"] == "auto":
+            h["controller"] = controller
+        if h["sparse_fraction"] == "auto":
+            h["sparse_fraction"] = fraction
         if h["activation"] not in ("relu", "prelu"):
             raise ValueError(f"NeuMoSync replaces the activation by its modulated PReLU: use activation='relu', "
                              f"got {h['activation']!r}")
