@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from agents.backbones import _widths
 from agents.base import SupervisedAgent, _optimizer
 
 __all__ = ["CReLUAgent", "PReLUAgent", "DeepFourierAgent", "LayerNormAgent"]
@@ -32,7 +33,7 @@ class _WidthMixin(SupervisedAgent):
         if m != 1.0:
             name = self.hparams["backbone"] or self.env_spec["backbone"]
             if name == "mlp":
-                opts["hidden"] = tuple(max(1, int(round(w * m))) for w in opts["hidden"])
+                opts["hidden"] = tuple(max(1, int(round(w * m))) for w in _widths("hidden", opts["hidden"], False))
             elif name == "cnn":
                 opts["channels"] = tuple(max(1, int(round(c * m))) for c in (8, 16, 32, 64))
             else:

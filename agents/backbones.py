@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -296,4 +297,21 @@ def build_backbone(name: str, input_shape: tuple[int, ...], num_outputs: int, **
     act = options.get("activation", "relu")
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
+    for key in ("hidden", "channels", "fc"):
+        if key in options:
+            options[key] = _widths(key, options[key], allow_empty=key == "fc")
     return BACKBONES[name](tuple(input_shape), int(num_outputs), **options)
+
+
+def _widths(key: str, value, allow_empty: bool) -> tuple[int, ...]:
+    """Layer widths as a tuple of positive ints; anything else is an error naming the option."""
+    widths = (value,) if isinstance(value, numbers.Integral) else value
+    try:
+        widths = tuple(widths)
+    except TypeError:
+        raise ValueError(f"{key} must be a sequence of positive layer widths, e.g. (100, 100); got {value!r}") from None
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1]
+    if bad or (not widths and not allow_empty):
+        what = f"widths {bad} are not positive integers" if bad else "no layer"
+        raise ValueError(f"{key}={value!r}: {what}; every layer needs at least one unit, e.g. {key}=(100, 100)")
+    return tuple(int(w) for w in widths)

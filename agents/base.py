@@ -329,7 +329,7 @@ class SupervisedAgent(Agent):
         h = self.hparams
         opts = {"activation": h["activation"], "layernorm": h["layernorm"]}
         if (h["backbone"] or self.env_spec["backbone"]) == "mlp":
-            opts["hidden"] = tuple(h["hidden"])
+            opts["hidden"] = h["hidden"]  # checked (positive widths) and made a tuple by build_backbone
         return opts
 
     def build_network(self) -> nn.Module:

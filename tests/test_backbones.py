@@ -60,3 +60,24 @@ def test_max_grad_norm_clips_the_shared_step_and_rejects_bad_values():
     for bad in (0, -1.0, "1", True):
         with pytest.raises(ValueError, match="max_grad_norm"):
             agents.make("base", env, max_grad_norm=bad)
+
+
+@pytest.mark.parametrize("hidden", [[0], (), (-3, 5), (100, 2.5), 0])
+def test_non_positive_or_missing_widths_are_refused(hidden):
+    with pytest.raises(ValueError, match="hidden=.*(not positive integers|no layer)"):
+        build_backbone("mlp", (1, 8, 8), 3, hidden=hidden)
+    env_spec = {"input_shape": (1, 8, 8), "num_outputs": 3, "action_type": "labels", "backbone": "mlp",
+                "task_aware": False, "num_tasks": 1, "device": "cpu"}
+    for name in ("base", "crelu"):  # through an agent too (crelu scales the widths first)
+        with pytest.raises(ValueError, match="hidden="):
+            agents.make(name, env_spec, hidden=hidden, width_multiplier=0.5) if name == "crelu" else \
+                agents.make(name, env_spec, hidden=hidden)
+    with pytest.raises(ValueError, match="channels="):
+        build_backbone("cnn", (1, 8, 8), 3, channels=(8, 0, 4))
+
+
+def test_valid_widths_are_unchanged():
+    import numpy as np
+
+    net = build_backbone("mlp", (1, 8, 8), 3, hidden=[7, np.int64(5)])
+    assert [l.num_units for l in net.unit_layers] == [7, 5]

@@ -25,7 +25,7 @@ def build_rl_backbone(obs_dim: int, num_outputs: int, *, hidden=(64, 64), activa
     NeuMoSync-modulated network)."""
     if network is not None:
         return network((int(obs_dim),), int(num_outputs))
-    return build_backbone("mlp", (int(obs_dim),), int(num_outputs), hidden=tuple(hidden), activation=activation,
+    return build_backbone("mlp", (int(obs_dim),), int(num_outputs), hidden=hidden, activation=activation,
                           layernorm=layernorm)
 
 
