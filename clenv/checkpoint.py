@@ -53,19 +53,18 @@ from pathlib import Path
 
 import torch
 
+from clenv.data import LOCATION_KWARGS
 from clenv.loop import Callback, LoopState, RunResult, agent_name, apply_seed_rule, run, stateful
 from clenv.results import atomic_write_bytes
 from clenv.seeding import global_rng_state
 
 __all__ = ["Checkpoint", "CheckpointError", "read_checkpoint", "resume", "resume_state", "checkpoint_path",
-           "FORMAT", "FREE_ENV_CONFIG"]
+           "FORMAT"]
 
 FORMAT = "clenv-checkpoint/2"
 FILENAME = "checkpoint.pt"
 _MAGIC = b"CLENV-CHECKPOINT-2\n"
 
-#: Env kwargs that say where the data live, not what they are: they may differ between a run and its resume.
-FREE_ENV_CONFIG = ("data_root", "download")
 
 
 class CheckpointError(ValueError):
@@ -135,7 +134,7 @@ def _mismatches(saved: dict, env, agent, seed, callbacks) -> list[str]:
     problems = [f"{what} {saved[key]!r} (this run: {now[key]!r})"
                 for key, what in (("env_id", "env id"), ("env_type", "env class"), ("agent_name", "agent"),
                                   ("agent_class", "agent class")) if saved[key] != now[key]]
-    problems += _diff("env kwarg", saved["env_config"], now["env_config"], FREE_ENV_CONFIG)
+    problems += _diff("env kwarg", saved["env_config"], now["env_config"], LOCATION_KWARGS)
     problems += _diff("agent hyperparameter", saved["agent_hparams"], now["agent_hparams"])
     if seed is not None and saved["seed"] != seed:
         problems.append(f"seed {saved['seed']!r} (this run: {seed!r})")

@@ -33,7 +33,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Sequence
 
-from clenv.checkpoint import FREE_ENV_CONFIG
+from clenv.data import LOCATION_KWARGS
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
@@ -188,7 +188,7 @@ def group_identity(config: dict, seed=None) -> dict:
     ident = config.get("identity")
     if ident is None:
         ident = {"env_id": config.get("env_id"), "agent": config.get("agent_name"),
-                 "env": {k: v for k, v in (config.get("env") or {}).items() if k not in FREE_ENV_CONFIG},
+                 "env": {k: v for k, v in (config.get("env") or {}).items() if k not in LOCATION_KWARGS},
                  "hparams": dict(config.get("agent") or {}), "seed": seed}
     ident = dict(ident)
     seed = ident.pop("seed", None)
@@ -243,7 +243,7 @@ class RunSpec:
             kwargs["seed"] = hparams["seed"] = int(self.seed)
         u = env.unwrapped
         identity = {"env_id": env.spec.id, "agent": self.agent,
-                    "env": {k: v for k, v in dict(u.config).items() if k not in FREE_ENV_CONFIG},
+                    "env": {k: v for k, v in dict(u.config).items() if k not in LOCATION_KWARGS},
                     "hparams": hparams, "seed": int(self.seed), "total_steps": self.total_steps,
                     "evaluation": self.evaluation}
         identity = canonical(identity)

@@ -18,6 +18,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
+from clenv.data import LOCATION_KWARGS
 from clenv.data.augment import Augmentation
 from clenv.data.sources import load_dataset
 from clenv.streams import (Stream, Task, check_reset, check_stream_kwargs, make_stream, require_bool, require_int,
@@ -269,17 +270,14 @@ class SupervisedStreamEnv(gym.Env):
                 "np_random": None if rng is None else rng.bit_generator.state,
                 "np_random_seed": getattr(self, "_np_random_seed", None)}
 
-    #: Config keys that may differ between a checkpoint and the env that loads it (where data lives, not what it is).
-    _STATE_FREE_CONFIG = ("data_root", "download")
-
     def load_state_dict(self, state: dict) -> None:
         """Continue the stream from :meth:`state_dict`'s position. Raises ``ValueError`` (and changes nothing) when
         the state was saved by an env with another configuration or does not match this dataset."""
         missing = {"config", "stream_seed", "cursor", "step", "first_task", "last_task", "done", "labels"} - set(state)
         if missing:
             raise ValueError(f"not a SupervisedStreamEnv state: missing {sorted(missing)}")
-        ours = {k: v for k, v in self.config.items() if k not in self._STATE_FREE_CONFIG}
-        theirs = {k: v for k, v in dict(state["config"]).items() if k not in self._STATE_FREE_CONFIG}
+        ours = {k: v for k, v in self.config.items() if k not in LOCATION_KWARGS}
+        theirs = {k: v for k, v in dict(state["config"]).items() if k not in LOCATION_KWARGS}
         if ours != theirs:
             diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<unset>") != theirs.get(k, "<unset>"))
             raise ValueError("env state was saved with another configuration: "
