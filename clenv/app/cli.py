@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clenv: interrupted (finished runs are saved; rerun the command to continue)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `clenv list | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
