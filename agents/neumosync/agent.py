@@ -182,11 +182,11 @@ class NeuMoSyncAgent(SupervisedAgent):
     - ``beta`` (0.999): consolidation rate of phi;
     - ``controller``: ``auto`` (default: ``sparse`` on ResNet-18 / ResNet-50, ``transformer`` otherwise, see
       :meth:`default_controller`), ``transformer`` (paper), ``conv1d``, ``mlp`` (Table 2), ``sparse`` (E.1, for
-      ResNets; ``sparse_fraction`` K, ``auto``: 0.1 on ResNet-18, 0.01 on ResNet-50), ``unconditioned`` (G.5), ``none`` (per-neuron learnable coefficients, 3.4.1) or
-      ``lowrank`` (not the paper's: the encoder runs once per batch on neuron tokens and the image enters through a
-      rank-d read-out; ~2.3x cheaper per step than ``transformer`` at e = 128 on CPU, and as accurate on the reduced
-      Random-Label protocol once clipped (71.97 (2.99) vs 72.70 (2.50), examples/neumosync_vs_base.py), see
-      :class:`agents.neumosync.controller.LowRankController` and benchmarks/neumosync_step.py);
+      ResNets; ``sparse_fraction`` K, ``auto``: 0.1 on ResNet-18, 0.01 on ResNet-50), ``unconditioned`` (G.5),
+      ``none`` (per-neuron learnable coefficients, 3.4.1) or ``lowrank`` (not the paper's: the encoder runs once
+      per batch on neuron tokens and the image enters through a rank-d read-out, which costs less per step; see
+      :class:`agents.neumosync.controller.LowRankController`; its cost is measured by benchmarks/neumosync_step.py
+      and its accuracy by examples/neumosync_vs_base.py);
     - ``input_conditioned`` (True): image patch tokens enter the controller (False: G.5);
     - ``d_model`` (14), ``d_ff`` (128, the paper's e), ``heads`` (2), ``patch_size`` (5), ``feature_dim`` (k = 4);
     - ``coefficients``: the mechanisms on, a subset of ``("sm", "wc", "al", "arm")`` ('w/o' and 'only' ablations);
@@ -200,10 +200,9 @@ class NeuMoSyncAgent(SupervisedAgent):
 
     The backbone's hidden activations become the modulated PReLU, so ``activation`` must be ``relu``.
 
-    Stability: the paper does not clip gradients, so neither does the default. On the reduced Random-Label protocol
-    of examples/neumosync_vs_base.py, the loss spike at a task switch sometimes sends the coefficients to w ~ 0 and
-    the task stays at chance; the base agent's ``max_grad_norm=1.0`` removed every such collapse there (last-25%
-    accuracy 72.70 (2.50) against 45.35 (5.07), 3 seeds).
+    Stability: the paper does not clip gradients, so neither does the default. The loss spike at a task switch can
+    send the coefficients to w ~ 0, after which the task stays at chance; the base agent's ``max_grad_norm`` (e.g.
+    1.0) clips that spike. examples/neumosync_vs_base.py measures both settings.
     """
 
     NAME = "neumosync"
