@@ -3,8 +3,8 @@
 After the stream batch's backward pass: g is the gradient over all trainable parameters as one vector; g_ref the
 gradient of the loss on a random memory batch at the same parameters (gradients zeroed between the two backward
 passes; the memory forward runs in training mode, as an auxiliary forward: BatchNorm normalises with the memory
-batch's statistics but no running statistic of the agent, BatchNorm's or a method's, is updated from it). If ``g . g_ref < 0``, g is replaced by
-``g - (g . g_ref / g_ref . g_ref) g_ref``; otherwise it is used unchanged. The optimiser then steps (its weight decay
+batch's statistics but no running statistic of the agent, BatchNorm's or a method's, is updated from it). If
+``g . g_ref < 0``, g is replaced by ``g - (g . g_ref / g_ref . g_ref) g_ref``; otherwise it is used unchanged. The optimiser then steps (its weight decay
 and momentum apply after the projection).
 
 Memory: the reservoir of :class:`agents.common.replay.ReplayMemoryMixin` (task-agnostic, as NeuMoSync Appendix F
