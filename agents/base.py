@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
+from clenv.data.scaling import to_unit_float
 
 __all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams",
            "frozen_statistics"]
@@ -350,9 +351,7 @@ class SupervisedAgent(Agent):
     # ------------------------------------------------------------------ data
     def preprocess(self, obs) -> torch.Tensor:
         """uint8 observation batch -> float tensor in [0, 1] on the agent's device."""
-        x = obs["x"] if isinstance(obs, dict) else obs
-        x = torch.as_tensor(x, device=self.device)
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return to_unit_float(obs["x"] if isinstance(obs, dict) else obs, self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a preprocessed batch (override for modulated or multi-head networks)."""
@@ -398,6 +397,10 @@ class SupervisedAgent(Agent):
             self.network.train()
         logits = self.forward(x)  # kept with its graph: observe() trains on this same forward pass
         self._cache = (obs, x, logits)
+        return self.to_action(logits)
+
+    def to_action(self, logits: torch.Tensor) -> np.ndarray:
+        """The env's action for a batch of logits: the logits themselves (``action_type="logits"``) or the labels."""
         pred = logits.detach()
         if self.env_spec["action_type"] == "logits":
             return pred.float().cpu().numpy()

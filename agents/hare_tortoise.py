@@ -68,9 +68,7 @@ class HareTortoiseAgent(SupervisedAgent):
         with torch.no_grad():
             logits = self.tortoise(x)
         self._cache = None  # observe() then trains the hare on its own forward pass
-        if self.env_spec["action_type"] == "logits":
-            return logits.float().cpu().numpy()
-        return logits.argmax(1).cpu().numpy()
+        return self.to_action(logits)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tortoise": self.tortoise.state_dict()}

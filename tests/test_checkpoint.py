@@ -258,7 +258,7 @@ def test_every_probe_family_resumes_bit_identically(tmp_path, stop):
     env, agent = make()
     part = clenv.run(env, agent, seed=3, progress=False, total_steps=stop, evaluation=evaluation(),
                      callbacks=[clenv.Checkpoint(tmp_path, every=every)])
-    assert part.steps == stop and read_checkpoint(tmp_path)["step"] == (stop - 1) // every * every  # saved before step `stop`
+    assert part.steps == stop and read_checkpoint(tmp_path)["step"] == (stop - 1) // every * every  # the last save
     env, agent = make()  # a new process would do the same: fresh env, agent and probes
     resumed = clenv.resume(tmp_path, env, agent, seed=3, progress=False, evaluation=evaluation())
     assert_same(resumed, full)

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from clenv.data.scaling import to_unit_float
+
 __all__ = ["TaskSampler", "meta_train", "meta_stream_seed"]
 
 
@@ -50,8 +52,7 @@ class TaskSampler:
             if len(self._cache) >= 16:
                 self._cache.pop(next(iter(self._cache)))
             xs, ys = zip(*self.env.test_batches(k, batch_size=1000, split="train", max_samples=self.max_samples))
-            x = torch.cat(xs).to(self.device)
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            x = to_unit_float(torch.cat(xs), self.device)
             self._cache[k] = (x, torch.cat(ys).to(self.device).long())
         return self._cache[k]
 

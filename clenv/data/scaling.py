@@ -7,7 +7,7 @@ import torch
 __all__ = ["to_unit_float"]
 
 
-def to_unit_float(x) -> torch.Tensor:
-    """``x`` as a float tensor: uint8 pixels divided by 255, anything else cast (a new tensor either way)."""
-    x = torch.as_tensor(x)
+def to_unit_float(x, device=None) -> torch.Tensor:
+    """``x`` as a float tensor (on ``device``): uint8 pixels divided by 255, anything else cast."""
+    x = torch.as_tensor(x, device=device)
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
