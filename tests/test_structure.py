@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -148,26 +148,12 @@ def test_a_spec_key_is_its_resolved_configuration():
 
 
 # ---------------------------------------------------------------------------------------------- a user's agent
-USER_AGENT = '''
-    """A user's agent in one file: the base step plus an L1 penalty on the weights."""
-    import torch
-
-    from agents.base import SupervisedAgent
-
-
-    class L1Agent(SupervisedAgent):
-        NAME = "l1"
-        DEFAULTS = dict(l1_lambda=1e-3)
-
-        def regularizer(self):
-            l1 = sum(p.abs().sum() for p in self.network.parameters())
-            return super().regularizer() + self.hparams["l1_lambda"] * l1
-'''
+EXAMPLE_AGENT = ROOT.parent / "examples" / "my_agent.py"  # the documented one-file agent (docs/agents.md)
 
 
 @pytest.fixture
 def user_agent_dir(tmp_path, monkeypatch):
-    (tmp_path / "my_agents.py").write_text(textwrap.dedent(USER_AGENT))
+    shutil.copy(EXAMPLE_AGENT, tmp_path / "my_agents.py")  # a file outside any package, in the user's directory
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
