@@ -36,6 +36,14 @@ REGISTRY: dict[str, str] = {
     "hat": "agents.hat:HATAgent",
     "maml": "agents.maml:MAMLAgent",
     "anml": "agents.anml:ANMLAgent",
+    # NGM-SGD (arXiv 2507.14056) and the baselines / ablations of its scripts, on the authors' networks.
+    "ngm_sgd": "agents.ngm_sgd:NGMSGDAgent",
+    "ngm_entropy_lr": "agents.ngm_sgd:NGMEntropyLRAgent",
+    "ngm_fixed_gain": "agents.ngm_sgd:NGMFixedGainAgent",
+    "sgd": "agents.ngm_sgd:SGDAgent",
+    "momentum_sgd": "agents.ngm_sgd:MomentumSGDAgent",
+    "momentum_sgd_reset": "agents.ngm_sgd:MomentumSGDResetAgent",
+    "adam": "agents.ngm_sgd:AdamAgent",
 }
 
 

@@ -65,6 +65,17 @@ _BENCH = (
               stand_in_kwargs=dict(disjoint=False), agent_kwargs=dict(backbone="cnn_wide"),
               note=_FORGET + "; the classes per task are not given there, so the registry's 2 are kept"),
 )
+_NGM = ("NGM-SGD (arXiv 2507.14056) stability-gap protocol, shared/specs/methods.md 1.4: joint training, sampling "
+        "with replacement from the union of the contexts so far")
+_BENCH += (
+    Benchmark("ngm_split_mnist", "Split MNIST (joint)", "JointSplitMNIST-v0", "JointSplitFashionMNIST-v0", note=_NGM),
+    Benchmark("ngm_split_cifar10", "Split CIFAR-10 (joint)", "JointSplitCIFAR10-v0", "JointSplitFashionMNIST-v0",
+              note=_NGM + "; the stand-in keeps the Fashion-MNIST protocol (MLP, batch 128, 5 x 200)"),
+    Benchmark("ngm_rotated_mnist", "Rotated MNIST (joint)", "JointRotatedMNIST-v0", "JointRotatedFashionMNIST-v0",
+              note=_NGM),
+    Benchmark("ngm_permuted_mnist", "Permuted MNIST (joint)", "JointPermutedMNIST-v0", "JointPermutedMNIST-v0",
+              note=_NGM + "; no Fashion-MNIST stand-in registered"),
+)
 BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
 
 

@@ -51,6 +51,11 @@ _NMS = "NeuMoSync Table 5 / Appendix B.3"
 _RANDOM_LABEL = dict(num_tasks=50, samples_per_task=1200, epochs_per_task=200, batch_size=16, augment=True)
 _SHUFFLE = dict(num_tasks=100, samples_per_task=5000, epochs_per_task=20, batch_size=16, augment=True)
 _PERMUTED = dict(num_tasks=50, samples_per_task=10000, epochs_per_task=1, batch_size=64, augment=True)
+# NGM-SGD's scripts: batch 128, 200 iterations per context (Split MNIST), 400 (Rotated MNIST); spec 1.4.
+_NGM = "NGM-SGD (arXiv 2507.14056), authors' scripts"
+_NGM_SPLIT = dict(num_tasks=5, joint=True, steps_per_task=200, batch_size=128, augment=False)
+_NGM_ROTATED = dict(num_tasks=3, joint=True, steps_per_task=400, batch_size=128, augment=False,
+                    test_samples_per_task=1000)
 _SPLIT5 = dict(num_tasks=5, classes_per_task=2, epochs_per_task=1, batch_size=64, augment=False)
 
 ENV_TABLE: tuple[EnvDef, ...] = (
@@ -108,6 +113,25 @@ ENV_TABLE: tuple[EnvDef, ...] = (
     _sup("PermutedDigits-v0", "permuted_mnist", "digits", "permuted",
          "all 1,437 training digits, a pixel permutation per task",
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
+    # Stability-gap protocols of NGM-SGD (arXiv 2507.14056, shared/specs/methods.md 1.4): joint training, context k
+    # sampling with replacement from the union of tasks 1..k, a fixed number of iterations per context.
+    _sup("JointSplitMNIST-v0", "ngm_split_mnist", "mnist", "ordered_split",
+         "joint Split MNIST: contexts {0,1}, {0..3}, ... {0..9}, 5 x 200 iterations", _TV, paper=_NGM,
+         tags=("stability",), **_NGM_SPLIT),
+    _sup("JointSplitFashionMNIST-v0", "ngm_split_mnist", "fashion_mnist", "ordered_split",
+         "the joint Split MNIST protocol on Fashion-MNIST", _FMNIST, paper=_NGM, tags=("stability",), **_NGM_SPLIT),
+    _sup("JointSplitCIFAR10-v0", "ngm_split_cifar10", "cifar10", "ordered_split",
+         "joint Split CIFAR-10: cumulative class pairs, 5 x 400 iterations, batch 256", _TV, backbone="resnet18",
+         paper=_NGM, tags=("stability",), **{**_NGM_SPLIT, "steps_per_task": 400, "batch_size": 256, "augment": True}),
+    _sup("JointRotatedMNIST-v0", "ngm_rotated_mnist", "mnist", "rotated",
+         "joint Rotated MNIST: 0, 80, 160 degrees, 3 x 400 iterations", _TV, paper=_NGM, tags=("stability",),
+         **_NGM_ROTATED),
+    _sup("JointRotatedFashionMNIST-v0", "ngm_rotated_mnist", "fashion_mnist", "rotated",
+         "the joint Rotated MNIST protocol on Fashion-MNIST", _FMNIST, paper=_NGM, tags=("stability",),
+         **_NGM_ROTATED),
+    _sup("JointPermutedMNIST-v0", "ngm_permuted_mnist", "mnist", "permuted",
+         "joint Permuted MNIST: 3 pixel permutations, 3 x 200 iterations", _TV, paper=_NGM, tags=("stability",),
+         **{**_NGM_ROTATED, "steps_per_task": 200}),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
            dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),

@@ -25,7 +25,7 @@ def test_every_row_names_real_hyperparameters():
     """A row key that an agent does not have would make agents.make raise: check them all against DEFAULTS."""
     for family, rows in PAPER_HPARAMS.items():
         for name, (source, values) in rows.items():
-            assert source.startswith("NeuMoSync"), (family, name)
+            assert source.startswith(("NeuMoSync", "NGM-SGD")), (family, name)  # the paper the row comes from
             valid = collect_defaults(agents.agent_class(name))
             assert set(values) <= set(valid), (family, name, set(values) - set(valid))
 

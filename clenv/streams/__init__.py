@@ -3,7 +3,8 @@
 A stream never holds mutable state that the order of calls could change: ``stream.task(seed, k)`` returns the same
 task whether or not tasks 0..k-1 were asked for first. That is what lets an evaluation env replay task k exactly.
 
-Kinds (``STREAMS``): ``random_label``, ``label_shuffle``, ``permuted``, ``class_split``. Modifiers that apply to any
+Kinds (``STREAMS``): ``random_label``, ``label_shuffle``, ``permuted``, ``class_split``, and for the NGM-SGD
+protocols ``rotated`` (fixed rotation angles per task) and ``ordered_split`` (class pairs in the dataset's order). Modifiers that apply to any
 kind: ``recurring_every`` (NeuMoSync Appendix D.2: one fixed task recurs every n tasks, the others are fresh) and
 ``joint`` (cumulative joint training: task k is the union of tasks 0..k, sampled with replacement).
 """
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng", "start_stream", "check_reset",
-           "check_stream_kwargs", "require_int", "require_bool", "require_real"]
+           "check_stream_kwargs", "require_int", "require_bool", "require_real", "rotation_map"]
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -394,11 +395,90 @@ class ClassSplitStream(Stream):
         return Task(b, tr, trl, te, tel, _no_perm(tr.size), _no_perm(te.size), classes=tuple(int(c) for c in cls))
 
 
+def rotation_map(image_shape: tuple[int, ...], degrees: float) -> np.ndarray:
+    """The pixel gather that rotates an image of ``image_shape`` (C, H, W) counter-clockwise by ``degrees`` about
+    its centre (torchvision's ``rotate`` convention) with nearest-neighbour sampling: flat output pixel p takes flat
+    input pixel ``map[p]``. A destination whose source falls outside the frame takes the image's top-left pixel of
+    the same channel, which stands in for the zero fill of torchvision's ``rotate`` (the corner of an MNIST or
+    Fashion-MNIST digit image is background). Multiples of 90 degrees are exact (``np.rot90``)."""
+    c, h, w = (int(v) for v in image_shape)
+    theta = math.radians(float(degrees) % 360.0)
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    dy, dx = rows - cy, cols - cx
+    cos, sin = math.cos(theta), math.sin(theta)
+    if float(degrees) % 90.0 == 0.0:  # exact signs for the right angles (cos / sin are 0, +-1 up to rounding)
+        cos, sin = round(cos), round(sin)
+    src_c = np.rint(cx + cos * dx - sin * dy).astype(np.int64)
+    src_r = np.rint(cy + sin * dx + cos * dy).astype(np.int64)
+    inside = (src_r >= 0) & (src_r < h) & (src_c >= 0) & (src_c < w)
+    flat = np.where(inside, src_r * w + src_c, 0).reshape(-1)
+    return (np.arange(c)[:, None] * (h * w) + flat[None]).reshape(-1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class RotatedStream(Stream):
+    """Rotated domains (the Rotated MNIST of NGM-SGD, arXiv 2507.14056: 0, 80 and 160 degrees): task b shows the
+    images rotated by ``b * angle_step`` degrees (counter-clockwise; :func:`rotation_map`), labels unchanged. Each
+    task draws ``samples_per_task`` train images (None: the whole split) and ``test_samples_per_task`` test images.
+    """
+
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    angle_step: float = 80.0
+    kind = "rotated"
+
+    def angle(self, b: int) -> float:
+        """Degrees of base task ``b``."""
+        return float(b) * float(self.angle_step) % 360.0
+
+    def _base_task(self, seed, b):
+        rng = task_rng(seed, b, 5)
+        tr = self._sample(rng, self.num_train, self.samples_per_task)
+        te = self._sample(rng, self.num_test, self.test_samples_per_task)
+        perm = rotation_map(self.image_shape, self.angle(b))[None]
+        return Task(b, tr, self.train_labels_all[tr], te, self.test_labels_all[te], np.zeros(tr.size, np.int64),
+                    np.zeros(te.size, np.int64), perm, classes=tuple(range(self.num_classes)))
+
+
+@dataclass(frozen=True)
+class OrderedSplitStream(Stream):
+    """Class split in the dataset's own class order (the NGM-SGD scripts' Split MNIST / CIFAR-10: {0, 1}, {2, 3},
+    ...): task b takes classes ``b*c .. b*c + c - 1`` with ``c = num_classes // num_tasks``, every train and test
+    sample of them, labels the dataset's (one shared head). ``class_split`` draws a seeded class order instead."""
+
+    kind = "ordered_split"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_classes and self.num_tasks > self.num_classes:
+            raise ValueError(f"ordered_split needs at least one class per task: {self.num_tasks} tasks, "
+                             f"{self.num_classes} classes")
+        if self.samples_per_task is not None:
+            raise ValueError("ordered_split takes every sample of its classes: leave samples_per_task None")
+
+    def task_width(self) -> int:
+        """Classes per task: ``num_classes // num_tasks`` (a remainder of classes is left out)."""
+        return self.num_classes // self.num_tasks
+
+    def task_classes(self, seed: int, b: int) -> np.ndarray:
+        c = self.task_width()
+        return np.arange(b * c, (b + 1) * c)
+
+    def _base_task(self, seed, b):
+        cls = self.task_classes(seed, b)
+        tr = np.flatnonzero(np.isin(self.train_labels_all, cls))
+        te = np.flatnonzero(np.isin(self.test_labels_all, cls))
+        return Task(b, tr, self.train_labels_all[tr].astype(np.int64), te, self.test_labels_all[te].astype(np.int64),
+                    _no_perm(tr.size), _no_perm(te.size), classes=tuple(int(c) for c in cls))
+
+
 STREAMS: dict[str, type[Stream]] = {
     "random_label": RandomLabelStream,
     "label_shuffle": LabelShuffleStream,
     "permuted": PermutedStream,
     "class_split": ClassSplitStream,
+    "rotated": RotatedStream,
+    "ordered_split": OrderedSplitStream,
 }
 
 
@@ -430,6 +510,8 @@ def make_stream(kind: str, *, dataset, **kwargs) -> Stream:
     extra = {}
     if cls is PermutedStream:
         extra["num_pixels"] = int(np.prod(dataset.image_shape))
+    elif cls is RotatedStream:
+        extra["image_shape"] = tuple(int(v) for v in dataset.image_shape)
     return cls(num_train=len(dataset.train), num_test=len(dataset.test), num_classes=dataset.num_classes,
                train_labels_all=dataset.train.labels.numpy(), test_labels_all=dataset.test.labels.numpy(),
                **extra, **kwargs)
