@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from clenv.app.cli import main
@@ -37,7 +38,7 @@ def test_run_writes_a_result_folder_and_prints_a_summary(tmp_path, capsys):
 
 def test_compare_prints_agents_side_by_side(capsys):
     code = main(["compare", "--env", "RandomLabelDigits-v0", "--agents", "base,scratch", "--seeds", "0,1",
-                 "--no-save", "--no-progress", *SMALL])
+                 "--no-save", "--no-progress", "--jobs", "1", *SMALL])
     assert code == 0
     out = capsys.readouterr().out
     table = out[out.index("mean (std)"):]
@@ -128,7 +129,22 @@ def test_ctrl_c_ends_any_command_with_one_line(command, capsys, monkeypatch, tmp
     monkeypatch.setattr(spec.ResolvedRun, "build_agent", interrupted)
     argv = {"sweep": ["sweep", "--env", "RandomLabelDigits-v0", "--agents", "base", "--backend", "sequential"],
             "reproduce": ["reproduce", "table2", "--agents", "ViT", "--seeds", "0", "--env", "RandomLabelDigits-v0"],
-            "compare": ["compare", "--env", "RandomLabelDigits-v0", "--agents", "base"]}[command]
+            "compare": ["compare", "--env", "RandomLabelDigits-v0", "--agents", "base", "--jobs", "1"]}[command]
     assert main([*argv, *SMALL, "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_compare_in_worker_processes_writes_what_one_process_writes(tmp_path, capsys):
+    """--jobs 2 runs the four runs in two spawned processes; every result file is the one --jobs 1 writes."""
+    from tests.test_structure import _run_files
+
+    argv = ["compare", "--env", "RandomLabelDigits-v0", "--agents", "base,scratch", "--seeds", "0,1", "--no-progress",
+            *SMALL]
+    assert main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    assert "wall with 2 process(es)" in capsys.readouterr().out
+    one, two = _run_files(tmp_path / "one"), _run_files(tmp_path / "two")
+    assert len(one) == 4 and one.keys() == two.keys()
+    for k in one:
+        assert one[k][0] == two[k][0] and all(np.array_equal(one[k][1][a], two[k][1][a]) for a in one[k][1])

@@ -136,7 +136,7 @@ def test_checkpointed_run_resumes_mid_stream(tmp_path, monkeypatch):
     (dict(agents={"base": {"lr": "fast"}}), r"'agent_kwargs'.*lr='fast' should be a number"),
     (dict(seeds=[0, -1]), r"'seeds'.*integers >= 0, got -1"),
     (dict(evaluation={"forget": True}), r"'evaluation'.*unexpected keyword argument 'forget'"),
-    (dict(backend="dask"), r"'backend' must be one of ray, sequential"),
+    (dict(backend="dask"), r"'backend' must be one of ray, processes, sequential"),
     (dict(total_steps=0), r"'total_steps' must be an integer >= 1"),
     (dict(envs=None), r"'envs' is required"),
 ])
@@ -175,12 +175,13 @@ def test_dry_run_lists_runs_without_running(tmp_path, capsys):
     assert out.count("[todo]") == 4 and not (tmp_path / "runs").exists()
 
 
-def test_without_ray_the_default_backend_is_sequential(tmp_path, monkeypatch):
+def test_without_ray_the_default_backend_is_local_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_ray_available", lambda: False)
     messages = []
     report = run_sweep(validate_config(config(tmp_path, backend=None, agents=["base"], seeds=[0])),
                        log=messages.append)
-    assert report["backend"] == "sequential" and any("ray is not installed" in m for m in messages)
+    assert report["backend"] == "processes" and any("ray is not installed" in m for m in messages)
+    assert len(report["done"]) == 1
     with pytest.raises(SweepConfigError, match="needs Ray"):
         run_sweep(validate_config(config(tmp_path, backend="ray", seeds=[7])), log=quiet)
 
@@ -190,11 +191,14 @@ def test_import_clenv_does_not_import_ray():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_ray_backend_matches_sequential(tmp_path):
-    pytest.importorskip("ray")
+@pytest.mark.parametrize("backend", ["ray", "processes"])
+def test_parallel_backends_match_sequential(tmp_path, backend):
+    if backend == "ray":
+        pytest.importorskip("ray")
     seq = run_sweep(validate_config(config(tmp_path / "seq")), log=quiet)
-    ray_report = run_sweep(validate_config(config(tmp_path / "ray", backend="ray", num_cpus=2)), log=quiet)
-    assert ray_report["backend"] == "ray" and len(ray_report["done"]) == 4 and not ray_report["failed"]
+    extra = dict(num_cpus=2) if backend == "ray" else dict(jobs=2)
+    ray_report = run_sweep(validate_config(config(tmp_path / backend, backend=backend, **extra)), log=quiet)
+    assert ray_report["backend"] == backend and len(ray_report["done"]) == 4 and not ray_report["failed"]
     a = {(r.agent, r.seed): r for r in map(load_run, seq["dirs"])}
     b = {(r.agent, r.seed): r for r in map(load_run, ray_report["dirs"])}
     assert set(a) == set(b) and len(a) == 4

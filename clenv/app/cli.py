@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
-from clenv.app.spec import (RunSpec, UsageError, agent_provider, check_agent, check_out, execute, parse_assignments,
-                            parse_seeds)
+from clenv.app.spec import (RunSpec, UsageError, agent_provider, check_agent, check_out, default_jobs, execute,
+                            execute_all, parse_assignments, parse_seeds)
 
 __all__ = ["main", "build_parser"]
 
@@ -124,16 +125,22 @@ def cmd_compare(args) -> int:
     if not names:
         raise UsageError("--agents needs at least one name")
     seeds = parse_seeds(args.seeds)
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
     runs, out = _specs(args, names, seeds)
-    results: list = []
-    for resolved in runs:
-        result, _ = execute(resolved, out=out, progress=not args.no_progress)
-        results.append(result)
+
+    def said(resolved, result, path) -> None:
         s = resolved.spec
         print(f"  {s.agent} seed {s.seed}: avg online acc {result.average_accuracy * 100:.2f}%, "
               f"last 25% tasks {result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)",
               flush=True)
-    print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s in all")
+
+    t0 = time.perf_counter()
+    results = [r for r, _ in execute_all(runs, jobs=jobs, out=out, progress=not args.no_progress,
+                                         threads=args.threads, on_result=said)]
+    print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s of run time, "
+          f"{time.perf_counter() - t0:.1f} s wall with {min(jobs, len(runs))} process(es)")
     print(_summary(results))
     if out is not None:
         print(f"results under {out}/ (aggregate with `clenv report {out}/...`)")
@@ -172,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.add_argument("--agents", required=True, help="comma-separated agent names, e.g. base,scratch")
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    c.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes, one torch thread each "
+                   "(default: the cores available; 1: one after another in this process)")
     c.set_defaults(func=cmd_compare)
 
     # These three have parsers of their own; main() hands them their arguments before this parser sees them.

@@ -33,7 +33,7 @@ from typing import Any
 
 from clenv import protocols
 from clenv.app import paper_tables as papers
-from clenv.app.spec import RunSpec, UsageError, check_out, execute, parse_assignments, parse_seeds
+from clenv.app.spec import RunSpec, UsageError, check_out, default_jobs, execute_all, parse_assignments, parse_seeds
 
 __all__ = ["reproduce_main", "plan", "comparison"]
 
@@ -211,7 +211,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="results root (default: runs/)")
     p.add_argument("--no-save", action="store_true", help="do not write result files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (default 1)")
+    p.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes (default: the cores "
+                   "available; 1: one after another in this process)")
     return p
 
 
@@ -230,8 +232,9 @@ def reproduce_main(argv=None) -> int:
         seeds = parse_seeds(args.seeds)
         env_set = parse_assignments(args.env_set, "--env-set")
         agent_set = parse_assignments(args.agent_set, "--agent-set")
-        if args.probe_every < 1 or args.threads < 1:
-            raise ValueError("--probe-every and --threads must be >= 1")
+        args.jobs = default_jobs() if args.jobs is None else args.jobs
+        if args.probe_every < 1 or args.threads < 1 or args.jobs < 1:
+            raise ValueError("--probe-every, --threads and --jobs must be >= 1")
         out_root = None if args.no_save else check_out(Path(args.out) / table.id)
         return _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_root)
     except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError, UsageError) as err:
@@ -278,19 +281,21 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
         print(f"\n== {bench.name}: {p['env_id']} {p['env_kwargs']}")
         for n in p["notes"]:
             print(f"  note: {n}")
-        runs = []
-        said = None
+        said, todo = None, []
         for m in methods:
             resolved, text = _specs(table, bench, p, m, seeds, agent_set, args.probe_every)
             if text is not None and text != said:
                 print(f"  {text}" if said is None else f"  {m.label}: {text}")
                 said = text
             print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
-            for r in resolved:
-                result, _ = execute(r, out=out_root, progress=not args.no_progress)
-                runs.append(result)
-                print(f"  {m.label} seed {r.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}% "
-                      f"({result.wall_time:.1f} s)", flush=True)
+            todo += resolved
+
+        def done(r, result, path) -> None:
+            print(f"  {r.spec.name} seed {r.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}% "
+                  f"({result.wall_time:.1f} s)", flush=True)
+
+        runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root, progress=not args.no_progress,
+                                                    threads=args.threads, on_result=done)]
         text = comparison(table, bench, p["env_id"], methods, runs)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from clenv.data import LOCATION_KWARGS
 
-__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "parse_value", "parse_assignments", "parse_seeds",
+__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "execute_all", "save", "default_jobs", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -280,18 +280,15 @@ class ResolvedRun:
         return agent_provider().make(self.spec.agent, self.env, **self.make_extra, **self.agent_kwargs)
 
 
-def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None, save: bool = True,
+def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None, save_result: bool = True,
             progress: bool = False, checkpoint_every: int | None = None, threads: int | None = None):
-    """Run one spec to its end and save it under ``out`` (unless ``save`` is False or ``out`` None). With
+    """Run one spec to its end and save it under ``out`` (unless ``save_result`` is False or ``out`` None). With
     ``checkpoint_every`` the run checkpoints under ``<out>/.checkpoints/<key>`` and continues a checkpoint of the
     same run left by an interrupted attempt; the spent checkpoint is removed once the result is saved. Returns
     ``(result, directory or None)``."""
-    import shutil
-
     import torch
 
     import clenv
-    from clenv.results import save_run
 
     resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
     s = resolved.spec
@@ -315,9 +312,89 @@ def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None
     result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
                           "key": resolved.key})
     env.close()
-    path = None
-    if out is not None and save:
-        path = save_run(result, resolved.directory(out))
-        if ck_dir is not None:
-            shutil.rmtree(ck_dir, ignore_errors=True)  # the result is saved: the checkpoint is spent
-    return result, path
+    return result, (save(resolved, result, out) if out is not None and save_result else None)
+
+
+def save(resolved: ResolvedRun, result, out) -> Path:
+    """Write a run's result into its folder under ``out``; the run's spent checkpoint is removed after."""
+    import shutil
+
+    from clenv.results import save_run
+
+    path = save_run(result, resolved.directory(out))
+    shutil.rmtree(Path(out) / ".checkpoints" / resolved.key, ignore_errors=True)
+    return path
+
+
+def default_jobs() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+def _worker_run(spec: RunSpec, out, checkpoint_every):
+    """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache)."""
+    result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)
+    return result
+
+
+def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkpoint_every: int | None = None,
+                threads: int = 1, on_result=None) -> list:
+    """Execute resolved runs, ``jobs`` at a time in worker processes (one torch thread each), and save each as it
+    finishes; ``jobs=1`` runs them here one after another with a progress bar each. ``on_result(resolved, result,
+    path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
+    do not depend on where it ran (each is a function of its spec)."""
+    runs = list(runs)
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    done: dict[int, tuple] = {}
+    if jobs == 1 or len(runs) <= 1:
+        for i, r in enumerate(runs):
+            result, path = execute(r, out=out, progress=progress, checkpoint_every=checkpoint_every, threads=threads)
+            done[i] = (result, path)
+            if on_result is not None:
+                on_result(r, result, path)
+        return [done[i] for i in range(len(runs))]
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    for r in runs:  # the workers make their own envs
+        r.env.close()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(runs), desc=f"{len(runs)} runs, {min(jobs, len(runs))} processes", unit="run")
+    # spawn: a clean interpreter per worker (no forked torch thread pools); it inherits sys.path for user agents
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        pending = {pool.submit(_worker_run, r.spec, None if out is None else str(out), checkpoint_every): i
+                   for i, r in enumerate(runs)}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    i = pending.pop(fut)
+                    result = fut.result()
+                    path = save(runs[i], result, out) if out is not None else None
+                    done[i] = (result, path)
+                    if bar is not None:
+                        bar.update(1)
+                    if on_result is not None:
+                        on_result(runs[i], result, path)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+    return [done[i] for i in range(len(runs))]

@@ -31,7 +31,8 @@ A config (JSON, or YAML with PyYAML) holds these keys; command-line flags overri
     evaluation: null                  # clenv.Evaluation options, e.g. {forgetting: true}; {} for online metrics only
     checkpoint_every: null            # steps between checkpoints
     out: runs/sweep
-    backend: null                     # ray | sequential (null: ray if installed)
+    backend: null                     # ray | processes | sequential (null: ray if installed, else processes)
+    jobs: null                        # worker processes of the processes backend (null: the cores available)
     num_cpus: null                    # local Ray's CPUs (default: all)
     threads: 1                        # torch threads per run
 
@@ -45,7 +46,6 @@ import importlib.util
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -53,17 +53,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from clenv.app.spec import (RunSpec, UsageError, check_agent, check_out, execute, parse_assignments, parse_seeds,
-                            parse_value, suggest)
+from clenv.app.spec import (RunSpec, UsageError, check_agent, check_out, default_jobs, execute, parse_assignments,
+                            parse_seeds, parse_value, save, suggest)
 
 __all__ = ["SweepConfig", "SweepConfigError", "load_config", "validate_config", "expand", "expand_grid", "run_sweep",
            "sweep_main"]
 
 _DEFAULTS: dict[str, Any] = dict(envs=None, env_kwargs={}, agents=None, agent_kwargs={}, grid={}, seeds=[0],
                                  total_steps=None, evaluation=None, checkpoint_every=None, out="runs/sweep",
-                                 backend=None, num_cpus=None, threads=1)
+                                 backend=None, num_cpus=None, threads=1, jobs=None)
 KEYS = tuple(_DEFAULTS)
-BACKENDS = ("ray", "sequential")
+BACKENDS = ("ray", "processes", "sequential")
 
 
 class SweepConfigError(ValueError):
@@ -85,6 +85,7 @@ class SweepConfig:
     checkpoint_every: int | None = None
     out: str = "runs/sweep"
     backend: str | None = None
+    jobs: int | None = None
     num_cpus: int | None = None
     threads: int = 1
 
@@ -206,6 +207,7 @@ def validate_config(doc: dict, *, check_names: bool = True) -> SweepConfig:
                       evaluation=None if evaluation is None else dict(evaluation),
                       checkpoint_every=_opt_int(d["checkpoint_every"], "checkpoint_every", 1), out=str(d["out"]),
                       backend=backend, num_cpus=_opt_int(d["num_cpus"], "num_cpus", 1),
+                      jobs=_opt_int(d["jobs"], "jobs", 1),
                       threads=_opt_int(d["threads"], "threads", 1) or 1)
     if cfg.evaluation is not None:
         import clenv
@@ -271,7 +273,7 @@ def _execute_remote(spec: RunSpec, out: str, checkpoint_every, threads) -> dict:
     result, so a worker needs no access to ``out`` unless the run checkpoints."""
     t0 = time.perf_counter()
     try:
-        result, _ = execute(spec, out=out, save=False, checkpoint_every=checkpoint_every, threads=threads)
+        result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every, threads=threads)
         return {"key": result.config["key"], "result": result, "error": None, "seconds": time.perf_counter() - t0}
     except Exception:  # noqa: BLE001 - a failed run is reported, the sweep goes on
         return {"key": None, "result": None, "error": traceback.format_exc(), "seconds": time.perf_counter() - t0}
@@ -288,9 +290,9 @@ def _pick_backend(requested: str | None, log) -> str:
     if requested is None:
         if _ray_available():
             return "ray"
-        log("clenv sweep: ray is not installed (pip install 'clenv[ray]'); running the runs sequentially in this "
-            "process")
-        return "sequential"
+        log("clenv sweep: ray is not installed (pip install 'clenv[ray]'); running the runs in local worker "
+            "processes")
+        return "processes"
     return requested
 
 
@@ -328,11 +330,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
             last = outcome["error"].strip().splitlines()[-1]
             log(f"[{i}/{len(pending)}] FAILED {r.spec.describe()}: {last}")
             return
-        from clenv.results import save_run
-
         result = outcome["result"]
-        path = save_run(result, r.directory(out))
-        shutil.rmtree(out / ".checkpoints" / r.key, ignore_errors=True)  # the result is saved: the checkpoint is spent
+        path = save(r, result, out)
         report["done"].append(r.key)
         log(f"[{i}/{len(pending)}] {r.spec.describe()}: avg online acc {result.average_accuracy * 100:.2f}%, "
             f"{result.steps} steps, {result.wall_time:.1f} s -> {path}")
@@ -346,6 +345,8 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
                 collect(_execute_remote(r.spec, str(out), cfg.checkpoint_every, cfg.threads), i, r)
         finally:
             torch.set_num_threads(before)
+    elif pending and backend == "processes":
+        _run_in_processes(cfg, pending, collect)
     elif pending:
         _run_on_ray(cfg, pending, collect, log, by_key)
     report["dirs"] = [r.directory(out) for r in resolved if (r.directory(out) / "result.json").is_file()]
@@ -355,6 +356,28 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
 def expand_grid(cfg: SweepConfig) -> list[dict]:
     """The grid points (``[{}]`` without a grid)."""
     return [dict(zip(cfg.grid, values)) for values in itertools.product(*cfg.grid.values())] or [{}]
+
+
+def _run_in_processes(cfg: SweepConfig, pending: list, collect) -> None:
+    """The runs in ``cfg.jobs`` spawned worker processes (default: the cores available), one torch thread each."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    jobs = min(cfg.jobs or default_jobs(), len(pending))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_execute_remote, r.spec, str(cfg.out), cfg.checkpoint_every, cfg.threads): r
+                   for r in pending}
+        waiting, i = set(futures), 0
+        try:
+            while waiting:
+                ready, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    i += 1
+                    collect(fut.result(), i, futures[fut])
+        except BaseException:
+            for fut in waiting:
+                fut.cancel()
+            raise
 
 
 def _run_on_ray(cfg: SweepConfig, pending: list, collect, log, by_key: dict) -> None:
@@ -416,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-set", action="append", metavar="K=V", help="clenv.Evaluation option (repeatable)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint runs every N steps; interrupted runs resume")
     p.add_argument("--out", help="results root (default runs/sweep)")
-    p.add_argument("--backend", choices=BACKENDS, help="ray (default when installed) or sequential")
+    p.add_argument("--backend", choices=BACKENDS, help="ray (default when installed), processes (local worker "
+                   "processes, the default without Ray) or sequential (in this process)")
+    p.add_argument("--jobs", type=int, help="worker processes of the processes backend (default: the cores)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.add_argument("--threads", type=int, help="torch threads per run (default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done; run nothing")
@@ -440,7 +465,7 @@ def _flags_to_config(args) -> dict:
         doc["agent_kwargs"] = {**(doc.get("agent_kwargs") or {}), **parse_assignments(args.agent_set, "--agent-set")}
     if args.eval_set or args.evaluate:
         doc["evaluation"] = {**(doc.get("evaluation") or {}), **parse_assignments(args.eval_set, "--eval-set")}
-    for flag in ("total_steps", "checkpoint_every", "out", "backend", "num_cpus", "threads"):
+    for flag in ("total_steps", "checkpoint_every", "out", "backend", "num_cpus", "threads", "jobs"):
         if getattr(args, flag) is not None:
             doc[flag] = getattr(args, flag)
     return doc
