@@ -75,6 +75,8 @@ _BENCH += (
               note=_NGM),
     Benchmark("ngm_permuted_mnist", "Permuted MNIST (joint)", "JointPermutedMNIST-v0", "JointPermutedMNIST-v0",
               note=_NGM + "; no Fashion-MNIST stand-in registered"),
+    Benchmark("ngm_domain_cifar100", "Domain CIFAR-100 (joint)", "JointDomainCIFAR100-v0",
+              "JointRotatedFashionMNIST-v0", note=_NGM + "; the stand-in is the other domain-incremental protocol"),
 )
 BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
 

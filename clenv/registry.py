@@ -132,6 +132,10 @@ ENV_TABLE: tuple[EnvDef, ...] = (
     _sup("JointPermutedMNIST-v0", "ngm_permuted_mnist", "mnist", "permuted",
          "joint Permuted MNIST: 3 pixel permutations, 3 x 200 iterations", _TV, paper=_NGM, tags=("stability",),
          **{**_NGM_ROTATED, "steps_per_task": 200}),
+    _sup("JointDomainCIFAR100-v0", "ngm_domain_cifar100", "cifar100", "superclass_domain",
+         "joint Domain CIFAR-100: the 20 superclasses as labels, other fine classes per context, 3 x 400 iterations",
+         _TV, backbone="resnet18", paper=_NGM, tags=("stability",),
+         **{**_NGM_ROTATED, "batch_size": 256, "augment": True}),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
            dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),

@@ -87,3 +87,24 @@ def test_ngm_reference_numbers_are_the_specs():
     assert set(NGM_TABLE.benchmarks) <= set(BENCHMARKS)
     for m in NGM_TABLE.methods:
         agents.agent_class(m.agent)
+
+
+def test_superclass_domain_splits_every_superclass_across_tasks_and_labels_by_superclass():
+    from clenv.streams import CIFAR100_COARSE, SuperclassDomainStream
+
+    coarse = np.asarray(CIFAR100_COARSE)
+    assert np.array_equal(np.bincount(coarse), np.full(20, 5))
+    assert (coarse[0], coarse[4], coarse[30], coarse[13]) == (4, 0, 0, 18)  # apple, beaver, dolphin, bus
+    fine = np.repeat(np.arange(100), 3)
+    s = SuperclassDomainStream(num_train=300, num_test=300, num_classes=100, num_tasks=3, train_labels_all=fine,
+                               test_labels_all=fine)
+    groups = [s.task_classes(5, b) for b in range(3)]
+    assert sorted(np.concatenate(groups).tolist()) == list(range(100))  # disjoint, together every fine class
+    assert [len(g) for g in groups] == [40, 40, 20]  # 2, 2 and 1 fine classes of each of the 20 superclasses
+    for g in groups:
+        assert set(coarse[g]) == set(range(20))
+    t = s.task(5, 1)
+    assert np.array_equal(t.train_labels, coarse[fine[t.train_indices]]) and s.num_outputs == 20
+    with pytest.raises(ValueError, match="100 fine classes"):
+        SuperclassDomainStream(num_train=10, num_test=10, num_classes=10, num_tasks=3,
+                               train_labels_all=np.arange(10), test_labels_all=np.arange(10))

@@ -4,7 +4,8 @@ A stream never holds mutable state that the order of calls could change: ``strea
 task whether or not tasks 0..k-1 were asked for first. That is what lets an evaluation env replay task k exactly.
 
 Kinds (``STREAMS``): ``random_label``, ``label_shuffle``, ``permuted``, ``class_split``, and for the NGM-SGD
-protocols ``rotated`` (fixed rotation angles per task) and ``ordered_split`` (class pairs in the dataset's order). Modifiers that apply to any
+protocols ``rotated`` (fixed rotation angles per task), ``ordered_split`` (class pairs in the dataset's order) and
+``superclass_domain`` (CIFAR-100's 20 superclasses as labels, other fine classes per task). Modifiers that apply to any
 kind: ``recurring_every`` (NeuMoSync Appendix D.2: one fixed task recurs every n tasks, the others are fresh) and
 ``joint`` (cumulative joint training: task k is the union of tasks 0..k, sampled with replacement).
 """
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Task", "Stream", "STREAMS", "make_stream", "task_rng", "start_stream", "check_reset",
-           "check_stream_kwargs", "require_int", "require_bool", "require_real", "rotation_map"]
+           "check_stream_kwargs", "require_int", "require_bool", "require_real", "rotation_map",
+           "CIFAR100_COARSE"]
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -472,6 +474,57 @@ class OrderedSplitStream(Stream):
                     _no_perm(tr.size), _no_perm(te.size), classes=tuple(int(c) for c in cls))
 
 
+#: CIFAR-100's superclass (coarse label, 0..19) of each fine class 0..99, as the dataset's ``coarse_labels`` give
+#: them (e.g. fine 0 "apple" -> 4 "fruit_and_vegetables", fine 4 "beaver" -> 0 "aquatic_mammals").
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3,
+                   15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0,
+                   17, 4, 18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2,
+                   4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+
+
+@dataclass(frozen=True)
+class SuperclassDomainStream(Stream):
+    """Domain-incremental CIFAR-100 (the Domain CIFAR-100 of NGM-SGD, arXiv 2507.14056): the label is the
+    superclass (20 outputs) and each task shows other fine classes of every superclass. The five fine classes of
+    each superclass are put in a seeded order and split into ``num_tasks`` consecutive groups (3 tasks: 2, 2 and 1
+    fine classes per superclass); task b takes group b, every train and test sample of it."""
+
+    kind = "superclass_domain"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_classes and self.num_classes != len(CIFAR100_COARSE):
+            raise ValueError(f"superclass_domain needs CIFAR-100's 100 fine classes, got a dataset with "
+                             f"{self.num_classes} classes")
+        if self.num_tasks > 5:
+            raise ValueError(f"superclass_domain has at most 5 tasks (5 fine classes per superclass), got "
+                             f"{self.num_tasks}")
+        if self.samples_per_task is not None:
+            raise ValueError("superclass_domain takes every sample of its classes: leave samples_per_task None")
+
+    @property
+    def num_outputs(self) -> int:
+        return 20
+
+    def task_classes(self, seed: int, b: int) -> np.ndarray:
+        """The fine classes of task ``b`` (one group of every superclass)."""
+        coarse = np.asarray(CIFAR100_COARSE)
+        rng = task_rng(seed, 2**31 + 1)  # one order per stream
+        out = []
+        for c in range(20):
+            fine = rng.permutation(np.flatnonzero(coarse == c))
+            out.append(np.array_split(fine, self.num_tasks)[b])
+        return np.sort(np.concatenate(out))
+
+    def _base_task(self, seed, b):
+        cls = self.task_classes(seed, b)
+        coarse = np.asarray(CIFAR100_COARSE, dtype=np.int64)
+        tr = np.flatnonzero(np.isin(self.train_labels_all, cls))
+        te = np.flatnonzero(np.isin(self.test_labels_all, cls))
+        return Task(b, tr, coarse[self.train_labels_all[tr]], te, coarse[self.test_labels_all[te]],
+                    _no_perm(tr.size), _no_perm(te.size), classes=tuple(range(20)))
+
+
 STREAMS: dict[str, type[Stream]] = {
     "random_label": RandomLabelStream,
     "label_shuffle": LabelShuffleStream,
@@ -479,6 +532,7 @@ STREAMS: dict[str, type[Stream]] = {
     "class_split": ClassSplitStream,
     "rotated": RotatedStream,
     "ordered_split": OrderedSplitStream,
+    "superclass_domain": SuperclassDomainStream,
 }
 
 
