@@ -146,7 +146,7 @@ def test_resnet_gain_is_on_the_head_only():
     agent = agents.make("ngm_sgd", env, seed=0, backbone="resnet18", momentum=0.9, head_momentum=0.0, eta=0.2)
     net = agent.network
     assert gain_layers(net) == [net.head] and net.head.in_features == 160  # nf = 20: 8 * nf features
-    assert abs(float(net.head.weight.std()) - 0.05) < 0.01 and torch.equal(net.head.bias, torch.zeros(10))
+    assert abs(float(net.head.weight.detach().std()) - 0.05) < 0.01 and torch.equal(net.head.bias, torch.zeros(10))
     groups = agent.optimizer.param_groups
     assert [g["momentum"] for g in groups] == [0.9, 0.0] and groups[1]["params"] == [net.head.weight]
     x, y = batch(env, n=8)
