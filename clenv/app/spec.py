@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clenv.data import LOCATION_KWARGS
+from clenv.registry import protocol
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "execute_all", "save", "default_jobs", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
@@ -230,19 +231,20 @@ class RunSpec:
         provider = agent_provider()
         kwargs = dict(self.agent_kwargs)
         bench = self.paper_benchmark
-        if bench is not None and bench == getattr(_registry_row(self.env_id), "benchmark", None):
+        if bench is not None and bench == getattr(protocol(self.env_id), "benchmark", None):
             bench = None  # the env's own row: the same run as without it
         extra = {"paper_benchmark": bench} if bench is not None else {}
         try:
             _check_hparam_types(self.agent, provider.resolve(self.agent, env, paper_benchmark=False)[1], kwargs)
-            cls, hparams, source = provider.resolve(self.agent, env, **extra, **kwargs)
+            _, hparams, source = provider.resolve(self.agent, env, **extra, **kwargs)
         except (TypeError, ValueError, UsageError) as err:
             env.close()
             raise UsageError(str(err) if isinstance(err, UsageError) else f"agent {self.agent!r}: {err}") from None
         if "seed" in hparams and "seed" not in kwargs:  # the seed rule, applied once at construction
             kwargs["seed"] = hparams["seed"] = int(self.seed)
         u = env.unwrapped
-        identity = {"env_id": env.spec.id, "agent": self.agent,
+        agent = "+".join(p.strip() if ":" in p else p.strip().lower() for p in self.agent.split("+"))
+        identity = {"env_id": env.spec.id, "agent": agent,
                     "env": {k: v for k, v in dict(u.config).items() if k not in LOCATION_KWARGS},
                     "hparams": hparams, "seed": int(self.seed), "total_steps": self.total_steps,
                     "evaluation": self.evaluation}
@@ -253,12 +255,6 @@ class RunSpec:
         from clenv.results import run_dir
 
         return run_dir(out, self.env_id.split(":")[-1], self.agent, self.seed, timestamp=key)
-
-
-def _registry_row(env_id: str):
-    from clenv.registry import protocol
-
-    return protocol(env_id)
 
 
 @dataclass
