@@ -161,6 +161,7 @@ class SupervisedStreamEnv(gym.Env):
         self._step = 0
         self._done = True
         self._epoch_cache: tuple | None = None
+        self._steps_memo: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------- introspection
     @classmethod
@@ -172,8 +173,13 @@ class SupervisedStreamEnv(gym.Env):
 
     def steps_per_task(self, task_id: int = 0) -> int:
         """Steps (batches) in task ``task_id`` (the rule of :func:`task_steps`)."""
-        t = self.stream.task(self.stream_seed if self.stream_seed is not None else 0, task_id)
-        return task_steps(t.num_train, self.batch_size, self.epochs_per_task, self._steps_override)
+        key = (self.stream_seed if self.stream_seed is not None else 0, task_id)
+        n = self._steps_memo.get(key)
+        if n is None:  # step() asks every step: validate and compute once per (stream seed, task)
+            t = self.stream.task(*key)
+            n = self._steps_memo[key] = task_steps(t.num_train, self.batch_size, self.epochs_per_task,
+                                                   self._steps_override)
+        return n
 
     @property
     def total_steps(self) -> int:
