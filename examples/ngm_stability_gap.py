@@ -46,7 +46,7 @@ class ContextEvaluation(Callback):
     serves context k alone. Context 0 (task 1 of the paper) is evaluated on ``first`` samples, the others on
     ``other``, each a fixed subset. Contexts not yet seen are NaN."""
 
-    def __init__(self, first: int = 500, other: int = 150):
+    def __init__(self, first: int = 1000, other: int = 250):
         self.first, self.other = int(first), int(other)
 
     def on_run_start(self, env, agent, result) -> None:
@@ -184,7 +184,7 @@ def figure(runs: list[dict], path: str) -> None:
             if rs[0]["gain"] and name.startswith("ngm"):
                 axes[1, j].plot(np.arange(1, len(rs[0]["gain"]) + 1), np.mean([r["gain"] for r in rs], 0),
                                 color=line.get_color(), label=f"{name} gain")
-        block = np.array(runs[0]["block"]) if False else np.array([r for r in runs if r["env"] == env_id][0]["block"])
+        block = np.array([r for r in runs if r["env"] == env_id][0]["block"])
         for s in np.flatnonzero(np.diff(block)) + 1:
             for ax in axes[:, j]:
                 ax.axvline(s, color="grey", ls=":", lw=0.8)
@@ -201,8 +201,8 @@ def main(argv=None) -> None:
     ap.add_argument("--agents", default="ngm_sgd,momentum_sgd,adam",
                     help="comma-separated; name[key=value;...] for explicit hyperparameters, e.g. adam[lr=0.001]")
     ap.add_argument("--seeds", default="42,43,44,45,46", help="the scripts' base seed 42 and the next four")
-    ap.add_argument("--first", type=int, default=500, help="held-out samples of context 1 (task-1 accuracy)")
-    ap.add_argument("--other", type=int, default=150, help="held-out samples of each later context")
+    ap.add_argument("--first", type=int, default=1000, help="held-out samples of context 1 (task-1 accuracy)")
+    ap.add_argument("--other", type=int, default=250, help="held-out samples of each later context")
     ap.add_argument("--json", default=None, help="write every run (curves, metrics) here; appended as it goes")
     ap.add_argument("--load", default=None, help="print the table (and figure) of a --json file, running nothing")
     ap.add_argument("--figure", default=None)
