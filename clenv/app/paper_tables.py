@@ -63,6 +63,8 @@ class PaperTable:
     cells: tuple[Cell, ...]
     gamma: dict[str, int] = field(default_factory=dict)  # per-benchmark probe budget overriding Table 5
     note: str = ""
+    paper: str = "NeuMoSync"  # whose numbers the cells are
+    seeds: int = 3  # how many seeds the paper's means are over (NeuMoSync Appendix C.3 / F: 3)
 
     @property
     def benchmarks(self) -> list[str]:
@@ -338,14 +340,14 @@ _NGM_CELLS = tuple(Cell(b, label, "ngm_avg_sg", 100 * m, 100 * sd) for b, rows i
                    for label, (m, sd) in rows.items()) + tuple(
     Cell("ngm_split_cifar10", "NGM-SGD", metric, mean, sd) for metric, mean, sd in (
         ("ngm_avg_acc", 90.630, 1.576), ("ngm_avg_min_acc", 79.485, 3.875), ("ngm_wc_acc", 80.880, 3.349)))
-#: NGM-SGD's reference numbers, kept out of :data:`TABLES` until ``clenv reproduce`` runs the "stability" probes
-#: (continual evaluation every iteration with ``ngm_compat``) and its tests read a second paper's text.
+#: NGM-SGD's reference numbers (``clenv reproduce ngm``).
 NGM_TABLE = PaperTable("tablengm", "NGM-SGD: the stability gap under joint training (task-1 accuracy, the scripts' block "
                "arithmetic; arXiv 2507.14056 v3 Table 1 and a secondary summary)", "stability",
                tuple((b, metric, head) for b in _NGM_SG for metric, head in _NGM_METRICS), _NGM_METHODS,
-               _NGM_CELLS, note="for `clenv reproduce ngm` once reproduce runs probes='stability'; the runs need clenv.Evaluation(stability_every=1, "
-               "ngm_compat=True); the paper's spreads are delta-method error bars over 5 seeds (spec 1.6)")
-TABLES: dict[str, PaperTable] = {t.id: t for t in _TABLES}
+               _NGM_CELLS, note="runs with clenv.Evaluation(stability_every=1, ngm_compat=True); the paper's spreads "
+               "are delta-method error bars over 5 seeds (spec 1.6), '-' where the sources give none",
+               paper="NGM-SGD", seeds=5)
+TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE)}
 
 
 def normalize_table_id(text: str) -> str:

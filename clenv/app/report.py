@@ -131,7 +131,9 @@ def _cell(stat, percent: bool) -> str:
     if n == 0 or not math.isfinite(mean):
         return "-"
     s = 100.0 if percent else 1.0
-    return f"{mean * s:.2f} ({std * s:.2f})"
+    digits = 2 if percent else 3  # ratios such as avg-SG (0.017) need the third digit
+    spread = f"{std * s:.{digits}f}" if math.isfinite(std) else "-"  # a paper may give no spread
+    return f"{mean * s:.{digits}f} ({spread})"
 
 
 def format_table(title: str, columns, agg: dict, env: str) -> str | None:

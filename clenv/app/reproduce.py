@@ -158,6 +158,8 @@ def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int) -
         return {"adaptation": True, "gamma": gamma, "probe_every": probe_every}
     if table.probes == "forgetting":
         return {"forgetting": True}
+    if table.probes == "stability":  # continual evaluation after every iteration, the scripts' block arithmetic
+        return {"stability_every": 1, "ngm_compat": True}
     return {}
 
 
@@ -177,9 +179,9 @@ def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str
     agg: dict = {}
     for i, m in enumerate(methods, 1):
         agg[(env_label, _row_name(i, m.label, "ours"))] = ours.get((env_id, m.key), {})
-        # The paper reports 3 seeds (Appendix C.3 / F); its numbers are in percent, ours are fractions.
+        # The paper's numbers are in percent, ours are fractions.
         agg[(env_label, _row_name(i, m.label, "paper"))] = {
-            c.metric: (c.mean / 100.0, c.std / 100.0, 3) for c in table.cells
+            c.metric: (c.mean / 100.0, c.std / 100.0, table.seeds) for c in table.cells
             if c.benchmark == bench.key and c.method == m.label}
     return format_table(title, columns, agg, env_label)
 
@@ -299,7 +301,7 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
         text = comparison(table, bench, p["env_id"], methods, runs)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")
-        block += f"\n\nours: seeds {seeds}; paper: mean (spread) as printed, 3 seeds"
+        block += f"\n\nours: seeds {seeds}; paper: mean (spread) as printed, {table.seeds} seeds"
         parts.append(block)
         print("\n" + block, flush=True)
     if out_root is not None:
