@@ -217,3 +217,26 @@ def test_probe_gamma_follows_table5_only_with_the_table_budget():
     assert probe_gamma(gym.make("RandomLabelDigits-v0")) == (64, "table5")
     env = gym.make("RandomLabelDigits-v0", samples_per_task=128, epochs_per_task=5)  # 8 x 5 = 40 steps per task
     assert probe_gamma(env) == (8, "20% of steps per task")
+
+
+def test_joint_streams_are_evaluated_per_context():
+    """On a joint stream task k is the union of contexts 0..k; the per-task probes measure context k alone (old code:
+    the union's first samples, all context 0's, in every column)."""
+    env = gym.make("JointSplitFashionMNIST-v0", steps_per_task=4, batch_size=32)  # 5 contexts of 2 classes
+    env.reset(seed=0)
+    u = env.unwrapped
+    union = torch.cat([y for _, y in u.test_batches(1, max_samples=200)])
+    own = torch.cat([y for _, y in u.test_batches(1, max_samples=200, context=True)])
+    assert {0, 1} <= set(union.tolist())  # the union begins with context 0's classes
+    assert set(own.tolist()) == {2, 3}
+    import agents
+
+    agent = agents.make("momentum_sgd", env)
+    result = clenv.run(env, agent, seed=0, progress=False,
+                       callbacks=[clenv.ContinualEvaluation(2, samples=64), clenv.HeldOutAccuracy(samples=64)])
+    final = result.records["stability_acc"][-1]
+    data = lambda k: list(u.test_batches(k, max_samples=64, context=True))  # noqa: E731
+    from clenv.probes import accuracy
+
+    assert [final[k] for k in range(5)] == [accuracy(agent, data(k)) for k in range(5)]
+    assert result.records["test_accuracy"][-1] == accuracy(agent, data(4))

@@ -234,15 +234,21 @@ class SupervisedStreamEnv(gym.Env):
         return self._obs(obs, nxt.task), accuracy, False, False, self._info(nxt, switch, labels, labels_task, accuracy)
 
     # ----------------------------------------------------------------- evaluation helpers
-    def test_batches(self, task_id: int, batch_size: int = 500, split: str = "test",
-                     max_samples: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def test_batches(self, task_id: int, batch_size: int = 500, split: str = "test", max_samples: int | None = None,
+                     context: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Held-out (``split="test"``) or training samples of task ``task_id``, un-augmented, as (uint8 images,
-        int64 labels) tensors on the env's device. Pixel permutations and label maps are applied."""
+        int64 labels) tensors on the env's device. Pixel permutations and label maps are applied. ``context=True``
+        serves the task's own context on a ``joint`` stream (whose task k is the union of contexts 0..k); it is the
+        same as the task otherwise."""
         if split not in ("test", "train"):
             raise ValueError(f"split must be 'test' or 'train', got {split!r}")
         batch_size = require_int("batch_size", batch_size, minimum=1)
         max_samples = require_int("max_samples", max_samples, minimum=0, optional=True)
-        t = self.task(task_id)
+        if context:
+            self._require_seed()
+            t = self.stream.context(self.stream_seed, task_id)
+        else:
+            t = self.task(task_id)
         idx, lab, pid = ((t.test_indices, t.test_labels, t.test_perm_ids) if split == "test"
                          else (t.train_indices, t.train_labels, t.train_perm_ids))
         if max_samples is not None:

@@ -94,11 +94,14 @@ class Probe(Callback):
         finally:
             self.probe_time += time.perf_counter() - t0
 
-    def subset(self, task: int, split: str, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A fixed subset of a task's samples (the first n of the split), cached as uint8 batches."""
-        key = (task, split, n)
+    def subset(self, task: int, split: str, n: int, context: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A fixed subset of a task's samples (the first n of the split), cached as uint8 batches. ``context``: on a
+        joint stream (task k = the union of contexts 0..k), the k-th context's own samples."""
+        context = context and bool((getattr(self.env, "config", None) or {}).get("joint"))
+        key = (task, split, n, context)
         if key not in self._data:
-            self._data[key] = list(self.env.test_batches(task, split=split, max_samples=n))
+            kw = {"context": True} if context else {}
+            self._data[key] = list(self.env.test_batches(task, split=split, max_samples=n, **kw))
         return self._data[key]
 
     def seen_tasks(self, result: RunResult) -> list[int]:

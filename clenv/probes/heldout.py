@@ -19,7 +19,8 @@ class HeldOutAccuracy(Probe):
 
     Args:
         forgetting: measure all tasks after each task (T x T evaluations), not only the task just trained.
-        samples: held-out samples per task (the first ``samples`` of its test split).
+        samples: held-out samples per task (the first ``samples`` of its test split; on a joint stream, of the
+            task's own context).
     """
 
     OPTIONS = ("forgetting", "samples")
@@ -40,7 +41,7 @@ class HeldOutAccuracy(Probe):
                 self.random_init[:] = [self._acc(agent, j) for j in range(T)]
 
     def _acc(self, agent, task: int) -> float:
-        return accuracy(agent, self.subset(task, "test", self.samples))
+        return accuracy(agent, self.subset(task, "test", self.samples, context=True))
 
     def on_task_end(self, env, agent, task_id: int, result) -> None:
         i = int(task_id)

@@ -17,7 +17,8 @@ class ContinualEvaluation(Probe):
     ``ngm_sg_{k}to{k+1}`` on task 0's accuracy (:mod:`clenv.metrics.stability`); the curves in
     ``records["stability_step"|"stability_block"|"stability_acc"|"stability_min_acc"|"stability_wc_acc"]``.
 
-    The first evaluation is before any training (block 0: its minimum includes the untrained start, as in NGM).
+    The first evaluation is before any training (block 0: its minimum includes the untrained start, as in NGM). On a
+    joint stream each task is evaluated on its own context's held-out set, not the union's.
 
     Args:
         every: steps between evaluations.
@@ -74,7 +75,7 @@ class ContinualEvaluation(Probe):
         with self.timed():
             row = np.full(self.num_tasks, np.nan)
             for j in sorted(t for t in set(self.seen) | {block} if 0 <= t < self.num_tasks):
-                row[j] = accuracy(agent, self.subset(j, "test", self.samples))
+                row[j] = accuracy(agent, self.subset(j, "test", self.samples, context=True))
         self.steps.append(int(step))
         self.blocks.append(int(block))
         self.acc.append(row)

@@ -217,13 +217,21 @@ class Stream:
         key = ("task", int(seed), k)
         if key not in self._tasks:
             if not self.joint:
-                t = self._cached_base(int(seed), self.base_index(k))
-                t = Task(k, t.train_indices, t.train_labels, t.test_indices, t.test_labels, t.train_perm_ids,
-                         t.test_perm_ids, t.permutations, t.classes)
+                t = self.context(seed, k)
             else:
                 t = _union(k, [self._cached_base(int(seed), self.base_index(j)) for j in range(k + 1)])
             self._remember(key, t)
         return self._tasks[key]
+
+    def context(self, seed: int, k: int) -> Task:
+        """Task k on its own: what ``task`` is without ``joint``; with it, the k-th context that task k adds to the
+        union (its own samples and held-out set)."""
+        k = require_int("task index", k)
+        if not 0 <= k < self.num_tasks:
+            raise IndexError(f"task index {k} out of range 0..{self.num_tasks - 1}")
+        t = self._cached_base(int(seed), self.base_index(k))
+        return Task(k, t.train_indices, t.train_labels, t.test_indices, t.test_labels, t.train_perm_ids,
+                    t.test_perm_ids, t.permutations, t.classes)
 
     def _remember(self, key, value) -> None:
         if len(self._tasks) > 4096:
