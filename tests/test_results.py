@@ -114,7 +114,7 @@ def test_report_on_three_seeds_writes_tables_and_figures(tmp_path, capsys):
     assert "LCA_F" in text and "51.00 (1.00)" in text  # lca_f = 0.50, 0.51, 0.52
     assert "4 runs, 2 configurations" in capsys.readouterr().out
     for name in ("learning_curves.png", "accuracy_matrix.png", "stability_gap.png", "diagnostics.png",
-                 "agent_traces.png"):
+                 "agent_traces.png", "first_task_stability.png"):
         assert (out / name).read_bytes()[:8] == PNG
     csv = (out / "metrics.csv").read_text().splitlines()
     assert csv[0] == "env,agent,metric,mean,std,n"
@@ -223,3 +223,29 @@ def test_report_shows_no_probe_table_from_online_metrics_alone(tmp_path, capsys)
     text = capsys.readouterr().out
     assert "over the last x% of tasks" in text
     assert "Forgetting" not in text and "Held-out" not in text
+
+
+def test_first_task_figure_draws_each_method_and_its_gain(tmp_path, monkeypatch):
+    """NGM-SGD's figure: one panel per env with a line per method for task 0, the traced gain under it."""
+    from clenv.app import plots
+
+    runs = {}
+    for name in ("ngm_sgd", "momentum_sgd"):
+        rs = [fake_run(s, agent=name) for s in range(2)]
+        for r in rs:
+            if name == "ngm_sgd":
+                r.records["agent_diagnostics"]["gain"] = np.linspace(1, 3, 12)
+        runs[f"RandomLabelDigits-v0 / {name}"] = rs
+    drawn = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or real(fig, path))
+    path = plots.first_task_around_switches(runs, tmp_path / "f.png")
+    assert path.read_bytes().startswith(PNG)
+    (fig,) = drawn
+    top, bottom = fig.axes
+    assert len(top.get_lines()) - 2 == 2  # a line per method (and the two switch markers)
+    assert [line.get_label() for line in bottom.get_lines() if not line.get_label().startswith("_")] == ["ngm_sgd"]
+    assert plots.first_task_around_switches({"x / y": [fake_run(0)]}, tmp_path / "g.png") is not None
+    r = fake_run(0)
+    del r.records["stability_acc"]
+    assert plots.first_task_around_switches({"x / y": [r]}, tmp_path / "h.png") is None

@@ -145,6 +145,48 @@ def stability_curves(groups: dict, path) -> Path | None:
     return save_figure(fig, path)
 
 
+def first_task_around_switches(groups: dict, path, signal: str = "gain") -> Path | None:
+    """The stability gap as the NGM-SGD paper draws it: task 0's held-out accuracy over training for every method of
+    an env (mean over runs, a band of one std), task switches dashed, and under it each method's traced ``signal``
+    (``records["agent_diagnostics"][signal]``, e.g. NGM-SGD's gain) where it has one. Groups are "env / method"."""
+    plt = _plt()
+    by_env: dict[str, list] = {}
+    for label, runs in groups.items():
+        runs = [r for r in runs if "stability_acc" in r.records]
+        if runs:
+            env, _, method = label.partition(" / ")
+            by_env.setdefault(env, []).append((method or label, runs))
+    if not by_env:
+        return None
+    fig, axes = plt.subplots(2, len(by_env), figsize=(7 * len(by_env), 6), squeeze=False, sharex="col",
+                             height_ratios=(3, 1), layout="constrained")
+    for col, (env, methods) in enumerate(sorted(by_env.items())):
+        top, bottom = axes[0, col], axes[1, col]
+        traced = False
+        for i, (method, runs) in enumerate(methods):
+            n = min(len(r.records["stability_step"]) for r in runs)
+            steps = np.asarray(runs[0].records["stability_step"])[:n]
+            first = np.stack([np.asarray(r.records["stability_acc"], dtype=np.float64)[:n, 0] for r in runs])
+            _band(top, steps, first, f"{method} (n={len(runs)})")
+            series = [r.records.get("agent_diagnostics", {}) for r in runs]
+            if all(signal in d for d in series):
+                m = min(len(d[signal]) for d in series)
+                bottom.plot(np.asarray(series[0]["step"])[:m], np.mean([d[signal][:m] for d in series], 0),
+                            color=f"C{i}", lw=1.2, label=method)
+                traced = True
+        block = np.asarray(methods[0][1][0].records["stability_block"])
+        steps = np.asarray(methods[0][1][0].records["stability_step"])
+        for s in steps[:-1][np.diff(block) > 0]:
+            top.axvline(s, color="grey", ls=":", lw=0.8)
+            bottom.axvline(s, color="grey", ls=":", lw=0.8)
+        top.set(title=env, ylabel="task 0 held-out accuracy", ylim=(0, 1))
+        top.legend(fontsize=7)
+        top.grid(alpha=0.3)
+        bottom.set(xlabel="step", ylabel=signal if traced else f"({signal} not traced)")
+        bottom.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 _DIAG = ("dormant_ratio", "feature_rank", "weight_magnitude", "zero_grad_fraction")
 
 

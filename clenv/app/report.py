@@ -15,7 +15,8 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
 appears only when some run has its own metrics (the online columns a probe table repeats for context do not count).
 Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and ``learning_curves.png``,
-``accuracy_matrix.png``, ``stability_gap.png``, ``diagnostics.png`` into ``--out`` (default ``./report``), and
+``accuracy_matrix.png``, ``stability_gap.png``, ``first_task_stability.png`` (task 0 around each switch with the
+agent's gain trace, NGM-SGD's figure), ``diagnostics.png`` into ``--out`` (default ``./report``), and
 prints the tables.
 """
 
@@ -205,7 +206,8 @@ def report_main(argv=None) -> int:
         for fn, name in ((plots.learning_curves, "learning_curves.png"), (plots.accuracy_matrices,
                          "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
                          (plots.diagnostics_over_tasks, "diagnostics.png"),
-                         (plots.agent_traces, "agent_traces.png")):
+                         (plots.agent_traces, "agent_traces.png"),
+                         (plots.first_task_around_switches, "first_task_stability.png")):
             path = fn(figure_groups, out / name)
             if path is not None:
                 written.append(path)
