@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import gymnasium as gym
@@ -31,7 +30,7 @@ import agents
 import clenv
 from clenv.envs.supervised import SupervisedStreamEnv
 from clenv.loop import Callback
-from clenv.metrics.stability import continual_eval_metrics, ngm_stability
+from clenv.metrics.stability import continual_eval_metrics, ngm_stability, ngm_stability_delta
 
 PAPER_SG = {  # avg-SG, spec 1.7 ([2nd]); the Fashion-MNIST streams stand in for the MNIST benchmarks
     "JointSplitFashionMNIST-v0": {"ngm_sgd": 0.017, "momentum_sgd": 0.267, "adam": 0.283, "sgd": 0.034},
@@ -77,30 +76,6 @@ class ContextEvaluation(Callback):
         result.records["context_acc"], result.records["context_block"] = acc, block
         result.metrics.update({f"delange/{k}": v for k, v in continual_eval_metrics(acc, block).items()})
         result.metrics.update(ngm_stability(acc[:, 0], block))
-
-
-def delta_method(curves: np.ndarray, block: np.ndarray) -> dict[str, tuple[float, float]]:
-    """The NGM metrics on the seed-mean task-1 curve with error bars from the per-iteration std across seeds
-    (first-order propagation through each ratio, transitions treated as independent): our reading of the authors'
-    metric script (spec 1.6)."""
-    mu, sd = curves.mean(0), curves.std(0, ddof=1) if curves.shape[0] > 1 else np.zeros(curves.shape[1])
-    ids = np.unique(block)
-    last = [np.flatnonzero(block == k)[-1] for k in ids]
-    argmin = [np.flatnonzero(block == k)[np.argmin(mu[block == k])] for k in ids]
-    fin, fin_sd = mu[last], sd[last]
-    mins, mins_sd = mu[argmin], sd[argmin]
-    K = ids.size
-    out = {"avg_acc": (fin.mean(), math.sqrt((fin_sd ** 2).sum()) / K)}
-    am, am_sd = mins[:K - 1].mean(), math.sqrt((mins_sd[:K - 1] ** 2).sum()) / (K - 1)
-    out["avg_min_acc"] = (am, am_sd)
-    out["wc_acc"] = (fin[-1] / K + (1 - 1 / K) * am, math.sqrt((fin_sd[-1] / K) ** 2 + ((1 - 1 / K) * am_sd) ** 2))
-    sg, var = [], []
-    for m in range(K - 1):
-        f, mn = fin[m], mins[m + 1]
-        sg.append((f - mn) / f)
-        var.append((mn / f ** 2 * fin_sd[m]) ** 2 + (mins_sd[m + 1] / f) ** 2)
-    out["avg_sg"] = (float(np.mean(sg)), math.sqrt(sum(var)) / (K - 1))
-    return out
 
 
 def parse_agent(spec: str) -> tuple[str, dict]:
@@ -153,11 +128,11 @@ def table(runs: list[dict]) -> str:
                 v = np.array([r["metrics"][key] for r in rs]) * scale
                 return f"{v.mean():.2f}+-{v.std(ddof=1) if len(v) > 1 else 0:.2f}" if scale != 1 else \
                     f"{v.mean():.3f}+-{v.std(ddof=1) if len(v) > 1 else 0:.3f}"
-            d = delta_method(np.array([r["task1"] for r in rs]), np.array(rs[0]["block"]))
+            d = ngm_stability_delta(np.array([r["task1"] for r in rs]), np.array(rs[0]["block"]))
             paper = PAPER_SG.get(env_id, {}).get(parse_agent(name)[0] if "[" not in name else None)
             lines.append(f"{name:<28}{len(rs):>5} | {ms('ngm_avg_acc', 100):>12}{ms('ngm_avg_min_acc', 100):>13}"
                          f"{ms('ngm_wc_acc', 100):>12}{ms('ngm_avg_sg'):>14} | "
-                         f"{d['avg_sg'][0]:.3f}+-{d['avg_sg'][1]:.3f}".rjust(16) +
+                         f"{d['ngm_avg_sg'][0]:.3f}+-{d['ngm_avg_sg'][1]:.3f}".rjust(16) +
                          f" | {ms('delange/min_acc', 100):>12}{ms('delange/wc_acc', 100):>13}"
                          f"{np.mean([r['metrics']['delange/avg_sg'] for r in rs]):>10.3f}"
                          f" | {paper if paper is not None else '-':>8} | {np.mean([r['wall_s'] for r in rs]):>7.1f}")

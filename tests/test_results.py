@@ -1,5 +1,6 @@
 """Result format (atomic JSON + npz), run layout, `clenv report` tables and figures, loggers."""
 
+import csv
 import io
 import json
 import os
@@ -110,7 +111,7 @@ def test_report_on_three_seeds_writes_tables_and_figures(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "| base | 20.00 (10.00) | 20.00 (10.00) |" in text  # 10% / 25% windows: mean 0.2, std 0.1, in %
     assert "| scratch |" in text
-    assert "avg-SG" not in text  # a column with no finite value anywhere is left out
+    assert "| avg-SG |" not in text and "| avg-SG (" not in text  # a column with no finite value is left out
     assert "LCA_F" in text and "51.00 (1.00)" in text  # lca_f = 0.50, 0.51, 0.52
     assert "4 runs, 2 configurations" in capsys.readouterr().out
     for name in ("learning_curves.png", "accuracy_matrix.png", "stability_gap.png", "diagnostics.png",
@@ -249,3 +250,18 @@ def test_first_task_figure_draws_each_method_and_its_gain(tmp_path, monkeypatch)
     r = fake_run(0)
     del r.records["stability_acc"]
     assert plots.first_task_around_switches({"x / y": [r]}, tmp_path / "h.png") is None
+
+
+def test_report_gives_the_ngm_gap_on_the_seed_mean_curve_with_delta_method_bars(tmp_path, capsys):
+    from clenv.metrics.stability import ngm_stability_delta
+
+    runs = [fake_run(s) for s in range(3)]
+    for i, r in enumerate(runs):
+        save_run(r, tmp_path / "runs" / f"s{i}")
+    assert report_main([str(tmp_path / "runs"), "--no-figures", "--out", str(tmp_path / "rep")]) == 0
+    want = ngm_stability_delta(np.stack([r.records["stability_acc"][:, 0] for r in runs]),
+                               runs[0].records["stability_block"])["ngm_avg_sg"]
+    rows = list(csv.reader(io.StringIO((tmp_path / "rep" / "metrics.csv").read_text())))
+    (row,) = [r for r in rows if r[2] == "ngm_avg_sg_delta"]
+    assert (float(row[3]), float(row[4]), int(row[5])) == (pytest.approx(want[0]), pytest.approx(want[1]), 3)
+    assert f"{want[0]:.3f} ({want[1]:.3f})" in capsys.readouterr().out

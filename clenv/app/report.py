@@ -9,7 +9,8 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 - online accuracy over the last 10/25/50/75/100% of tasks (NeuMoSync Tables 2, 27-33);
 - fast adaptation: BKT_γ/2, BKT_γ, BKT_mean, FKT_γ/2, FKT_γ, FKT_mean, LCA_0, LCA_F, LCA_B, final accuracy (Table 1);
 - forgetting: ACC, AF (Chaudhry), AF (NeuMoSync App. F), BWT, FWT, FM, last-25% accuracy (Table 3);
-- stability gap: min-ACC, WC-ACC, avg-SG and the NGM-SGD script's versions;
+- stability gap: min-ACC, WC-ACC, avg-SG, the NGM-SGD script's versions and its avg-SG on the seed-mean curve with
+  delta-method error bars (the authors' error bars);
 - plasticity diagnostics at the last task end.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
@@ -51,7 +52,8 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Stability gap (accuracies in %, SG as a ratio)",
      (("min_acc", "min-ACC"), ("wc_acc", "WC-ACC"), ("avg_sg", "avg-SG"), ("wf_10", "WF^10"), ("wp_10", "WP^10"),
       ("ngm_avg_acc", "NGM avg-ACC"),
-      ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"))),
+      ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"),
+      ("ngm_avg_sg_delta", "NGM avg-SG (δ)"))),
     ("Plasticity diagnostics at the last task end",
      (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
       ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
@@ -61,7 +63,7 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 
 _NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_")
-_NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
+_NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "ngm_avg_sg_delta", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
                 "zero_grad_fraction", "gamma", "probe_time_s"}
 
 
@@ -111,6 +113,22 @@ def aggregate(runs, label=None) -> dict[tuple[str, str], dict[str, tuple[float, 
     return _stats(configurations(runs, label)[0])
 
 
+def _delta(rs) -> dict[str, tuple[float, float, int]]:
+    """The NGM metrics the authors' way for one configuration: on the seed-mean task-0 curve, error bars by the delta
+    method (:func:`clenv.metrics.stability.ngm_stability_delta`), as ``<name>_delta``; {} without continual
+    evaluation or when the runs' evaluation blocks differ."""
+    from clenv.metrics.stability import ngm_stability_delta
+
+    rs = [r for r in rs if "stability_acc" in r.records and "stability_block" in r.records]
+    if not rs:
+        return {}
+    block = np.asarray(rs[0].records["stability_block"])
+    if any(not np.array_equal(np.asarray(r.records["stability_block"]), block) for r in rs):
+        return {}
+    curves = np.stack([np.asarray(r.records["stability_acc"], dtype=np.float64)[:, 0] for r in rs])
+    return {f"{k}_delta": (float(m), float(e), len(rs)) for k, (m, e) in ngm_stability_delta(curves, block).items()}
+
+
 def _stats(groups: dict) -> dict:
     out = {}
     for key, rs in groups.items():
@@ -123,7 +141,7 @@ def _stats(groups: dict) -> dict:
                 stats[name] = (float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size))
             else:
                 stats[name] = (float("nan"), float("nan"), 0)
-        out[key] = stats
+        out[key] = {**stats, **_delta(rs)}
     return out
 
 

@@ -21,9 +21,11 @@ SG_{k->k+1} = (fin_k - min{acc[e, k] : block[e] = k+1}) / fin_k with fin_k = acc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["continual_eval_metrics", "ngm_stability", "min_acc_curve", "windowed_forgetting"]
+__all__ = ["continual_eval_metrics", "ngm_stability", "ngm_stability_delta", "min_acc_curve", "windowed_forgetting"]
 
 #: De Lange's window sizes (in evaluations) for windowed forgetting and plasticity.
 WF_WINDOWS = (10, 100)
@@ -130,4 +132,34 @@ def ngm_stability(acc, block) -> dict[str, float]:
         out[f"ngm_sg_{ids[m]}to{ids[m + 1]}"] = float(sg)
         sgs.append(sg)
     out["ngm_avg_sg"] = float(np.mean(sgs)) if sgs else float("nan")
+    return out
+
+
+def ngm_stability_delta(curves, block) -> dict[str, tuple[float, float]]:
+    """:func:`ngm_stability` on the seed-mean curve, with the authors' error bars: the per-iteration std across
+    seeds (``curves``: seeds x evaluations) propagated to first order through each ratio, transitions treated as
+    independent (our reading of their metric script). Returns ``ngm_avg_acc``, ``ngm_avg_min_acc``, ``ngm_wc_acc``,
+    ``ngm_avg_sg`` -> (value, error bar)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    block = np.asarray(block, dtype=np.int64)
+    if curves.ndim != 2 or block.shape != curves.shape[1:] or curves.shape[1] == 0:
+        raise ValueError(f"curves must be seeds x evaluations with one block per evaluation, got {curves.shape}, "
+                         f"{block.shape}")
+    mu, sd = curves.mean(0), curves.std(0, ddof=1) if curves.shape[0] > 1 else np.zeros(curves.shape[1])
+    ids = np.unique(block)
+    last = [np.flatnonzero(block == k)[-1] for k in ids]
+    argmin = [np.flatnonzero(block == k)[np.argmin(mu[block == k])] for k in ids]
+    fin, fin_sd = mu[last], sd[last]
+    mins, mins_sd = mu[argmin], sd[argmin]
+    K = ids.size
+    out = {"ngm_avg_acc": (fin.mean(), math.sqrt((fin_sd ** 2).sum()) / K)}
+    am, am_sd = mins[:K - 1].mean(), math.sqrt((mins_sd[:K - 1] ** 2).sum()) / (K - 1)
+    out["ngm_avg_min_acc"] = (am, am_sd)
+    out["ngm_wc_acc"] = (fin[-1] / K + (1 - 1 / K) * am, math.sqrt((fin_sd[-1] / K) ** 2 + ((1 - 1 / K) * am_sd) ** 2))
+    sg, var = [], []
+    for m in range(K - 1):
+        f, mn = fin[m], mins[m + 1]
+        sg.append((f - mn) / f)
+        var.append((mn / f ** 2 * fin_sd[m]) ** 2 + (mins_sd[m + 1] / f) ** 2)
+    out["ngm_avg_sg"] = (float(np.mean(sg)), math.sqrt(sum(var)) / (K - 1))
     return out
