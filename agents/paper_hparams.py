@@ -152,10 +152,11 @@ PAPER_HPARAMS.update({
     "ngm_split_cifar10": {"ngm_sgd": (_NGM_SRC, dict(eta=0.2, **_NGM_RESNET))},
     "ngm_rotated_mnist": {"ngm_sgd": (_NGM_2ND, dict(eta=0.5))},
     "ngm_domain_cifar100": {"ngm_sgd": (_NGM_2ND, dict(eta=0.1, **_NGM_RESNET))},
+    "ngm_split_mini_imagenet": {"ngm_sgd": (_NGM_2ND, dict(eta=0.1, **_NGM_RESNET))},
     "ngm_permuted_mnist": {},  # eta NOT FOUND (spec 1.4): the class DEFAULTS apply
 })
 for _family_rows in [PAPER_HPARAMS[k] for k in ("ngm_split_mnist", "ngm_split_cifar10", "ngm_rotated_mnist",
-                                                "ngm_domain_cifar100")]:
+                                                "ngm_domain_cifar100", "ngm_split_mini_imagenet")]:
     # The ablations run with NGM-SGD's row of the benchmark.
     for _name in ("ngm_entropy_lr", "ngm_fixed_gain"):
         _family_rows[_name] = _family_rows["ngm_sgd"]

@@ -136,6 +136,13 @@ ENV_TABLE: tuple[EnvDef, ...] = (
          "joint Domain CIFAR-100: the 20 superclasses as labels, other fine classes per context, 3 x 400 iterations",
          _TV, backbone="resnet18", paper=_NGM, tags=("stability",),
          **{**_NGM_ROTATED, "batch_size": 256, "augment": True}),
+    # Split mini-ImageNet: 5 x 10 classes; the iterations per context are not in the sources (spec 1.4): 400, as the
+    # other ResNet protocols.
+    _sup("JointSplitMiniImageNet-v0", "ngm_split_mini_imagenet", "mini_imagenet", "class_split",
+         "joint Split mini-ImageNet: cumulative 10-class contexts of 84x84 images, 5 x 400 iterations, batch 256",
+         "ImageFolder tree mini-imagenet/ under CLENV_DATA", backbone="resnet18", paper=_NGM, tags=("stability",),
+         num_tasks=5, classes_per_task=10, samples_per_class=500, joint=True, steps_per_task=400, batch_size=256,
+         augment=False),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
            dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),

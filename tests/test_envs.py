@@ -74,6 +74,8 @@ def test_env_checker_passes_on_torchvision_formats(env_id, disk_root, monkeypatc
         kw["num_tasks"] = 2  # 4 classes written: 2 binary tasks
     if d.kwargs["dataset"] == "cifar10" and d.kwargs["stream"] == "class_split":
         kw["batch_size"] = 16
+    if d.kwargs["dataset"] == "mini_imagenet" and d.kwargs["stream"] == "class_split":
+        kw.update(num_tasks=3, classes_per_task=1, samples_per_class=8, batch_size=4)  # 3 classes of 10 written
     env = gym.make(env_id, **kw)
     check_env(env.unwrapped)
 

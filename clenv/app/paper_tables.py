@@ -320,9 +320,7 @@ _TABLES = (
 # Rodriguez-Garcia, Ghosh and Ramaswamy, arXiv 2507.14056, through shared/specs/methods.md 1.7. Cells in percent like
 # every table here (avg-SG, a ratio, as 100 x ratio: 0.134 is 13.4). Split CIFAR-10's NGM-SGD row is v3 Table 1
 # quoted verbatim by a third party [paper-q]; the other avg-SG cells and the MSGD / Adam spreads on Split CIFAR-10
-# are a secondary summary's [2nd]; a spread the sources do not give is NaN. Split mini-ImageNet (NGM-SGD: 48.312 +- 2.289 /
-# 33.165 +- 2.435 / 36.040 +- 2.058 / 0.300 +- 0.071; avg-SG MSGD 0.409, Adam 0.384, SGD 0.332) has no registered env
-# yet and is left out.
+# are a secondary summary's [2nd], as are Split mini-ImageNet's; a spread the sources do not give is NaN.
 _NGM_METRICS = (("ngm_avg_acc", "avg-ACC"), ("ngm_avg_min_acc", "avg-min-ACC"), ("ngm_wc_acc", "WC-ACC"),
                 ("ngm_avg_sg", "avg-SG"))
 _NGM_METHODS = (_m("NGM-SGD", "ngm_sgd"), _m("MSGD", "momentum_sgd"), _m("Adam", "adam"), _m("SGD", "sgd"))
@@ -335,11 +333,16 @@ _NGM_SG = {  # benchmark -> method -> (avg-SG mean, spread), [2nd] unless noted
                           "SGD": (0.053, _NAN)},
     "ngm_domain_cifar100": {"NGM-SGD": (0.224, _NAN), "MSGD": (0.232, _NAN), "Adam": (0.256, _NAN),
                             "SGD": (0.243, _NAN)},
+    "ngm_split_mini_imagenet": {"NGM-SGD": (0.300, 0.071), "MSGD": (0.409, _NAN), "Adam": (0.384, _NAN),
+                                "SGD": (0.332, _NAN)},
 }
 _NGM_CELLS = tuple(Cell(b, label, "ngm_avg_sg", 100 * m, 100 * sd) for b, rows in _NGM_SG.items()
                    for label, (m, sd) in rows.items()) + tuple(
-    Cell("ngm_split_cifar10", "NGM-SGD", metric, mean, sd) for metric, mean, sd in (
-        ("ngm_avg_acc", 90.630, 1.576), ("ngm_avg_min_acc", 79.485, 3.875), ("ngm_wc_acc", 80.880, 3.349)))
+    Cell(b, "NGM-SGD", metric, mean, sd) for b, rows in (
+        ("ngm_split_cifar10", (("ngm_avg_acc", 90.630, 1.576), ("ngm_avg_min_acc", 79.485, 3.875),
+                               ("ngm_wc_acc", 80.880, 3.349))),
+        ("ngm_split_mini_imagenet", (("ngm_avg_acc", 48.312, 2.289), ("ngm_avg_min_acc", 33.165, 2.435),
+                                     ("ngm_wc_acc", 36.040, 2.058)))) for metric, mean, sd in rows)
 #: NGM-SGD's reference numbers (``clenv reproduce ngm``).
 NGM_TABLE = PaperTable("tablengm", "NGM-SGD: the stability gap under joint training (task-1 accuracy, the scripts' block "
                "arithmetic; arXiv 2507.14056 v3 Table 1 and a secondary summary)", "stability",
