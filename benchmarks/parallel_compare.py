@@ -2,7 +2,7 @@
 
 Both are the whole command as a user runs it (``clenv.app.cli.main``): 3 agents x 2 seeds of a reduced Random-Label
 Fashion-MNIST protocol, one torch thread per run, results not saved. The parallel one pays for starting its worker
-processes (each imports torch and loads the dataset once). Their tables are checked to be identical. The last line is
+processes (forked from a server that imported torch once; each loads the dataset once). Their tables are checked to be identical. The last line is
 ``ratio=<wall with --jobs N / wall with --jobs 1>`` (the issue's target: <= 0.6 with 2 jobs on 2 cores).
 
     python benchmarks/parallel_compare.py [--jobs 2] [--tasks 4] [--epochs 10]

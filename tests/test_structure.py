@@ -171,6 +171,10 @@ def test_a_user_agent_in_one_file_runs_from_the_cli_and_in_a_sweep(user_agent_di
     text = capsys.readouterr().out
     assert "2 runs" in text and "1 already done, 1 to run" in text  # the CLI's run is the sweep's first point
     assert len(list(out.rglob("result.json"))) == 2
+    # ... and in worker processes, which import it from the user's directory too
+    assert main(["compare", "--agents", "my_agents:L1Agent", "--seeds", "0,1", "--jobs", "2", "--no-save",
+                 "--no-progress", *ENV]) == 0
+    assert "wall with 2 process(es)" in capsys.readouterr().out
 
 
 def test_a_user_agent_runs_from_the_console_script_in_its_directory(user_agent_dir):

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clenv.app.spec import (RunSpec, UsageError, check_agent, check_out, default_jobs, execute, parse_assignments,
-                            parse_seeds, parse_value, save, suggest)
+                            parse_seeds, parse_value, save, suggest, worker_context, worker_init)
 
 __all__ = ["SweepConfig", "SweepConfigError", "load_config", "validate_config", "expand", "expand_grid", "run_sweep",
            "sweep_main"]
@@ -359,12 +359,12 @@ def expand_grid(cfg: SweepConfig) -> list[dict]:
 
 
 def _run_in_processes(cfg: SweepConfig, pending: list, collect) -> None:
-    """The runs in ``cfg.jobs`` spawned worker processes (default: the cores available), one torch thread each."""
-    import multiprocessing as mp
+    """The runs in ``cfg.jobs`` worker processes (default: the cores available), one torch thread each."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     jobs = min(cfg.jobs or default_jobs(), len(pending))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context(), initializer=worker_init,
+                             initargs=(cfg.threads, list(sys.path))) as pool:
         futures = {pool.submit(_execute_remote, r.spec, str(cfg.out), cfg.checkpoint_every, cfg.threads): r
                    for r in pending}
         waiting, i = set(futures), 0
