@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
-__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "execute_all", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -350,6 +350,26 @@ def worker_init(threads: int, path: list[str]) -> None:
     sys.path[:0] = [p for p in path if p not in sys.path]
 
 
+def in_workers(fn, calls: list[tuple], *, jobs: int, threads: int = 1):
+    """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` worker processes (:func:`worker_context`, one torch
+    thread each); yields ``(index, value)`` as each finishes. An exception, Ctrl-C included, cancels what has not
+    started and propagates."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=worker_context(),
+                             initializer=worker_init, initargs=(threads, list(sys.path))) as pool:
+        pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut.result()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
 def _worker_run(spec: RunSpec, out, checkpoint_every):
     """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache)."""
     result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)
@@ -373,8 +393,6 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
             if on_result is not None:
                 on_result(r, result, path)
         return [done[i] for i in range(len(runs))]
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     for r in runs:  # the workers make their own envs
         r.env.close()
     bar = None
@@ -382,27 +400,16 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(runs), desc=f"{len(runs)} runs, {min(jobs, len(runs))} processes", unit="run")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=worker_context(),
-                             initializer=worker_init, initargs=(threads, list(sys.path))) as pool:
-        pending = {pool.submit(_worker_run, r.spec, None if out is None else str(out), checkpoint_every): i
-                   for i, r in enumerate(runs)}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = pending.pop(fut)
-                    result = fut.result()
-                    path = save(runs[i], result, out) if out is not None else None
-                    done[i] = (result, path)
-                    if bar is not None:
-                        bar.update(1)
-                    if on_result is not None:
-                        on_result(runs[i], result, path)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-        finally:
+    calls = [(r.spec, None if out is None else str(out), checkpoint_every) for r in runs]
+    try:
+        for i, result in in_workers(_worker_run, calls, jobs=jobs, threads=threads):
+            path = save(runs[i], result, out) if out is not None else None
+            done[i] = (result, path)
             if bar is not None:
-                bar.close()
+                bar.update(1)
+            if on_result is not None:
+                on_result(runs[i], result, path)
+    finally:
+        if bar is not None:
+            bar.close()
     return [done[i] for i in range(len(runs))]

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clenv.app.spec import (RunSpec, UsageError, check_agent, check_out, default_jobs, execute, parse_assignments,
-                            parse_seeds, parse_value, save, suggest, worker_context, worker_init)
+                            in_workers, parse_seeds, parse_value, save, suggest)
 
 __all__ = ["SweepConfig", "SweepConfigError", "load_config", "validate_config", "expand", "expand_grid", "run_sweep",
            "sweep_main"]
@@ -360,24 +360,10 @@ def expand_grid(cfg: SweepConfig) -> list[dict]:
 
 def _run_in_processes(cfg: SweepConfig, pending: list, collect) -> None:
     """The runs in ``cfg.jobs`` worker processes (default: the cores available), one torch thread each."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    jobs = min(cfg.jobs or default_jobs(), len(pending))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context(), initializer=worker_init,
-                             initargs=(cfg.threads, list(sys.path))) as pool:
-        futures = {pool.submit(_execute_remote, r.spec, str(cfg.out), cfg.checkpoint_every, cfg.threads): r
-                   for r in pending}
-        waiting, i = set(futures), 0
-        try:
-            while waiting:
-                ready, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-                for fut in ready:
-                    i += 1
-                    collect(fut.result(), i, futures[fut])
-        except BaseException:
-            for fut in waiting:
-                fut.cancel()
-            raise
+    calls = [(r.spec, str(cfg.out), cfg.checkpoint_every, cfg.threads) for r in pending]
+    for n, (i, outcome) in enumerate(in_workers(_execute_remote, calls, jobs=cfg.jobs or default_jobs(),
+                                                threads=cfg.threads), 1):
+        collect(outcome, n, pending[i])
 
 
 def _run_on_ray(cfg: SweepConfig, pending: list, collect, log, by_key: dict) -> None:
