@@ -14,7 +14,8 @@ names, method labels or result keys), every seed runs once:
 - ``--scale F`` multiplies the number of tasks (at least 2) and the epochs per task (at least 1); the probe budget
   gamma keeps the paper's share of a task's steps (Table 5, or Table 13 for Table 4), at least 2 and at most a task;
   ``--env-set`` changes any env kwarg after that;
-- every run is a :class:`clenv.app.spec.RunSpec` executed by :func:`clenv.app.spec.execute`, as ``clenv run``'s
+- every run is a :class:`clenv.app.spec.RunSpec` executed by :func:`clenv.app.spec.execute_all` (``--jobs`` worker
+  processes), as ``clenv run``'s
   are: the agent with the benchmark's paper hyperparameters (``paper_benchmark=``), the method's own (Table 2's
   controllers, Table 32's beta, ...), then ``--agent-set``; the seed also seeds the agent's initialisation;
 - the probes the table needs run (:class:`clenv.Evaluation`: adaptation for LCA / FKT / BKT, forgetting for AF);

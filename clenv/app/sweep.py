@@ -15,7 +15,8 @@ The agent label is the agent name followed by the grid values, ``base[lr=0.001]`
 
 Backends: ``ray`` (the default when Ray is installed: ``pip install 'clenv[ray]'``) starts a local Ray or, when
 ``RAY_ADDRESS`` is set, joins that cluster, and runs each run as a task with ``num_cpus=1`` and one torch thread;
-results come back to the driver, which writes them. ``sequential`` runs in this process, one run after another.
+results come back to the driver, which writes them. ``processes`` (the default without Ray) runs ``jobs`` worker
+processes on this machine the same way; ``sequential`` runs in this process, one run after another.
 Workers build envs and agents as the driver does, so a cluster's nodes need clenv (and the agents package, and any
 user agent module) installed, and a shared filesystem if runs checkpoint.
 
