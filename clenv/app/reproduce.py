@@ -14,10 +14,10 @@ names, method labels or result keys), every seed runs once:
 - ``--scale F`` multiplies the number of tasks (at least 2) and the epochs per task (at least 1); the probe budget
   gamma keeps the paper's share of a task's steps (Table 5, or Table 13 for Table 4), at least 2 and at most a task;
   ``--env-set`` changes any env kwarg after that;
-- every run is a :class:`clenv.app.spec.RunSpec` executed by :func:`clenv.app.spec.execute_all` (``--jobs`` worker
-  processes), as ``clenv run``'s
-  are: the agent with the benchmark's paper hyperparameters (``paper_benchmark=``), the method's own (Table 2's
-  controllers, Table 32's beta, ...), then ``--agent-set``; the seed also seeds the agent's initialisation;
+- every run is a :class:`clenv.app.spec.RunSpec`, as ``clenv run``'s are, executed by
+  :func:`clenv.app.spec.execute_all` in ``--jobs`` worker processes: the agent with the benchmark's paper
+  hyperparameters (``paper_benchmark=``), the method's own (Table 2's controllers, Table 32's beta, ...), then
+  ``--agent-set``; the seed also seeds the agent's initialisation;
 - the probes the table needs run (:class:`clenv.Evaluation`: adaptation for LCA / FKT / BKT, forgetting for AF);
 - runs are saved under ``OUT/<table>/<env>/<agent>/seed<k>-<key>``, and the
   comparison (one table per benchmark, ours and the paper's as adjacent rows, formatted by
