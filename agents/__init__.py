@@ -44,6 +44,15 @@ REGISTRY: dict[str, str] = {
     "momentum_sgd": "agents.ngm_sgd:MomentumSGDAgent",
     "momentum_sgd_reset": "agents.ngm_sgd:MomentumSGDResetAgent",
     "adam": "agents.ngm_sgd:AdamAgent",
+    # Functional Task Networks (002_b6d509c9f1140765.txt), Experiment 1's variants and baselines.
+    "ftn_slow": "agents.ftn.agent:FTNSlowAgent",
+    "ftn_fast": "agents.ftn.agent:FTNFastAgent",
+    "kwta": "agents.ftn.agent:KWTAAgent",
+    "fixed_mask": "agents.ftn.agent:FixedMaskAgent",
+    "no_mask": "agents.ftn.agent:NoMaskAgent",
+    "ftn_ewc": "agents.ftn.agent:FTNEWCAgent",
+    "supsup": "agents.ftn.agent:SupSupAgent",
+    "supsup_wide": "agents.ftn.agent:SupSupWideAgent",
 }
 
 

@@ -321,6 +321,7 @@ class SupervisedAgent(Agent):
                 "action_type": getattr(u, "action_type", "labels"),
                 "backbone": row.backbone if row and row.backbone else "mlp",
                 "task_aware": bool(getattr(u, "task_aware", False)),
+                "task_type": str(getattr(u, "task_type", "classification")),
                 "num_tasks": int(getattr(u, "num_tasks", 1)), "device": str(getattr(u, "device", "cpu"))}
 
     def construction_env(self) -> dict:
@@ -404,10 +405,22 @@ class SupervisedAgent(Agent):
         pred = logits.detach()
         if self.env_spec["action_type"] == "logits":
             return pred.float().cpu().numpy()
+        if self.env_spec["action_type"] == "predictions":  # regression: one real output per sample
+            return pred[:, 0].float().cpu().numpy()
         return pred.argmax(1).cpu().numpy()
 
+    @property
+    def regression(self) -> bool:
+        """Whether the env asks for real-valued predictions (MSE) rather than classes (cross-entropy)."""
+        return self.env_spec.get("task_type") == "regression"
+
+    def targets(self, labels) -> torch.Tensor:
+        """``info["labels"]`` as the loss wants them: int64 classes, or float32 regression targets."""
+        dtype = torch.float32 if self.regression else torch.int64
+        return torch.as_tensor(np.asarray(labels), device=self.device, dtype=dtype)
+
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
-        y = torch.as_tensor(np.asarray(info["labels"]), device=self.device, dtype=torch.int64)
+        y = self.targets(info["labels"])
         if y.numel() == 0:
             return
         cached = self._cache
@@ -442,7 +455,13 @@ class SupervisedAgent(Agent):
         return x, y
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y) + self.regularizer()
+        return self.task_loss(logits, y) + self.regularizer()
+
+    def task_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The data term: cross-entropy on classes, mean squared error of the first output on regression targets."""
+        if self.regression:
+            return F.mse_loss(outputs[:, 0], y)
+        return F.cross_entropy(outputs, y)
 
     def regularizer(self) -> torch.Tensor | float:
         return 0.0

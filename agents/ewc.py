@@ -55,7 +55,8 @@ class EWCAgent(SupervisedAgent):
         g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
         with self.auxiliary_forward():
             fisher = diagonal_fisher(self.network, x, y, labels=self.hparams["fisher_labels"], generator=g,
-                                     forward=self._fisher_forward())
+                                     forward=self._fisher_forward(),
+                                     likelihood="gaussian" if self.regression else "categorical")
         decay = float(self.hparams["ewc_decay"])
         params = dict(self.network.named_parameters())
         for n, f in fisher.items():

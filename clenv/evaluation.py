@@ -22,6 +22,9 @@ are computed by the loop for every run. Metric names, per probe:
   and with ``ngm_compat=True`` the ``ngm_*`` metrics (:class:`~clenv.probes.ContinualEvaluation`);
 - ``plasticity=True``: ``dormant_ratio``, ``dead_fraction``, ``feature_rank``, ``weight_magnitude``,
   ``zero_grad_fraction`` (:class:`~clenv.probes.PlasticityDiagnostics`);
+- ``masks=True``: ``acc`` / ``mse``, ``fm``, ``acc_stored`` / ``mse_stored``, ``fm_stored``, ``*_prior``,
+  ``recall_error``, ``mask_overlap``, ``mask_recall`` (:class:`~clenv.probes.MaskRecovery`; its ``acc`` and ``fm``
+  replace ``forgetting``'s when both are on);
 - ``agent_traces=True`` (the default): ``agent/{name}`` (:class:`~clenv.probes.AgentTraces`);
 - ``probe_time_s``: seconds spent in probes.
 
@@ -35,7 +38,8 @@ from typing import Any, Iterable
 
 from clenv.loggers import LogFeed
 from clenv.loop import Callback, RunResult
-from clenv.probes import AgentTraces, ContinualEvaluation, FastAdaptation, HeldOutAccuracy, PlasticityDiagnostics
+from clenv.probes import (AgentTraces, ContinualEvaluation, FastAdaptation, HeldOutAccuracy, MaskRecovery,
+                          PlasticityDiagnostics)
 from clenv.protocols import probe_gamma
 
 __all__ = ["Evaluation", "probe_gamma"]
@@ -54,6 +58,8 @@ class Evaluation(Callback):
             ``stability_samples`` held-out samples each; ``ngm_compat`` adds the NGM-SGD script's metrics.
         plasticity: per-layer diagnostics at every task end on ``plasticity_samples`` training samples of that task
             (ReDo ``tau``, srank ``delta``).
+        masks: every task under its stored training mask and under a mask recovered from ``support_samples``
+            labelled samples (FTN's two protocols), on ``eval_samples`` test samples per task.
         agent_traces: record the agent's ``trace()`` every ``trace_every`` steps and ``diagnostics()`` per task.
         eval_samples: held-out samples per task for R and ``test_acc``.
         loggers: objects with ``log(scalars: dict, step: int)`` and optionally ``summary(result)`` / ``close()``
@@ -64,6 +70,7 @@ class Evaluation(Callback):
 
     def __init__(self, *, heldout: bool = False, forgetting: bool = False, adaptation: bool = False,
                  stability_every: int | None = None, ngm_compat: bool = False, plasticity: bool = False,
+                 masks: bool = False, support_samples: int = 256,
                  agent_traces: bool = True, gamma: int | None = None, probe_every: int = 1, probe_samples: int = 256,
                  probe_split: str = "train", eval_samples: int = 500, stability_samples: int = 256,
                  plasticity_samples: int = 500, tau: float = 0.1, delta: float = 0.01, trace_every: int = 1,
@@ -79,6 +86,8 @@ class Evaluation(Callback):
             probes.append(ContinualEvaluation(stability_every, samples=stability_samples, ngm_compat=ngm_compat))
         if plasticity:
             probes.append(PlasticityDiagnostics(samples=plasticity_samples, tau=tau, delta=delta))
+        if masks:
+            probes.append(MaskRecovery(samples=eval_samples, support_samples=support_samples))
         if agent_traces:
             probes.append(AgentTraces(trace_every))
         loggers = list(loggers)

@@ -143,6 +143,17 @@ ENV_TABLE: tuple[EnvDef, ...] = (
          "ImageFolder tree mini-imagenet/ under CLENV_DATA", backbone="resnet18", paper=_NGM, tags=("stability",),
          num_tasks=5, classes_per_task=10, samples_per_class=500, joint=True, steps_per_task=400, batch_size=256,
          augment=False),
+    # Functional Task Networks, Experiment 1 (002_b6d509c9f1140765.txt): 3 tasks on the same inputs, other targets.
+    EnvDef("ConceptShiftClassification-v0", "clenv.envs.concept_shift:ConceptShiftEnv",
+           dict(task="classification", num_tasks=3, steps_per_task=1000, batch_size=256),
+           "2-D inputs through a fixed encoder to a 24-D latent; each task reads its own 8-D block, sin(8 u) > 0 is "
+           "the class; 3 x 1,000 steps, batch 256", "synthetic (generated from the seed)", backbone="mlp",
+           paper="FTN Experiment 1", tags=("forgetting", "concept_shift")),
+    EnvDef("ConceptShiftRegression-v0", "clenv.envs.concept_shift:ConceptShiftEnv",
+           dict(task="regression", num_tasks=3, steps_per_task=1000, batch_size=256),
+           "the classification stream's inputs with sin(8 u) as a regression target: the action is the prediction, "
+           "the reward its negative MSE", "synthetic (generated from the seed)", backbone="mlp",
+           paper="FTN Experiment 1", tags=("forgetting", "concept_shift")),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
            dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),

@@ -19,7 +19,7 @@ __all__ = ["diagonal_fisher"]
 
 def diagonal_fisher(module: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, labels: str = "sample",
                     chunk: int = 256, generator: torch.Generator | None = None,
-                    forward=None) -> dict[str, torch.Tensor]:
+                    forward=None, likelihood: str = "categorical") -> dict[str, torch.Tensor]:
     """Diagonal Fisher of ``module``'s trainable parameters on inputs ``x`` (float, preprocessed).
 
     Args:
@@ -28,11 +28,15 @@ def diagonal_fisher(module: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
         labels: ``"sample"`` (true Fisher) or ``"empirical"``.
         chunk: samples per vmapped chunk (memory bound).
         generator: for the sampled labels.
+        likelihood: ``"categorical"`` (softmax over the logits) or ``"gaussian"`` (unit-variance normal around the
+            first output, for regression; sampled targets are the output plus standard normal noise).
     Returns:
         ``{parameter name: tensor}`` with each parameter's shape, averaged over samples.
     """
     if labels not in ("sample", "empirical"):
         raise ValueError(f"labels must be 'sample' or 'empirical', got {labels!r}")
+    if likelihood not in ("categorical", "gaussian"):
+        raise ValueError(f"likelihood must be 'categorical' or 'gaussian', got {likelihood!r}")
     if labels == "empirical" and y is None:
         raise ValueError("the empirical Fisher needs the labels y")
     fwd = forward or (lambda m, inp: m(inp))
@@ -42,7 +46,10 @@ def diagonal_fisher(module: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
     module.eval()
     try:
         with torch.no_grad():
-            if labels == "sample":
+            if labels == "sample" and likelihood == "gaussian":
+                mean = torch.cat([fwd(module, x[s:s + chunk])[:, 0] for s in range(0, len(x), chunk)])
+                y = mean + torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            elif labels == "sample":
                 probs = torch.cat([F.softmax(fwd(module, x[s:s + chunk]), 1) for s in range(0, len(x), chunk)])
                 y = torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
@@ -53,6 +60,8 @@ def diagonal_fisher(module: nn.Module, x: torch.Tensor, y: torch.Tensor | None =
 
         def log_lik(p, xi, yi):
             logits = functional_call(target, (p, b_in), (xi.unsqueeze(0),))
+            if likelihood == "gaussian":
+                return -0.5 * (logits[0, 0] - yi).pow(2)
             return -F.cross_entropy(logits, yi.view(1))
 
         per_sample = vmap(grad(log_lik), in_dims=(None, 0, 0))

@@ -7,6 +7,7 @@ list (``clenv.run(env, agent, callbacks=[HeldOutAccuracy(forgetting=True), Conti
 - :class:`ContinualEvaluation`: evaluation every k steps, the stability gap.
 - :class:`PlasticityDiagnostics`: dormant units, ranks, weight norms at every task end.
 - :class:`AgentTraces`: the agent's own ``trace()`` / ``diagnostics()``.
+- :class:`MaskRecovery`: stored-mask and recovered-mask evaluation of mask-routed agents (FTN).
 
 What an agent must provide (duck typing; clenv never imports ``agents``): ``predict(x) -> logits`` in evaluation
 mode without side effects, on inputs from ``preprocess(obs)`` (without it uint8 inputs are scaled to [0, 1]);
@@ -18,9 +19,10 @@ max_samples=)``, ``unwrapped.num_tasks`` and, for adaptation, ``unwrapped.eval_e
 from clenv.probes.adaptation import FastAdaptation
 from clenv.probes.base import Probe, accuracy, agent_inputs
 from clenv.probes.heldout import HeldOutAccuracy
+from clenv.probes.masks import MaskRecovery
 from clenv.probes.plasticity import PlasticityDiagnostics
 from clenv.probes.stability import ContinualEvaluation
 from clenv.probes.traces import AgentTraces
 
 __all__ = ["Probe", "HeldOutAccuracy", "FastAdaptation", "ContinualEvaluation", "PlasticityDiagnostics",
-           "AgentTraces", "accuracy", "agent_inputs"]
+           "AgentTraces", "MaskRecovery", "accuracy", "agent_inputs"]
