@@ -62,6 +62,7 @@ class FTNAgent(SupervisedAgent):
             int(h["num_neurons"]), int(h["k"]), kernel=int(h["kernel"]), smoothing_steps=int(h["smoothing_steps"]),
             steps=int(h["mask_steps"] if h["mask_steps"] is not None else (10 if self.regression else 1)),
             lr=float(h["mask_lr"] if h["mask_lr"] is not None else (0.2 if self.regression else 1.0)))
+        self.dropout_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 7)
         self.mask = self.initial_mask()
         self.stored_masks: dict[int, torch.Tensor] = {}
         self.tasks_seen: list[int] = []
@@ -84,7 +85,7 @@ class FTNAgent(SupervisedAgent):
         z = self.network.neurons(x)
         if self.records_statistics:  # the act() forward of a training step: learn() reuses z with its own mask
             self._neurons = (x, z)
-        return self.network.head(self.network.drop(z), self.mask)
+        return self.network.head(self.network.drop(z, self.dropout_generator), self.mask)
 
     @property
     def task_index(self) -> int:
@@ -95,7 +96,7 @@ class FTNAgent(SupervisedAgent):
     def learn(self, x, y, logits=None):
         cached, self._neurons = self._neurons, None
         z = cached[1] if cached is not None and cached[0] is x else self.network.neurons(x)
-        zd = self.network.drop(z)
+        zd = self.network.drop(z, self.dropout_generator)
         self.mask = self.training_mask(zd.detach(), y)
         self.stored_masks[self.task_key] = self.mask.detach().clone()
         return super().learn(x, y, self.network.head(zd, self.mask))
@@ -251,7 +252,7 @@ class SupSupAgent(FTNAgent):
     def learn(self, x, y, logits=None):
         self._neurons = None
         with torch.no_grad():
-            z = self.network.drop(self.network.neurons(x))
+            z = self.network.drop(self.network.neurons(x), self.dropout_generator)
         hard = kwta(self.scores.detach(), int(self.hparams["k"]))
         self.mask = hard
         self.stored_masks[self.task_key] = hard.clone()

@@ -12,7 +12,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["FTNNetwork"]
 
@@ -52,7 +51,9 @@ class FTNNetwork(nn.Module):
         self.hidden_bias = nn.Parameter(torch.empty(depth - 1, H, d, 1))
         self.out = nn.Parameter(torch.empty(H, 1, d))
         self.out_bias = nn.Parameter(torch.empty(H, 1, 1))
-        self.drop = nn.Dropout(float(dropout))
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
         self.readout = nn.Linear(H, num_outputs, bias=False)
         self.reset_parameters(init)
 
@@ -83,12 +84,21 @@ class FTNNetwork(nn.Module):
             h = torch.relu(torch.baddbmm(b, w, h))
         return torch.baddbmm(self.out_bias, self.out, h)[:, 0].T
 
+    def drop(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Output dropout in train mode, drawn from ``generator`` (the agent's own, so that runs are reproducible and
+        resumable); the identity in eval mode."""
+        if not self.training or self.dropout == 0.0:
+            return z
+        keep = torch.rand(z.shape, generator=generator, device=z.device, dtype=z.dtype) >= self.dropout
+        return z * keep / (1.0 - self.dropout)
+
     def head(self, z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The readout of (already dropped-out) neuron outputs ``z`` gated by ``mask`` (None: all neurons)."""
         return self.readout(z if mask is None else z * mask)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.drop(self.neurons(x)), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.head(self.drop(self.neurons(x), generator), mask)
 
     def neuron_parameters(self, indices) -> dict[str, torch.Tensor]:
         """Copies of every parameter entry that belongs to the neurons ``indices`` (a list or index tensor),
