@@ -15,7 +15,8 @@ mask from at evaluation) and a ``train`` split (samples of the training distribu
 
 Step semantics are the supervised envs' (test-then-train): the action is the prediction for the observed batch (labels
 or logits for classification; one real prediction per sample for regression), the reward is its accuracy
-(classification) or its negative mean squared error (regression), and ``info["labels"]`` then reveals the targets.
+(classification) or its negative mean squared error (regression; ``info["mse"]`` holds the MSE and
+``info["accuracy"]``, a key every stream has, the reward), and ``info["labels"]`` then reveals the targets.
 The paper's encoder, hidden masks and input range are not specified beyond this; ours are documented here and in
 docs/ftn.md.
 """
@@ -92,7 +93,7 @@ class ConceptShiftEnv(gym.Env):
                            batch_size=self.batch_size, block_dim=self.block_dim, frequency=self.frequency,
                            input_dim=self.input_dim, test_samples_per_task=self.test_samples,
                            action_type=action_type, device=str(device), output=output)
-        self.observation_space = batch_space(spaces.Box(-np.inf, np.inf, (self.latent_dim,), np.float32),
+        self.observation_space = batch_space(spaces.Box(-1.0, 1.0, (self.latent_dim,), np.float32),
                                              self.batch_size)
         if self.action_type == "labels":
             self.action_space = batch_space(spaces.Discrete(2), self.batch_size)
@@ -267,10 +268,10 @@ class ConceptShiftEnv(gym.Env):
 
     def _info(self, switch: bool, targets, targets_task: int, reward: float) -> dict:
         info = {"task_id": int(self._task), "task_switch": bool(switch), "labels": targets,
-                "labels_task_id": int(targets_task), "accuracy": float(reward) if self.task_type == "classification"
-                else float("nan"), "step": int(self._step), "step_in_task": int(self._step_in_task)}
-        if self.task_type == "regression":
-            info["mse"] = -float(reward) if targets_task >= 0 else float("nan")
+                "labels_task_id": int(targets_task), "accuracy": float(reward), "step": int(self._step),
+                "step_in_task": int(self._step_in_task)}
+        if self.task_type == "regression":  # "accuracy" is the reward, -MSE; "mse" says it plainly (0 at reset)
+            info["mse"] = -float(reward)
         return info
 
     def _validate(self, action) -> np.ndarray:
