@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clenv.protocols import paper_steps_per_task
+from clenv.protocols import BENCHMARKS, paper_steps_per_task
 from clenv.registry import ENV_TABLE, protocol
 
 __all__ = ["PAPER_HPARAMS", "ENV_BENCHMARK", "FALLBACK", "STEP_HPARAMS", "PaperRow", "lookup", "paper_hparams",
@@ -226,6 +226,8 @@ def lookup(agent_name: str, env, benchmark: str | None = None, *, rescale_steps:
     """
     name = "+".join(p.strip().lower() for p in agent_name.split("+"))
     family = benchmark if benchmark is not None else benchmark_for_env(env)
+    if family is not None and family not in PAPER_HPARAMS and family in BENCHMARKS:
+        return PaperRow({}, "class DEFAULTS (no tuned table for this benchmark)", family)
     if family is not None and family not in PAPER_HPARAMS:
         raise ValueError(f"unknown paper benchmark {family!r}; known: {', '.join(PAPER_HPARAMS)}")
     if family is None:

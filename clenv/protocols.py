@@ -81,6 +81,14 @@ _BENCH += (
               "JointSplitFashionMNIST-v0", note=_NGM + "; 400 iterations per context are our choice (the sources "
               "give none); the stand-in keeps the Fashion-MNIST protocol"),
 )
+_FTN = ("Functional Task Networks (002_b6d509c9f1140765.txt) Experiment 1: synthetic, generated from the seed; the "
+        "agents' DEFAULTS are the paper's settings")
+_BENCH += (
+    Benchmark("concept_shift_classification", "Concept shift (classification)", "ConceptShiftClassification-v0",
+              "ConceptShiftClassification-v0", note=_FTN),
+    Benchmark("concept_shift_regression", "Concept shift (regression)", "ConceptShiftRegression-v0",
+              "ConceptShiftRegression-v0", note=_FTN),
+)
 BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
 
 

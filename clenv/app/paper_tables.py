@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Method", "Cell", "PaperTable", "TABLES", "NGM_TABLE", "table", "table_ids", "normalize_table_id",
-           "parse_rows"]
+__all__ = ["Method", "Cell", "PaperTable", "TABLES", "NGM_TABLE", "FTN_TABLES", "FTN_TABLE4", "table", "table_ids",
+           "normalize_table_id", "parse_rows"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class PaperTable:
     note: str = ""
     paper: str = "NeuMoSync"  # whose numbers the cells are
     seeds: int = 3  # how many seeds the paper's means are over (NeuMoSync Appendix C.3 / F: 3)
+    percent: bool = True  # cells in percent (NeuMoSync, NGM-SGD); False: as printed, fractions and MSEs (FTN)
 
     @property
     def benchmarks(self) -> list[str]:
@@ -350,11 +351,64 @@ NGM_TABLE = PaperTable("tablengm", "NGM-SGD: the stability gap under joint train
                _NGM_CELLS, note="runs with clenv.Evaluation(stability_every=1, ngm_compat=True); the paper's spreads "
                "are delta-method error bars over 5 seeds (spec 1.6), '-' where the sources give none",
                paper="NGM-SGD", seeds=5)
-TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE)}
+
+# ---------------------------------------------------------------------------------------------------- FTN
+# Functional Task Networks (002_b6d509c9f1140765.txt), Tables 1 and 2: mean +- std over 8 seeds, mask-recovery
+# protocol, as printed (fractions; MSE). Table 4 decomposes the prior tasks' loss against FixedMask's stored masks.
+_FTN_METHODS = (_m("NoMask", "no_mask"), _m("FixedMask", "fixed_mask"), _m("KWTA", "kwta"),
+                _m("FTN-Fast", "ftn_fast"), _m("FTN-Slow", "ftn_slow"), _m("EWC", "ftn_ewc"),
+                _m("SupSup", "supsup"), _m("SupSup-Wide", "supsup_wide"))
+_FTN_T1 = """
+NoMask	0.666 (0.031)	0.466 (0.046)
+FixedMask	0.938 (0.014)	0.000 (0.000)
+KWTA	0.640 (0.062)	0.152 (0.052)
+FTN-Fast	0.899 (0.037)	0.042 (0.045)
+FTN-Slow	0.896 (0.025)	0.014 (0.025)
+EWC	0.665 (0.031)	0.463 (0.046)
+SupSup	0.645 (0.028)	0.000 (0.000)
+SupSup-Wide	0.660 (0.020)	0.000 (0.000)
+"""
+_FTN_T2 = """
+NoMask	0.312 (0.050)	0.054 (0.071)
+FixedMask	0.006 (0.002)	0.000 (0.000)
+KWTA	0.589 (0.316)	0.028 (0.038)
+FTN-Fast	0.126 (0.057)	0.013 (0.017)
+FTN-Slow	0.167 (0.075)	0.003 (0.007)
+EWC	0.311 (0.050)	0.054 (0.071)
+SupSup	0.206 (0.029)	0.000 (0.000)
+SupSup-Wide	0.216 (0.027)	0.101 (0.123)
+"""
+#: Table 4: (overlap, recall) per method, classification ACC drops and regression MSE excesses.
+FTN_TABLE4 = {
+    "concept_shift_classification": {"NoMask": (0.430, 0.000), "EWC": (0.428, 0.000), "KWTA": (0.154, 0.131),
+                                     "FTN-Fast": (0.016, 0.010), "FTN-Slow": (-0.004, 0.021)},
+    "concept_shift_regression": {"NoMask": (0.461, 0.000), "EWC": (0.459, 0.000), "KWTA": (0.272, 0.267),
+                                 "FTN-Fast": (0.098, 0.032), "FTN-Slow": (0.110, 0.022)},
+}
+
+
+def _ftn_table(id, title, bench, metric, rows):
+    cols = ((bench, metric, metric.upper()), (bench, "fm", "FM"))
+    return PaperTable(id, title, "masks", cols, _FTN_METHODS, tuple(parse_rows(rows, cols)),
+                      note="mask-recovery protocol (clenv.Evaluation(masks=True)); FM: peak minus final on prior "
+                      "tasks (for MSE: final minus lowest); the stored-mask numbers and Table 4's decomposition are "
+                      "printed beside them", paper="FTN", seeds=8, percent=False)
+
+
+FTN_TABLES = (
+    _ftn_table("ftn_table1", "FTN Experiment 1, classification (Table 1)", "concept_shift_classification", "acc",
+               _FTN_T1),
+    _ftn_table("ftn_table2", "FTN Experiment 1, regression (Table 2)", "concept_shift_regression", "mse", _FTN_T2),
+)
+TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE, *FTN_TABLES)}
 
 
 def normalize_table_id(text: str) -> str:
-    """``"1"``, ``"T1"``, ``"table1"``, ``"Table 1"`` -> ``"table1"``."""
+    """``"1"``, ``"T1"``, ``"table1"``, ``"Table 1"`` -> ``"table1"``; a table's own id (``"ftn_table1"``,
+    ``"FTN-Table1"``) is kept."""
+    own = re.sub(r"[\s-]", "_", str(text).strip().lower())
+    if own in TABLES:
+        return own
     digits = re.sub(r"^(table|tab|t)", "", re.sub(r"[\s_-]", "", str(text).lower()))
     return f"table{digits}"
 

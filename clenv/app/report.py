@@ -155,8 +155,9 @@ def _cell(stat, percent: bool) -> str:
     return f"{mean * s:.{digits}f} ({spread})"
 
 
-def format_table(title: str, columns, agg: dict, env: str) -> str | None:
-    """A Markdown table for one env: rows are agents, cells "mean (std)"; None when no agent has these metrics."""
+def format_table(title: str, columns, agg: dict, env: str, fractions: bool = False) -> str | None:
+    """A Markdown table for one env: rows are agents, cells "mean (std)"; None when no agent has these metrics.
+    ``fractions``: every cell as the value itself (3 decimals), as FTN's tables print accuracies and MSEs."""
     rows = [(agent, stats) for (e, agent), stats in sorted(agg.items()) if e == env]
     has = lambda s, c: c in s and s[c][2] > 0  # noqa: E731 - a finite value for metric c
     rows = [(a, s) for a, s in rows if any(has(s, c) for c, _ in columns)]
@@ -168,7 +169,7 @@ def format_table(title: str, columns, agg: dict, env: str) -> str | None:
     lines = [f"### {title} — {env} (mean (std) over up to {n} seeds)", "",
              "| Method | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for agent, s in rows:
-        cells = [_cell(s[c], is_percent(c)) if c in s else "-" for c, _ in cols]
+        cells = [_cell(s[c], is_percent(c) and not fractions) if c in s else "-" for c, _ in cols]
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

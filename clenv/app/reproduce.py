@@ -36,7 +36,7 @@ from clenv import protocols
 from clenv.app import paper_tables as papers
 from clenv.app.spec import RunSpec, UsageError, check_out, default_jobs, execute_all, parse_assignments, parse_seeds
 
-__all__ = ["reproduce_main", "plan", "comparison"]
+__all__ = ["reproduce_main", "plan", "comparison", "decomposition"]
 
 _MIN_TASKS = 2  # transfer metrics need a previous task; the windows need a task to average
 _MIN_GAMMA = 2  # gamma/2 must be a step
@@ -126,9 +126,13 @@ def plan(bench: protocols.Benchmark, *, env_id: str | None = None, scale: float 
         kwargs["num_tasks"] = max(_MIN_TASKS, int(round(int(kwargs["num_tasks"]) * scale)))
         if "epochs_per_task" in kwargs:
             kwargs["epochs_per_task"] = max(1, int(round(int(kwargs["epochs_per_task"]) * scale)))
+            what = f"epochs_per_task {before[1]} -> {kwargs['epochs_per_task']}"
+        else:  # a protocol counted in steps (FTN's 1,000 per task)
+            steps = kwargs.get("steps_per_task")
+            kwargs["steps_per_task"] = max(1, int(round(int(steps) * scale)))
+            what = f"steps_per_task {steps} -> {kwargs['steps_per_task']}"
         notes.append(f"scaled x{scale:g}: num_tasks {before[0]} -> {kwargs['num_tasks']} (at least {_MIN_TASKS}), "
-                     f"epochs_per_task {before[1]} -> {kwargs.get('epochs_per_task')} (at least 1); not the "
-                     "paper's protocol")
+                     f"{what} (at least 1); not the paper's protocol")
     if env_set:
         kwargs.update(env_set)
         notes.append(f"--env-set: {env_set}")
@@ -161,6 +165,8 @@ def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int) -
         return {"forgetting": True}
     if table.probes == "stability":  # continual evaluation after every iteration, the scripts' block arithmetic
         return {"stability_every": 1, "ngm_compat": True}
+    if table.probes == "masks":  # FTN: stored-mask and mask-recovery protocols
+        return {"masks": True}
     return {}
 
 
@@ -177,14 +183,47 @@ def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str
     title = f"{table.id}: {table.title} — {bench.name}"
     env_label = f"{env_id} (ours) vs {bench.paper_env} (paper)"
     columns = [(metric, header) for b, metric, header in table.columns if b == bench.key]
+    if table.probes == "masks":  # ours only: the oracle protocol and what recovery loses beside the headline
+        m = columns[0][0]
+        columns += [(f"{m}_stored", f"{m.upper()} stored"), ("fm_stored", "FM stored"),
+                    ("recall_error", "recall error"), ("mask_overlap", "mask overlap")]
+    scale = 100.0 if table.percent else 1.0
     agg: dict = {}
     for i, m in enumerate(methods, 1):
         agg[(env_label, _row_name(i, m.label, "ours"))] = ours.get((env_id, m.key), {})
-        # The paper's numbers are in percent, ours are fractions.
+        # The paper's numbers are in percent (NeuMoSync, NGM) or as printed (FTN), ours are fractions.
         agg[(env_label, _row_name(i, m.label, "paper"))] = {
-            c.metric: (c.mean / 100.0, c.std / 100.0, table.seeds) for c in table.cells
+            c.metric: (c.mean / scale, c.std / scale, table.seeds) for c in table.cells
             if c.benchmark == bench.key and c.method == m.label}
-    return format_table(title, columns, agg, env_label)
+    text = format_table(title, columns, agg, env_label, fractions=not table.percent)
+    if text is not None and table.probes == "masks":
+        text += "\n\n" + decomposition(bench.key, methods, ours, env_id)
+    return text
+
+
+def decomposition(bench_key: str, methods, ours: dict, env_id: str) -> str:
+    """FTN Table 4: each method's prior-task loss split into training-time overlap (FixedMask's stored score minus
+    the method's stored score) and recall error (the method's stored minus recovered score), ours (means over seeds)
+    beside the paper's. Regression signs are reversed (MSE excesses)."""
+    regression = bench_key.endswith("regression")
+    m = "mse" if regression else "acc"
+    sign = -1.0 if regression else 1.0
+    fixed = ours.get((env_id, "fixed_mask"), {}).get(f"{m}_stored_prior")
+    lines = [f"Table 4 decomposition ({'MSE excess' if regression else 'ACC drop'} on prior tasks, against "
+             f"FixedMask's stored masks): ours | paper", "", "| Method | overlap | recall | paper overlap | "
+             "paper recall |", "|---|---|---|---|---|"]
+    paper = papers.FTN_TABLE4.get(bench_key, {})
+    fmt = lambda v: "-" if v is None or v != v else f"{v:+.3f}"  # noqa: E731
+    for meth in methods:
+        stats = ours.get((env_id, meth.key), {})
+        stored, recovered = stats.get(f"{m}_stored_prior"), stats.get(f"{m}_prior")
+        overlap = sign * (fixed[0] - stored[0]) if fixed and stored and fixed[2] and stored[2] else None
+        recall = sign * (stored[0] - recovered[0]) if stored and recovered and stored[2] else None
+        p_overlap, p_recall = paper.get(meth.label, (None, None))
+        lines.append(f"| {meth.label} | {fmt(overlap)} | {fmt(recall)} | {fmt(p_overlap)} | {fmt(p_recall)} |")
+    if fixed is None:
+        lines.append("\n(overlap needs the FixedMask runs: include fixed_mask in --agents)")
+    return "\n".join(lines)
 
 
 def _list() -> int:
@@ -293,9 +332,13 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
             print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
             todo += resolved
 
+        first = next(metric for b, metric, _ in table.columns if b == bench.key)
+
         def done(r, result, path) -> None:
-            print(f"  {r.spec.name} seed {r.spec.seed}: avg online acc {result.average_accuracy * 100:.2f}% "
-                  f"({result.wall_time:.1f} s)", flush=True)
+            value = result.metrics.get(first)
+            said = (f"{first} {value:.4f}" if value is not None and not table.percent else
+                    f"avg online acc {result.average_accuracy * 100:.2f}%")
+            print(f"  {r.spec.name} seed {r.spec.seed}: {said} ({result.wall_time:.1f} s)", flush=True)
 
         runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root, progress=not args.no_progress,
                                                     threads=args.threads, on_result=done)]
