@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clenv.protocols import BENCHMARKS, paper_steps_per_task
+from clenv.protocols import paper_steps_per_task
 from clenv.registry import ENV_TABLE, protocol
 
 __all__ = ["PAPER_HPARAMS", "ENV_BENCHMARK", "FALLBACK", "STEP_HPARAMS", "PaperRow", "lookup", "paper_hparams",
@@ -154,6 +154,9 @@ PAPER_HPARAMS.update({
     "ngm_domain_cifar100": {"ngm_sgd": (_NGM_2ND, dict(eta=0.1, **_NGM_RESNET))},
     "ngm_split_mini_imagenet": {"ngm_sgd": (_NGM_2ND, dict(eta=0.1, **_NGM_RESNET))},
     "ngm_permuted_mnist": {},  # eta NOT FOUND (spec 1.4): the class DEFAULTS apply
+    # FTN (002_b6d509c9f1140765.txt): one setting for every method, Experiment 1's, which the agents' DEFAULTS hold.
+    "concept_shift_classification": {},
+    "concept_shift_regression": {},
 })
 for _family_rows in [PAPER_HPARAMS[k] for k in ("ngm_split_mnist", "ngm_split_cifar10", "ngm_rotated_mnist",
                                                 "ngm_domain_cifar100", "ngm_split_mini_imagenet")]:
@@ -226,8 +229,6 @@ def lookup(agent_name: str, env, benchmark: str | None = None, *, rescale_steps:
     """
     name = "+".join(p.strip().lower() for p in agent_name.split("+"))
     family = benchmark if benchmark is not None else benchmark_for_env(env)
-    if family is not None and family not in PAPER_HPARAMS and family in BENCHMARKS:
-        return PaperRow({}, "class DEFAULTS (no tuned table for this benchmark)", family)
     if family is not None and family not in PAPER_HPARAMS:
         raise ValueError(f"unknown paper benchmark {family!r}; known: {', '.join(PAPER_HPARAMS)}")
     if family is None:

@@ -10,6 +10,8 @@ where a curve is drawn), writes the PNG atomically and returns its path, or None
 - :func:`diagnostics_over_tasks`: dormant ratio, feature rank, weight magnitude, zero-gradient fraction per task.
 - :func:`agent_traces`: an agent's own per-step signals (``records["agent_diagnostics"]``, e.g. NeuMoSync's
   per-layer coefficient means, its Figure 4), one panel per signal family, one line per layer.
+- :func:`mask_tiling`: the stored training masks of mask-routed agents on their D x D grid, one RGB tile per seed,
+  one colour per task (FTN Figures 1 and 4).
 - :func:`save_figure`: the atomic PNG writer they share, for figures of your own.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from clenv.results import atomic_write_bytes
 
 __all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks", "agent_traces",
-           "save_figure"]
+           "mask_tiling", "mask_rgb", "save_figure"]
 
 
 def _plt():
@@ -112,6 +114,41 @@ def accuracy_matrices(groups: dict, path) -> Path | None:
         _integer_ticks(ax, "x")
         _integer_ticks(ax, "y")
         fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+_TASK_COLOURS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=np.float64)
+
+
+def mask_rgb(masks: np.ndarray, side: int) -> np.ndarray:
+    """(tasks, H) binary masks as a (D, D, 3) image: task t's slots in colour t (red, green, blue, then yellow,
+    magenta, cyan), summed and clipped per channel, so slots shared by tasks show mixed colours."""
+    m = np.asarray(masks, dtype=np.float64)
+    colours = _TASK_COLOURS[np.arange(m.shape[0]) % len(_TASK_COLOURS)]
+    return np.clip(m.T @ colours, 0.0, 1.0).reshape(int(side), int(side), 3)
+
+
+def mask_tiling(groups: dict, path, max_seeds: int = 8) -> Path | None:
+    """One row per label, one tile per seed (up to ``max_seeds``): the stored masks (``records["masks_stored"]``)
+    on the ``records["mask_grid"]`` grid as RGB overlays, one colour per task."""
+    plt = _plt()
+    items = [(label, [r for r in runs if "masks_stored" in r.records and "mask_grid" in r.records][:max_seeds])
+             for label, runs in groups.items()]
+    items = [(label, rs) for label, rs in items if rs]
+    if not items:
+        return None
+    cols = max(len(rs) for _, rs in items)
+    fig, axes = plt.subplots(len(items), cols, figsize=(1.9 * cols + 0.4, 2.1 * len(items)), squeeze=False,
+                             layout="constrained")
+    for row, (label, rs) in zip(axes, items):
+        for ax in row:
+            ax.axis("off")
+        for ax, r in zip(row, rs):
+            ax.imshow(mask_rgb(r.records["masks_stored"], int(r.records["mask_grid"])), interpolation="nearest")
+            ax.set_title(f"seed {r.seed}", fontsize=8)
+        row[0].text(-0.08, 0.5, label, transform=row[0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
+    fig.suptitle("Stored training masks on the component grid (one colour per task; mixed colours: shared slots)",
+                 fontsize=9)
     return save_figure(fig, path)
 
 

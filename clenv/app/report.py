@@ -11,13 +11,15 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 - forgetting: ACC, AF (Chaudhry), AF (NeuMoSync App. F), BWT, FWT, FM, last-25% accuracy (Table 3);
 - stability gap: min-ACC, WC-ACC, avg-SG, the NGM-SGD script's versions and its avg-SG on the seed-mean curve with
   delta-method error bars (the authors' error bars);
-- plasticity diagnostics at the last task end.
+- plasticity diagnostics at the last task end;
+- mask routing (FTN Tables 1 and 2, as fractions): mask-recovery and stored-mask scores, recall error, mask overlap,
+  and Table 5's pairwise overlap of the stored masks.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
 appears only when some run has its own metrics (the online columns a probe table repeats for context do not count).
 Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and ``learning_curves.png``,
 ``accuracy_matrix.png``, ``stability_gap.png``, ``first_task_stability.png`` (task 0 around each switch with the
-agent's gain trace, NGM-SGD's figure), ``diagnostics.png`` into ``--out`` (default ``./report``), and
+agent's gain trace, NGM-SGD's figure), ``diagnostics.png``, ``mask_tiling.png`` (FTN Figures 1 / 4) into ``--out`` (default ``./report``), and
 prints the tables.
 """
 
@@ -36,8 +38,9 @@ import numpy as np
 from clenv.app.spec import canonical, group_identity, identity_key
 from clenv.results import atomic_write_bytes, find_runs, load_run
 
-__all__ = ["report_main", "aggregate", "TABLES", "format_table"]
+__all__ = ["report_main", "aggregate", "TABLES", "MASK_TABLE", "format_table", "overlap_tables"]
 
+MASK_TABLE = "Mask routing (FTN Tables 1, 2): mask recovery, the stored masks, what recovery loses"
 TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Average online task accuracy over the last x% of tasks (%)",
      (("online_acc_last10", "10%"), ("online_acc_last25", "25%"), ("online_acc_last50", "50%"),
@@ -54,6 +57,10 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
       ("ngm_avg_acc", "NGM avg-ACC"),
       ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"),
       ("ngm_avg_sg_delta", "NGM avg-SG (δ)"))),
+    (MASK_TABLE,
+     (("acc", "ACC"), ("fm", "FM"), ("acc_stored", "ACC stored"), ("mse", "MSE"), ("mse_stored", "MSE stored"),
+      ("fm_stored", "FM stored"), ("recall_error", "recall error"), ("mask_overlap", "mask overlap"),
+      ("mask_recall", "mask recall"))),
     ("Plasticity diagnostics at the last task end",
      (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
       ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
@@ -174,6 +181,24 @@ def format_table(title: str, columns, agg: dict, env: str, fractions: bool = Fal
     return "\n".join(lines)
 
 
+def overlap_tables(groups: dict) -> list[str]:
+    """FTN Table 5's form per configuration with stored masks: the pairwise overlap |m_i & m_j| / k of the tasks'
+    stored training masks, mean over seeds (the diagonal, 1 by definition, is left out)."""
+    parts = []
+    for (env, name), runs in sorted(groups.items()):
+        ms = [np.asarray(r.records["masks_stored"], dtype=np.float64) for r in runs if "masks_stored" in r.records]
+        if not ms or len({m.shape for m in ms}) != 1 or ms[0].shape[0] < 2:
+            continue
+        over = np.mean([(m @ m.T) / np.maximum(m.sum(1), 1.0)[:, None] for m in ms], 0)
+        T = over.shape[0]
+        lines = [f"### Pairwise overlap of stored masks |m_i & m_j| / k — {env} / {name} (mean over {len(ms)} seeds)",
+                 "", "| task | " + " | ".join(str(j) for j in range(T)) + " |", "|---" * (T + 1) + "|"]
+        lines += [f"| {i} | " + " | ".join("." if i == j else f"{over[i, j]:.2f}" for j in range(T)) + " |"
+                  for i in range(T)]
+        parts += ["\n".join(lines), ""]
+    return parts
+
+
 def _csv(agg) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -211,9 +236,11 @@ def report_main(argv=None) -> int:
     parts += [f"- note: {n}" for n in notes] + ([""] if notes else [])
     for title, columns in TABLES:
         for env in envs:
-            t = format_table(title, columns, agg, env)
+            # FTN's tables print accuracies and MSEs as fractions, as the paper does
+            t = format_table(title, columns, agg, env, fractions=title == MASK_TABLE)
             if t:
                 parts += [t, ""]
+    parts += overlap_tables(groups)
     text = "\n".join(parts)
     atomic_write_bytes(out / "report.md", text.encode())
     atomic_write_bytes(out / "metrics.csv", _csv(agg))
@@ -226,7 +253,8 @@ def report_main(argv=None) -> int:
                          "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
                          (plots.diagnostics_over_tasks, "diagnostics.png"),
                          (plots.agent_traces, "agent_traces.png"),
-                         (plots.first_task_around_switches, "first_task_stability.png")):
+                         (plots.first_task_around_switches, "first_task_stability.png"),
+                         (plots.mask_tiling, "mask_tiling.png")):
             path = fn(figure_groups, out / name)
             if path is not None:
                 written.append(path)
