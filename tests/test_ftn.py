@@ -234,3 +234,21 @@ def test_ftn_defaults_are_experiment_1s():
     assert (clf.configurer.steps, clf.configurer.lr, clf.configurer.smoothing_steps) == (1, 1.0, 2)
     assert agents.make("supsup_wide", env).hparams["inner_width"] == 16
     assert agents.make("ftn_ewc", env).hparams["ewc_lambda"] == 400.0
+
+
+def test_reproduce_and_report_print_ftns_tables_decomposition_overlaps_and_tiling(tmp_path, capsys):
+    from clenv.app.report import report_main
+    from clenv.app.reproduce import reproduce_main
+
+    small = ["--agent-set", "num_neurons=64", "--agent-set", "k=16", "--agent-set", "depth=2"]
+    rc = reproduce_main(["ftn_table2", "--seeds", "0", "--scale", "0.01", "--agents", "fixed_mask,ftn_slow",
+                         "--jobs", "1", "--no-progress", "--out", str(tmp_path), *small])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| 1. FixedMask · paper | 0.006 (0.002) | 0.000 (0.000) |" in out  # as printed, not divided by 100
+    assert "Table 4 decomposition (MSE excess" in out and "| FTN-Slow |" in out
+    assert "steps_per_task 1000 -> 10" in out
+    rc = report_main([str(tmp_path / "ftn_table2"), "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert rc == 0 and "Pairwise overlap of stored masks" in text and "| 0 | . | 0.00 |" in text
+    assert (tmp_path / "report" / "mask_tiling.png").stat().st_size > 1000
