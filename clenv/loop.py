@@ -320,6 +320,8 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     _fill_returns(result, episodes)
     # The online metrics cost nothing, so every run has them (reports need no Evaluation for the papers' main table).
     result.metrics.update(online_metrics(result.task_accuracy))
+    if getattr(unwrapped, "task_type", None) == "regression":  # the reward is -MSE: say what the average is
+        result.metrics["avg_online_mse"] = -result.metrics["avg_online_acc"]
     if result.episodes > 1:  # an episodic (RL) stream: the per-task mean episode return is what matters
         result.metrics.update(return_metrics(result.task_return))
     for cb in callbacks:

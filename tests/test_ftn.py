@@ -188,6 +188,7 @@ def test_fixed_mask_forgets_exactly_nothing(seed):
     m = _fixed_mask_fm(seed)
     assert m["fm_stored"] == 0.0  # exactly: the prior tasks' MSE is the same float after every later task
     assert m["mask_overlap"] == 0.0
+    assert m["avg_online_mse"] == -m["avg_online_acc"] > 0  # the reward is -MSE
 
 
 @pytest.mark.parametrize("breach", [dict(reset_optimizer_on_switch=False),
