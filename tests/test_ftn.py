@@ -253,3 +253,16 @@ def test_reproduce_and_report_print_ftns_tables_decomposition_overlaps_and_tilin
     text = (tmp_path / "report" / "report.md").read_text()
     assert rc == 0 and "Pairwise overlap of stored masks" in text and "| 0 | . | 0.00 |" in text
     assert (tmp_path / "report" / "mask_tiling.png").stat().st_size > 1000
+
+
+def test_the_example_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ftn_concept_shift.py"
+    spec = importlib.util.spec_from_file_location("ftn_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--steps", "3", "--out", str(tmp_path / "masks.png")])
+    out = capsys.readouterr().out
+    assert "ftn_slow" in out and "fixed_mask" in out and (tmp_path / "masks.png").exists()
