@@ -138,8 +138,8 @@ def mask_tiling(groups: dict, path, max_seeds: int = 8) -> Path | None:
     if not items:
         return None
     cols = max(len(rs) for _, rs in items)
-    fig, axes = plt.subplots(len(items), cols, figsize=(1.9 * cols + 0.4, 2.1 * len(items)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(len(items), cols, figsize=(max(4.0, 1.9 * cols + 0.8), 2.1 * len(items) + 0.4),
+                             squeeze=False, layout="constrained")
     for row, (label, rs) in zip(axes, items):
         for ax in row:
             ax.axis("off")
@@ -147,7 +147,7 @@ def mask_tiling(groups: dict, path, max_seeds: int = 8) -> Path | None:
             ax.imshow(mask_rgb(r.records["masks_stored"], int(r.records["mask_grid"])), interpolation="nearest")
             ax.set_title(f"seed {r.seed}", fontsize=8)
         row[0].text(-0.08, 0.5, label, transform=row[0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
-    fig.suptitle("Stored training masks on the component grid (one colour per task; mixed colours: shared slots)",
+    fig.suptitle("Stored training masks on the component grid\n(one colour per task; mixed: shared slots)",
                  fontsize=9)
     return save_figure(fig, path)
 
