@@ -252,6 +252,7 @@ def test_reproduce_and_report_print_ftns_tables_decomposition_overlaps_and_tilin
     rc = report_main([str(tmp_path / "ftn_table2"), "--out", str(tmp_path / "report")])
     text = (tmp_path / "report" / "report.md").read_text()
     assert rc == 0 and "Pairwise overlap of stored masks" in text and "| 0 | . | 0.00 |" in text
+    assert "FTN Table 4: MSE excess against fixed_mask" in text and "| fixed_mask | +0.000 | " in text  # itself
     assert (tmp_path / "report" / "mask_tiling.png").stat().st_size > 1000
 
 

@@ -13,7 +13,8 @@ Tables follow the papers' layouts, one table per env with one row per configurat
   delta-method error bars (the authors' error bars);
 - plasticity diagnostics at the last task end;
 - mask routing (FTN Tables 1 and 2, as fractions): mask-recovery and stored-mask scores, recall error, mask overlap,
-  and Table 5's pairwise overlap of the stored masks.
+  Table 4's decomposition against FixedMask (training-time overlap, recall error) and Table 5's pairwise overlap of
+  the stored masks.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
 appears only when some run has its own metrics (the online columns a probe table repeats for context do not count).
@@ -38,7 +39,8 @@ import numpy as np
 from clenv.app.spec import canonical, group_identity, identity_key
 from clenv.results import atomic_write_bytes, find_runs, load_run
 
-__all__ = ["report_main", "aggregate", "TABLES", "MASK_TABLE", "format_table", "overlap_tables"]
+__all__ = ["report_main", "aggregate", "TABLES", "MASK_TABLE", "format_table", "decomposition", "decomposition_tables",
+           "overlap_tables"]
 
 MASK_TABLE = "Mask routing (FTN Tables 1, 2): mask recovery, the stored masks, what recovery loses"
 TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
@@ -181,6 +183,39 @@ def format_table(title: str, columns, agg: dict, env: str, fractions: bool = Fal
     return "\n".join(lines)
 
 
+def decomposition(stats: dict, reference: dict, regression: bool) -> tuple[float, float]:
+    """FTN Table 4 for one configuration: (training-time overlap, recall error) on the tasks before the last, from
+    mean metrics. Overlap is the FixedMask ``reference``'s stored score minus this configuration's stored score,
+    recall its stored minus its recovered score; MSE excesses on regression (signs reversed). NaN when a metric is
+    missing."""
+    m = "mse" if regression else "acc"
+    sign = -1.0 if regression else 1.0
+    get = lambda d, k: d[k][0] if k in d and d[k][2] else float("nan")  # noqa: E731
+    stored, recovered, ref = get(stats, f"{m}_stored_prior"), get(stats, f"{m}_prior"), get(reference,
+                                                                                          f"{m}_stored_prior")
+    return sign * (ref - stored), sign * (stored - recovered)
+
+
+def decomposition_tables(agg: dict) -> list[str]:
+    """Table 4's form per env that has a ``fixed_mask`` configuration: every mask-evaluated configuration's overlap
+    and recall error against it."""
+    parts = []
+    for env in sorted({e for e, _ in agg}):
+        rows = {name: st for (e, name), st in agg.items() if e == env and "fm_stored" in st}
+        refs = [name for name in rows if name.split("[")[0] == "fixed_mask"]
+        if not refs:
+            continue
+        regression = any("mse_stored_prior" in st for st in rows.values())
+        what = "MSE excess" if regression else "ACC drop"
+        lines = [f"### Where the prior tasks' loss goes (FTN Table 4: {what} against {refs[0]}'s stored masks) — "
+                 f"{env}", "", "| Method | overlap | recall |", "|---|---|---|"]
+        for name, st in sorted(rows.items()):
+            overlap, recall = decomposition(st, rows[refs[0]], regression)
+            lines.append(f"| {name} | {overlap:+.3f} | {recall:+.3f} |")
+        parts += ["\n".join(lines), ""]
+    return parts
+
+
 def overlap_tables(groups: dict) -> list[str]:
     """FTN Table 5's form per configuration with stored masks: the pairwise overlap |m_i & m_j| / k of the tasks'
     stored training masks, mean over seeds (the diagonal, 1 by definition, is left out)."""
@@ -240,7 +275,7 @@ def report_main(argv=None) -> int:
             t = format_table(title, columns, agg, env, fractions=title == MASK_TABLE)
             if t:
                 parts += [t, ""]
-    parts += overlap_tables(groups)
+    parts += decomposition_tables(agg) + overlap_tables(groups)
     text = "\n".join(parts)
     atomic_write_bytes(out / "report.md", text.encode())
     atomic_write_bytes(out / "metrics.csv", _csv(agg))

@@ -202,23 +202,19 @@ def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str
 
 
 def decomposition(bench_key: str, methods, ours: dict, env_id: str) -> str:
-    """FTN Table 4: each method's prior-task loss split into training-time overlap (FixedMask's stored score minus
-    the method's stored score) and recall error (the method's stored minus recovered score), ours (means over seeds)
-    beside the paper's. Regression signs are reversed (MSE excesses)."""
+    """FTN Table 4 (:func:`clenv.app.report.decomposition`): each method's prior-task loss split into training-time
+    overlap and recall error against FixedMask, ours (means over seeds) beside the paper's."""
+    from clenv.app.report import decomposition as split
+
     regression = bench_key.endswith("regression")
-    m = "mse" if regression else "acc"
-    sign = -1.0 if regression else 1.0
-    fixed = ours.get((env_id, "fixed_mask"), {}).get(f"{m}_stored_prior")
+    fixed = ours.get((env_id, "fixed_mask"))
     lines = [f"Table 4 decomposition ({'MSE excess' if regression else 'ACC drop'} on prior tasks, against "
              f"FixedMask's stored masks): ours | paper", "", "| Method | overlap | recall | paper overlap | "
              "paper recall |", "|---|---|---|---|---|"]
     paper = papers.FTN_TABLE4.get(bench_key, {})
     fmt = lambda v: "-" if v is None or v != v else f"{v:+.3f}"  # noqa: E731
     for meth in methods:
-        stats = ours.get((env_id, meth.key), {})
-        stored, recovered = stats.get(f"{m}_stored_prior"), stats.get(f"{m}_prior")
-        overlap = sign * (fixed[0] - stored[0]) if fixed and stored and fixed[2] and stored[2] else None
-        recall = sign * (stored[0] - recovered[0]) if stored and recovered and stored[2] else None
+        overlap, recall = split(ours.get((env_id, meth.key), {}), fixed or {}, regression)
         p_overlap, p_recall = paper.get(meth.label, (None, None))
         lines.append(f"| {meth.label} | {fmt(overlap)} | {fmt(recall)} | {fmt(p_overlap)} | {fmt(p_recall)} |")
     if fixed is None:
