@@ -193,7 +193,7 @@ def decomposition(stats: dict, reference: dict, regression: bool) -> tuple[float
     get = lambda d, k: d[k][0] if k in d and d[k][2] else float("nan")  # noqa: E731
     stored, recovered, ref = get(stats, f"{m}_stored_prior"), get(stats, f"{m}_prior"), get(reference,
                                                                                           f"{m}_stored_prior")
-    return sign * (ref - stored), sign * (stored - recovered)
+    return sign * (ref - stored) + 0.0, sign * (stored - recovered) + 0.0  # + 0.0: no "-0.000" for a zero
 
 
 def decomposition_tables(agg: dict) -> list[str]:
