@@ -154,6 +154,13 @@ ENV_TABLE: tuple[EnvDef, ...] = (
            "the classification stream's inputs with sin(8 u) as a regression target: the action is the prediction, "
            "the reward its negative MSE", "synthetic (generated from the seed)", backbone="mlp",
            paper="FTN Experiment 1", tags=("forgetting", "concept_shift")),
+    # FTN Experiment 2 (Appendix E): six text style transformations of the same sentences, byte-level tokens.
+    EnvDef("StyleShiftText-v0", "clenv.envs.style_shift:StyleShiftTextEnv",
+           dict(num_tasks=6, steps_per_task=200, batch_size=8, max_length=96),
+           "six style transformations (upper, lower, reverse_words, double_words, starred_vowels, pirate) of the "
+           "same sentences as [BOS] source [SEP] target [EOS] bytes; the action is the next token at every position, "
+           "the reward its per-token accuracy on the target; 6 x 200 steps, batch 8", "the corpus ships with clenv",
+           paper="FTN Experiment 2", tags=("forgetting", "concept_shift", "text")),
     # Continual RL streams (clenv/envs/rl.py): episodes inside tasks, info["stream_done"] ends the stream.
     EnvDef("ContinualCartPole-v0", "clenv.envs.rl:ContinualCartPoleEnv",
            dict(num_tasks=10, steps_per_task=10_000, max_episode_steps=500, spread=2.0),
