@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from clenv.metrics.forgetting import average_accuracy, forgetting_measure
 from clenv.probes.base import Probe, agent_inputs
@@ -22,16 +23,25 @@ from clenv.probes.base import Probe, agent_inputs
 __all__ = ["MaskRecovery", "score"]
 
 
-def score(agent, data, regression: bool) -> float:
-    """Accuracy (argmax of ``agent.predict``) or mean squared error (its first output) over (x, y) batches."""
+def score(agent, data, task_type: str) -> float:
+    """Over (x, y) batches: accuracy of the argmax of ``agent.predict`` (``"classification"``), mean squared error
+    of its first output (``"regression"``), or per-token cross-entropy in nats of its (batch, length, vocabulary)
+    logits over the positions whose label is not -100 (``"language"``)."""
     total, n = 0.0, 0
     for x, y in data:
         with torch.no_grad():
             out = agent.predict(agent_inputs(agent, x))
-        if regression:
-            total += float(((out[:, 0].float() - y.to(out.device).float()) ** 2).sum())
+        y = y.to(out.device)
+        if task_type == "regression":
+            total += float(((out[:, 0].float() - y.float()) ** 2).sum())
+        elif task_type == "language":
+            scored = y != -100
+            total += float(F.cross_entropy(out.float().flatten(0, 1), y.flatten(), ignore_index=-100,
+                                           reduction="sum"))
+            n += int(scored.sum())
+            continue
         else:
-            total += float((out.argmax(1).to(y.device) == y).sum())
+            total += float((out.argmax(1) == y).sum())
         n += int(y.numel())
     return total / n if n else float("nan")
 
@@ -40,7 +50,8 @@ class MaskRecovery(Probe):
     """At every task end, each task trained so far under both protocols: its stored mask (``*_stored``) and a mask
     recovered from ``support_samples`` labelled samples of its support split (the headline numbers).
 
-    Metrics (``acc`` on classification streams, ``mse`` on regression ones): ``acc`` / ``mse`` and ``fm`` under mask
+    Metrics (``acc`` on classification streams, ``mse`` on regression ones, ``ce``, the per-token cross-entropy, on
+    language streams; below ``acc`` stands for the stream's): ``acc`` / ``mse`` / ``ce`` and ``fm`` under mask
     recovery, ``acc_stored`` / ``mse_stored`` and ``fm_stored`` under the stored masks (the final row of each matrix
     averaged over tasks; FM as :func:`clenv.metrics.forgetting.forgetting_measure`), ``acc_prior`` /
     ``acc_stored_prior`` (the same over the tasks before the last, what Table 4 decomposes), ``recall_error`` (how
@@ -65,14 +76,15 @@ class MaskRecovery(Probe):
 
     def start(self, env, agent, fresh: bool) -> None:
         T = self.num_tasks
-        self.regression = getattr(self.env, "task_type", "classification") == "regression"
+        self.task_type = getattr(self.env, "task_type", "classification")
+        self.lower_is_better = self.task_type in ("regression", "language")
         self.stored = np.full((T, T), np.nan)
         self.recovered = np.full((T, T), np.nan)
         self.final_recovered: dict[int, torch.Tensor] = {}
 
     @property
     def metric(self) -> str:
-        return "mse" if self.regression else "acc"
+        return {"regression": "mse", "language": "ce"}.get(self.task_type, "acc")
 
     def _support(self, task: int):
         split = self.support_split or ("support" if "support" in getattr(self.env, "splits", ()) else "train")
@@ -89,25 +101,25 @@ class MaskRecovery(Probe):
             for j in self.seen_tasks(result):
                 test = self.subset(j, "test", self.samples)
                 if not masked:
-                    self.stored[i, j] = self.recovered[i, j] = score(agent, test, self.regression)
+                    self.stored[i, j] = self.recovered[i, j] = score(agent, test, self.task_type)
                     continue
                 stored = agent.stored_mask(j)
                 if stored is None:
                     continue
                 with agent.using_mask(stored):
-                    self.stored[i, j] = score(agent, test, self.regression)
+                    self.stored[i, j] = score(agent, test, self.task_type)
                 x, y = self._support(j)
                 mask = agent.recover_mask(agent_inputs(agent, x), y.to(getattr(agent, "device", y.device)))
                 self.final_recovered[j] = mask.detach().cpu()
                 with agent.using_mask(mask):
-                    self.recovered[i, j] = score(agent, test, self.regression)
+                    self.recovered[i, j] = score(agent, test, self.task_type)
         self.scalars = {f"{self.metric}_recovered": float(self.recovered[i, i]),
                         f"{self.metric}_stored": float(self.stored[i, i])}
 
     def on_run_end(self, env, agent, result) -> None:
         seen = self.seen_tasks(result)
         if seen:
-            better = not self.regression
+            better = not self.lower_is_better
             m = self.metric
             rec, sto = self.recovered[np.ix_(seen, seen)], self.stored[np.ix_(seen, seen)]
             result.records["perf_recovered"], result.records["perf_stored"] = rec, sto
