@@ -53,6 +53,12 @@ REGISTRY: dict[str, str] = {
     "ftn_ewc": "agents.ftn.agent:FTNEWCAgent",
     "supsup": "agents.ftn.agent:SupSupAgent",
     "supsup_wide": "agents.ftn.agent:SupSupWideAgent",
+    # FTN's Experiment 2: adapters on a frozen causal LM (language streams only, e.g. StyleShiftText-v0).
+    "lora": "agents.adapters.agent:LoRAAgent",
+    "lora_naive": "agents.adapters.agent:LoRANaiveAgent",
+    "lora_fixed_mask": "agents.adapters.agent:LoRAFixedMaskAgent",
+    "lora_ftn": "agents.adapters.agent:LoRAFTNAgent",
+    "lora_bank": "agents.adapters.agent:LoRABankAgent",
 }
 
 

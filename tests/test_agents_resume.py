@@ -31,7 +31,10 @@ FIRING = {
     "agem": dict(replay_batch_size=8),
     "ewc": dict(fisher_samples=128),  # the whole task: the Fisher needs samples from before the resume point
 }
-SUPERVISED = [n for n in agents.available() if not n.startswith("tianshou")]
+# The adapter agents run a causal LM on token streams and refuse RandomLabelDigits-v0 at construction; their
+# kill-and-resume is checked on StyleShiftText-v0 in tests/test_adapters_agents.py.
+LANGUAGE = {"lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank"}
+SUPERVISED = [n for n in agents.available() if not n.startswith("tianshou") and n not in LANGUAGE]
 EXTRA = {"neumosync[sparse]": ("neumosync", dict(controller="sparse", sparse_fraction=0.5)),
          "cbp+er": ("cbp+er", {**FIRING["cbp"], **FIRING["er"]}),
          "neumosync+agem": ("neumosync+agem", FIRING["agem"])}
@@ -51,6 +54,7 @@ def test_every_registered_supervised_agent_is_covered():
     # A new registry entry is covered automatically; tianshou agents run on continual RL envs, which have no
     # env state_dict() yet, so clenv.Checkpoint refuses them (see test_tianshou_agent_state_round_trips).
     assert set(SUPERVISED) <= set(CASES)
+    assert LANGUAGE <= set(agents.available())  # left out by name only: a renamed agent is noticed here
     assert {n for n in agents.available() if n.startswith("tianshou")} == {"tianshou_dqn", "tianshou_ppo"}
 
 

@@ -12,7 +12,8 @@ The mask used on a task's last training batch is its *stored* mask. At evaluatio
 task's identity from a fresh labelled support batch: the configurer cold-started on it (smooth_kwta), or the stored
 mask with the lowest support loss (FixedMask, SupSup). :class:`clenv.probes.MaskRecovery` measures both protocols; it
 calls :meth:`FTNAgent.stored_mask`, :meth:`FTNAgent.recover_mask` and :meth:`FTNAgent.using_mask`, the interface any
-mask-routed agent implements.
+mask-routed agent implements (the stored masks, the task order and ``using_mask`` are
+:class:`agents.common.routing.MaskRoutedAgent`'s, shared with the LoRA pool agents of :mod:`agents.adapters.agent`).
 
 Experiment 1's settings are the defaults: H = 1,024 on 32 x 32, L = 8, d_inner = 8, dropout 0.2, k = 128, Adam 3e-4
 without weight decay, the Adam moments reset at every task boundary (Remark 2.2: carried moments move inactive
@@ -21,7 +22,6 @@ neurons), S = 1 and eta_m = 1.0 on classification, S = 10 and eta_m = 0.2 on reg
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 
 from agents.base import SupervisedAgent
 from agents.common.masks import SmoothKWTAConfigurer, fixed_block, grid_side, kwta
+from agents.common.routing import MaskRoutedAgent
 from agents.ewc import EWCAgent
 from agents.ftn.network import FTNNetwork
 
@@ -38,7 +39,7 @@ __all__ = ["FTNAgent", "FTNSlowAgent", "FTNFastAgent", "KWTAAgent", "FixedMaskAg
 _MASKS = ("smooth_kwta", "fixed", "ones", "supermask")
 
 
-class FTNAgent(SupervisedAgent):
+class FTNAgent(MaskRoutedAgent, SupervisedAgent):
     """The FTN model trained through a mask found for every batch (see the module docstring).
 
     Hyperparameters beyond :class:`~agents.base.SupervisedAgent`'s: ``num_neurons`` (H, a square), ``depth`` (L),
@@ -63,10 +64,7 @@ class FTNAgent(SupervisedAgent):
             steps=int(h["mask_steps"] if h["mask_steps"] is not None else (10 if self.regression else 1)),
             lr=float(h["mask_lr"] if h["mask_lr"] is not None else (0.2 if self.regression else 1.0)))
         self.dropout_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 7)
-        self.mask = self.initial_mask()
-        self.stored_masks: dict[int, torch.Tensor] = {}
-        self.tasks_seen: list[int] = []
-        self.task_key = 0  # the env's id of the current task (its first-seen ordinal when ids are hidden)
+        # mask, stored_masks, tasks_seen, task_key: MaskRoutedAgent's (set before this body runs)
         self._neurons: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ model
@@ -87,18 +85,13 @@ class FTNAgent(SupervisedAgent):
             self._neurons = (x, z)
         return self.network.head(self.network.drop(z, self.dropout_generator), self.mask)
 
-    @property
-    def task_index(self) -> int:
-        """Position of the current task in the order tasks were first seen (FixedMask's block number)."""
-        return self.tasks_seen.index(self.task_key) if self.task_key in self.tasks_seen else 0
-
     # ------------------------------------------------------------------ the training step
     def learn(self, x, y, logits=None):
         cached, self._neurons = self._neurons, None
         z = cached[1] if cached is not None and cached[0] is x else self.network.neurons(x)
         zd = self.network.drop(z, self.dropout_generator)
         self.mask = self.training_mask(zd.detach(), y)
-        self.stored_masks[self.task_key] = self.mask.detach().clone()
+        self.store_mask(self.mask)
         return super().learn(x, y, self.network.head(zd, self.mask))
 
     def training_mask(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -111,31 +104,14 @@ class FTNAgent(SupervisedAgent):
         return self.configurer(lambda m: self.task_loss(self.network.head(z, m), y), z.device)
 
     def on_task_switch(self, task_id) -> None:
-        super().on_task_switch(task_id)
-        key = len(self.tasks_seen) if task_id is None else int(task_id)
-        if key not in self.tasks_seen:
-            self.tasks_seen.append(key)
-        self.task_key = key
+        super().on_task_switch(task_id)  # MaskRoutedAgent records the task
         if self.hparams["reset_optimizer_on_switch"] and self.num_updates > 0:
             self.reset_optimizer()  # Remark 2.2: no Adam moment crosses a boundary
         if self.hparams["mask"] == "fixed":
             self.mask = fixed_block(self.task_index, self.mask.numel(), int(self.hparams["k"]), self.device)
 
     # ------------------------------------------------------------------ mask-routed agent interface
-    def stored_mask(self, task_id: int) -> torch.Tensor | None:
-        """The mask task ``task_id`` (the env's id) was last trained through; None if it was not trained."""
-        return self.stored_masks.get(int(task_id))
-
-    @contextlib.contextmanager
-    def using_mask(self, mask: torch.Tensor):
-        """Predictions inside the block route through ``mask``."""
-        before = self.mask
-        self.mask = mask.to(self.device, torch.float32)
-        try:
-            yield
-        finally:
-            self.mask = before
-
+    # stored_mask, using_mask and best_stored_mask are MaskRoutedAgent's
     @torch.no_grad()
     def support_loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
         z = self._eval_neurons(x)
@@ -148,15 +124,9 @@ class FTNAgent(SupervisedAgent):
         if kind == "ones":
             return torch.ones(self.mask.numel(), device=self.device)
         if kind in ("fixed", "supermask"):
-            return self._best_stored(x, y)
+            return self.best_stored_mask(x, y)
         z = self._eval_neurons(x)
         return self.configurer(lambda m: self.task_loss(self.network.head(z, m), y), z.device)
-
-    def _best_stored(self, x, y) -> torch.Tensor:
-        if not self.stored_masks:
-            return self.mask.clone()
-        losses = {t: self.support_loss(x, y, m) for t, m in sorted(self.stored_masks.items())}
-        return self.stored_masks[min(losses, key=losses.get)].clone()
 
     def _eval_neurons(self, x) -> torch.Tensor:
         was = self.network.training
@@ -167,18 +137,7 @@ class FTNAgent(SupervisedAgent):
         finally:
             self.network.train(was)
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "mask": self.mask.clone(), "tasks_seen": list(self.tasks_seen),
-                "task_key": self.task_key,
-                "stored_masks": {t: m.clone() for t, m in self.stored_masks.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.mask = state["mask"].to(self.device).clone()
-        self.tasks_seen = list(state["tasks_seen"])
-        self.task_key = int(state["task_key"])
-        self.stored_masks = {int(t): m.to(self.device).clone() for t, m in state["stored_masks"].items()}
+    # state: the mask state is MaskRoutedAgent's
 
 
 class FTNSlowAgent(FTNAgent):
