@@ -60,7 +60,7 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
       ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"),
       ("ngm_avg_sg_delta", "NGM avg-SG (δ)"))),
     (MASK_TABLE,
-     (("acc", "ACC"), ("fm", "FM"), ("acc_stored", "ACC stored"), ("mse", "MSE"), ("mse_stored", "MSE stored"),
+     (("acc", "ACC"), ("mse", "MSE"), ("fm", "FM"), ("acc_stored", "ACC stored"), ("mse_stored", "MSE stored"),
       ("fm_stored", "FM stored"), ("recall_error", "recall error"), ("mask_overlap", "mask overlap"),
       ("mask_recall", "mask recall"))),
     ("Plasticity diagnostics at the last task end",
