@@ -32,6 +32,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
+from clenv.envs.supervised import action_array
 from clenv.streams import check_reset, require_bool, require_int, require_real, start_stream, task_rng
 
 __all__ = ["ConceptShiftEnv", "SPLITS"]
@@ -276,12 +277,7 @@ class ConceptShiftEnv(gym.Env):
 
     def _validate(self, action) -> np.ndarray:
         """The action as predictions (labels or real values); raises before anything changes."""
-        if isinstance(action, torch.Tensor):
-            action = action.detach().float().cpu().numpy()
-        try:
-            a = np.asarray(action)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"action must be an array-like of shape {self.action_space.shape} ({err})") from None
+        a = action_array(action, self.action_space)
         b = self.batch_size
         if self.action_type == "predictions":
             if a.shape == (b, 1):

@@ -45,6 +45,7 @@ import torch
 from gymnasium import spaces
 
 from clenv.data.style_corpus import SENTENCES, TEST, TRAIN
+from clenv.envs.supervised import action_array
 from clenv.streams import check_reset, require_bool, require_int, start_stream, task_rng
 
 __all__ = ["StyleShiftTextEnv", "TRANSFORMS", "SPLITS", "PAD", "BOS", "SEP", "EOS", "VOCAB_SIZE", "IGNORE_INDEX",
@@ -413,14 +414,7 @@ class StyleShiftTextEnv(gym.Env):
 
     def _validate(self, action) -> np.ndarray:
         """The action as predicted next-token ids of shape (batch, max_length); raises before anything changes."""
-        if isinstance(action, torch.Tensor):
-            if action.dtype == torch.bfloat16:  # numpy has no bfloat16
-                action = action.float()
-            action = action.detach().cpu().numpy()
-        try:
-            a = np.asarray(action)
-        except (ValueError, TypeError) as err:  # ragged nested lists
-            raise ValueError(f"action must be an array-like of shape {self.action_space.shape} ({err})") from None
+        a = action_array(action, self.action_space)
         b, n, v = self.batch_size, self.max_length, VOCAB_SIZE
         if self.action_type == "labels":
             if a.shape != (b, n):

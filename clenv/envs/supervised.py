@@ -24,12 +24,25 @@ from clenv.data.sources import load_dataset
 from clenv.streams import (Stream, Task, check_reset, check_stream_kwargs, make_stream, require_bool, require_int,
                            start_stream, task_rng)
 
-__all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps"]
+__all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps", "action_array"]
 
 #: The keys every ``info`` dict carries, at reset and at every step.
 INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
 
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
+
+
+def action_array(action, space) -> np.ndarray:
+    """An env's action (array-like, or a torch tensor on any device, bfloat16 included) as a numpy array; a ragged
+    nested list is a ``ValueError`` that names the shape ``space`` expects. The stream envs validate it from here."""
+    if isinstance(action, torch.Tensor):
+        if action.dtype == torch.bfloat16:  # numpy has no bfloat16
+            action = action.float()
+        action = action.detach().cpu().numpy()
+    try:
+        return np.asarray(action)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise ValueError(f"action must be an array-like of shape {space.shape}, got {action!r:.80} ({err})") from None
 
 
 def task_steps(num_train: int, batch_size: int, epochs_per_task: int, steps_per_task: int | None = None) -> int:
@@ -413,15 +426,7 @@ class SupervisedStreamEnv(gym.Env):
 
     def _validate(self, action) -> np.ndarray:
         """Check an action against the action space; return predicted labels. Raises before any state changes."""
-        if isinstance(action, torch.Tensor):
-            if action.dtype == torch.bfloat16:  # numpy has no bfloat16
-                action = action.float()
-            action = action.detach().cpu().numpy()
-        try:
-            a = np.asarray(action)
-        except (ValueError, TypeError) as err:  # ragged nested lists
-            raise ValueError(f"action must be an array-like of shape {self.action_space.shape}, got {action!r:.80} "
-                             f"({err})") from None
+        a = action_array(action, self.action_space)
         b, c = self.batch_size, self.num_classes
         if self.action_type == "labels":
             if a.shape != (b,):
