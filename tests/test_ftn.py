@@ -253,6 +253,8 @@ def test_reproduce_and_report_print_ftns_tables_decomposition_overlaps_and_tilin
     text = (tmp_path / "report" / "report.md").read_text()
     assert rc == 0 and "Pairwise overlap of stored masks" in text and "| 0 | . | 0.00 |" in text
     assert "FTN Table 4: MSE excess against fixed_mask" in text and "| fixed_mask | +0.000 | " in text  # itself
+    assert "Forgetting (%) — ConceptShiftRegression" not in text  # no percent tables of negative MSEs
+    assert "Average online task accuracy over the last x% of tasks (%) — ConceptShiftRegression" not in text
     assert (tmp_path / "report" / "mask_tiling.png").stat().st_size > 1000
 
 

@@ -269,10 +269,18 @@ def report_main(argv=None) -> int:
     envs = sorted({e for e, _ in agg})
     parts = [f"# clenv report: {len(runs)} runs, {len(agg)} configurations", ""]
     parts += [f"- note: {n}" for n in notes] + ([""] if notes else [])
+    # On regression streams the online "accuracies" are negative MSEs and FM an MSE difference: the percent columns
+    # do not apply there, and those envs get the mask table's MSEs instead.
+    regression = {e for (e, _), st in agg.items() if "avg_online_mse" in st}
     for title, columns in TABLES:
         for env in envs:
+            columns_here = columns
+            if env in regression and title != MASK_TABLE:
+                columns_here = tuple((c, h) for c, h in columns if not is_percent(c))
+                if not columns_here:
+                    continue
             # FTN's tables print accuracies and MSEs as fractions, as the paper does
-            t = format_table(title, columns, agg, env, fractions=title == MASK_TABLE)
+            t = format_table(title, columns_here, agg, env, fractions=title == MASK_TABLE)
             if t:
                 parts += [t, ""]
     parts += decomposition_tables(agg) + overlap_tables(groups)
