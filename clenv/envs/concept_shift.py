@@ -26,14 +26,14 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
+from clenv.envs.step_stream import StepCountedStreamEnv
 from clenv.envs.supervised import action_array
-from clenv.streams import check_reset, require_bool, require_int, require_real, start_stream, task_rng
+from clenv.streams import require_bool, require_int, require_real, task_rng
 
 __all__ = ["ConceptShiftEnv", "SPLITS"]
 
@@ -43,7 +43,7 @@ _STREAM_KEY = 2**31 + 7  # the encoder's generator: one per stream seed
 _BATCH_KEY = 10          # train batch j of task t: task_rng(seed, t, _BATCH_KEY, j)
 
 
-class ConceptShiftEnv(gym.Env):
+class ConceptShiftEnv(StepCountedStreamEnv):
     """Three tasks on the same inputs with incompatible targets (FTN, Experiment 1).
 
     Args:
@@ -62,6 +62,7 @@ class ConceptShiftEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    SPLITS = SPLITS
 
     def __init__(self, task: str = "classification", num_tasks: int = 3, steps_per_task: int = 1000,
                  batch_size: int = 256, block_dim: int = 8, frequency: float = 8.0, input_dim: int = 2,
@@ -102,24 +103,10 @@ class ConceptShiftEnv(gym.Env):
             self.action_space = spaces.Box(-np.inf, np.inf, (self.batch_size, 2), np.float32)
         else:
             self.action_space = spaces.Box(-np.inf, np.inf, (self.batch_size,), np.float32)
-        self.stream_seed: int | None = None
-        self._first_task, self._last_task = 0, self.num_tasks - 1
-        self._task, self._step_in_task, self._step, self._done = 0, 0, 0, True
-        self._targets = np.zeros(0, np.float32)
         self._memo: dict = {}
+        self._start_cursor()
 
     # ----------------------------------------------------------------- the data, a pure function of the seed
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(SPLITS)
-
-    def steps_per_task(self, task_id: int = 0) -> int:
-        return self._steps
-
-    @property
-    def total_steps(self) -> int:
-        return self._steps * (self._last_task - self._first_task + 1)
-
     def encoder(self) -> tuple[np.ndarray, np.ndarray]:
         """The stream's fixed encoder ``z = tanh(x @ A + c)``: ``A`` (input_dim, latent_dim) with N(0, 2) entries
         (so that ``tanh`` bends the 2-D input into a curved sheet) and ``c ~ U[-1, 1]``."""
@@ -163,40 +150,13 @@ class ConceptShiftEnv(gym.Env):
     def _batch(self, task_id: int, j: int):
         return self.sample(task_id, task_rng(self.stream_seed, task_id, _BATCH_KEY, j), self.batch_size)
 
-    # ----------------------------------------------------------------- gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start the stream (``options``: ``task_id`` replays one task, ``stream_seed`` sets the stream; as the
-        supervised envs). A refused reset changes nothing."""
-        seed, options = check_reset(self.num_tasks, seed, options)
-        super().reset(seed=seed)
-        self._first_task, self._last_task = start_stream(self, seed, options)
-        self._task, self._step_in_task, self._step, self._done = self._first_task, 0, 0, False
-        obs, self._targets = self._batch(self._task, 0)
-        return self._obs(obs), self._info(True, self._empty_targets(), -1, 0.0)
-
-    def step(self, action):
-        if self._done:
-            raise RuntimeError("the stream has ended (terminated=True); call reset() to start it again")
-        pred = self._validate(action)
-        targets, targets_task = self._targets, self._task
+    def _score(self, pred: np.ndarray, targets: np.ndarray) -> float:
         if self.task_type == "classification":
-            reward = float(np.count_nonzero(pred == targets)) / self.batch_size
-        else:
-            reward = -float(np.mean((pred.astype(np.float64) - targets) ** 2))
-        self._step += 1
-        switch = self._step_in_task + 1 >= self._steps
-        if switch and self._task == self._last_task:
-            self._done = True
-            self._step_in_task += 1
-            self._targets = self._empty_targets()
-            obs = np.zeros(self.observation_space.shape, np.float32)
-            return self._obs(obs), reward, True, False, self._info(False, targets, targets_task, reward)
-        if switch:
-            self._task, self._step_in_task = self._task + 1, 0
-        else:
-            self._step_in_task += 1
-        obs, self._targets = self._batch(self._task, self._step_in_task)
-        return self._obs(obs), reward, False, False, self._info(switch, targets, targets_task, reward)
+            return float(np.count_nonzero(pred == targets)) / self.batch_size
+        return -float(np.mean((pred.astype(np.float64) - targets) ** 2))
+
+    def _final_obs(self) -> np.ndarray:
+        return np.zeros(self.observation_space.shape, np.float32)
 
     # ----------------------------------------------------------------- evaluation helpers
     def test_batches(self, task_id: int, batch_size: int = 512, split: str = "test", max_samples: int | None = None,
@@ -257,23 +217,15 @@ class ConceptShiftEnv(gym.Env):
             self._np_random = rng
 
     # ----------------------------------------------------------------- internals
-    def _require_seed(self):
-        if self.stream_seed is None:
-            raise RuntimeError("call reset() first: the stream seed is drawn at reset")
-
     def _empty_targets(self) -> np.ndarray:
         return np.zeros(0, np.int64 if self.task_type == "classification" else np.float32)
 
     def _obs(self, z: np.ndarray):
         return torch.as_tensor(z, device=self.device) if self.output == "torch" else z
 
-    def _info(self, switch: bool, targets, targets_task: int, reward: float) -> dict:
-        info = {"task_id": int(self._task), "task_switch": bool(switch), "labels": targets,
-                "labels_task_id": int(targets_task), "accuracy": float(reward), "step": int(self._step),
-                "step_in_task": int(self._step_in_task)}
-        if self.task_type == "regression":  # "accuracy" is the reward, -MSE; "mse" says it plainly (0 at reset)
-            info["mse"] = -float(reward)
-        return info
+    def _extra_info(self, targets, reward: float) -> dict:
+        # "accuracy" is the reward, -MSE, on regression; "mse" says it plainly (0 at reset)
+        return {"mse": -float(reward)} if self.task_type == "regression" else {}
 
     def _validate(self, action) -> np.ndarray:
         """The action as predictions (labels or real values); raises before anything changes."""

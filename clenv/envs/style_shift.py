@@ -39,14 +39,14 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from clenv.data.style_corpus import SENTENCES, TEST, TRAIN
+from clenv.envs.step_stream import StepCountedStreamEnv
 from clenv.envs.supervised import action_array
-from clenv.streams import check_reset, require_bool, require_int, start_stream, task_rng
+from clenv.streams import require_bool, require_int, task_rng
 
 __all__ = ["StyleShiftTextEnv", "TRANSFORMS", "SPLITS", "PAD", "BOS", "SEP", "EOS", "VOCAB_SIZE", "IGNORE_INDEX",
            "encode", "decode", "encode_sample", "sample_length"]
@@ -161,7 +161,7 @@ def encode_sample(source: str, task, max_length: int = 96) -> tuple[np.ndarray, 
 
 
 # --------------------------------------------------------------------------------------------- the env
-class StyleShiftTextEnv(gym.Env):
+class StyleShiftTextEnv(StepCountedStreamEnv):
     """Six text style-transformation tasks on the same sentences (FTN, Experiment 2; see the module docstring).
 
     Args:
@@ -178,6 +178,7 @@ class StyleShiftTextEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    SPLITS = SPLITS
     task_type = "language"
 
     def __init__(self, num_tasks: int = 6, steps_per_task: int = 200, batch_size: int = 8, max_length: int = 96,
@@ -224,24 +225,9 @@ class StyleShiftTextEnv(gym.Env):
             self.action_space = spaces.MultiDiscrete(np.full(shape, VOCAB_SIZE, np.int64))
         else:
             self.action_space = spaces.Box(-np.inf, np.inf, (*shape, VOCAB_SIZE), np.float32)
-        self.stream_seed: int | None = None
-        self._first_task, self._last_task = 0, self.num_tasks - 1
-        self._task, self._step_in_task, self._step, self._done = 0, 0, 0, True
-        self._targets = self._empty_labels()
+        self._start_cursor()
 
     # ----------------------------------------------------------------- the data, a pure function of the seed
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(SPLITS)
-
-    def steps_per_task(self, task_id: int = 0) -> int:
-        return self._steps
-
-    @property
-    def total_steps(self) -> int:
-        """Steps in the episode: the whole stream, or the one task a ``reset(options={"task_id": k})`` selected."""
-        return self._steps * (self._last_task - self._first_task + 1)
-
     encode = staticmethod(encode)
     decode = staticmethod(decode)
 
@@ -281,40 +267,6 @@ class StyleShiftTextEnv(gym.Env):
     def _batch(self, task_id: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.batch_indices(task_id, j)
         return self._tokens[task_id, idx], self._labels[task_id, idx]
-
-    # ----------------------------------------------------------------- gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start the stream (``options``: ``task_id`` replays one task, ``stream_seed`` sets the stream; as the
-        supervised envs). A refused reset changes nothing."""
-        seed, options = check_reset(self.num_tasks, seed, options)
-        super().reset(seed=seed)
-        self._first_task, self._last_task = start_stream(self, seed, options)
-        self._task, self._step_in_task, self._step, self._done = self._first_task, 0, 0, False
-        obs, self._targets = self._batch(self._task, 0)
-        return self._obs(obs), self._info(True, self._empty_labels(), -1, 0.0, 0)
-
-    def step(self, action):
-        if self._done:
-            raise RuntimeError("the stream has ended (terminated=True); call reset() to start it again")
-        pred = self._validate(action)
-        targets, targets_task = self._targets, self._task
-        scored = targets != IGNORE_INDEX
-        n = int(np.count_nonzero(scored))
-        reward = float(np.count_nonzero((pred == targets) & scored)) / n
-        self._step += 1
-        switch = self._step_in_task + 1 >= self._steps
-        if switch and self._task == self._last_task:
-            self._done = True
-            self._step_in_task += 1
-            self._targets = self._empty_labels()
-            obs = np.full(self.observation_space.shape, PAD, np.int64)
-            return self._obs(obs), reward, True, False, self._info(False, targets, targets_task, reward, n)
-        if switch:
-            self._task, self._step_in_task = self._task + 1, 0
-        else:
-            self._step_in_task += 1
-        obs, self._targets = self._batch(self._task, self._step_in_task)
-        return self._obs(obs), reward, False, False, self._info(switch, targets, targets_task, reward, n)
 
     # ----------------------------------------------------------------- evaluation helpers
     def test_batches(self, task_id: int, batch_size: int = 64, split: str = "test", max_samples: int | None = None,
@@ -392,25 +344,26 @@ class StyleShiftTextEnv(gym.Env):
         self.stream_seed = seed
         self._first_task, self._last_task, self._task = first, last, task
         self._step_in_task, self._step, self._done = step_in_task, step, done
-        self._targets = self._empty_labels() if done else self._batch(task, step_in_task)[1]
+        self._targets = self._empty_targets() if done else self._batch(task, step_in_task)[1]
         if rng is not None:
             self._np_random = rng
 
     # ----------------------------------------------------------------- internals
-    def _require_seed(self):
-        if self.stream_seed is None:
-            raise RuntimeError("call reset() first: the stream seed is drawn at reset")
-
-    def _empty_labels(self) -> np.ndarray:
+    def _empty_targets(self) -> np.ndarray:
         return np.zeros((0, self.max_length), np.int64)
 
     def _obs(self, tokens: np.ndarray):
         return torch.as_tensor(tokens, device=self.device) if self.output == "torch" else tokens
 
-    def _info(self, switch: bool, targets, targets_task: int, reward: float, scored: int) -> dict:
-        return {"task_id": int(self._task), "task_switch": bool(switch), "labels": targets,
-                "labels_task_id": int(targets_task), "accuracy": float(reward), "step": int(self._step),
-                "step_in_task": int(self._step_in_task), "tokens_scored": int(scored)}
+    def _extra_info(self, targets, reward: float) -> dict:
+        return {"tokens_scored": int(np.count_nonzero(targets != IGNORE_INDEX))}
+
+    def _score(self, pred: np.ndarray, targets: np.ndarray) -> float:
+        scored = targets != IGNORE_INDEX
+        return float(np.count_nonzero((pred == targets) & scored)) / int(np.count_nonzero(scored))
+
+    def _final_obs(self) -> np.ndarray:
+        return np.full(self.observation_space.shape, PAD, np.int64)
 
     def _validate(self, action) -> np.ndarray:
         """The action as predicted next-token ids of shape (batch, max_length); raises before anything changes."""
