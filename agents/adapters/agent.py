@@ -139,7 +139,7 @@ class AdapterAgent(SupervisedAgent):
         and length. Override it in a subclass for another default. (An in-repository pretrained base is planned and
         not there yet.)"""
         spec = self.hparams["base_model"]
-        if spec is None:
+        if spec is None or spec == "random":
             h = self.hparams
             return default_base_model(self.num_outputs, self.env_spec["max_length"], n_layer=h["base_n_layer"],
                                       n_embd=h["base_n_embd"], n_head=h["base_n_head"])
