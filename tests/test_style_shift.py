@@ -265,3 +265,48 @@ def test_bad_configurations_are_refused():
     assert isinstance(obs, torch.Tensor) and obs.dtype == torch.int64 and env.task_names == ("upper", "lower")
     with pytest.raises(ValueError, match="split"):
         next(env.test_batches(0, split="val"))
+
+
+# ------------------------------------------------------------------------------------------------ tasks=
+def test_a_task_subset_serves_the_six_task_streams_batches_of_that_transformation():
+    """A task's batches and splits are keyed by its transformation, not its position: the single-task pirate stream
+    (how adapters are trained independently before merging) sees exactly the six-task stream's pirate task."""
+    full, single, pair = _env(), _env(tasks=("pirate",), num_tasks=1), _env(tasks="pirate, upper", num_tasks=2)
+    for env in (full, single, pair):
+        env.reset(seed=4)
+    assert single.task_names == ("pirate",) and single.total_steps == 5 and pair.task_names == ("pirate", "upper")
+    pirate = [full.batch_indices(5, j).tolist() for j in range(5)]
+    assert [single.batch_indices(0, j).tolist() for j in range(5)] == pirate
+    assert [pair.batch_indices(0, j).tolist() for j in range(5)] == pirate
+    assert pair.batch_indices(1, 2).tolist() == full.batch_indices(0, 2).tolist()
+    for split in ("support", "test"):
+        np.testing.assert_array_equal(single.split_indices(0, split), full.split_indices(5, split))
+        a, b = next(single.test_batches(0, split=split)), next(full.test_batches(5, split=split))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # The served observations too, and the labels are the pirate targets.
+    first, _ = single.reset(seed=4)
+    full.reset(seed=4, options={"task_id": 5})
+    np.testing.assert_array_equal(first, full._batch(5, 0)[0])
+    tokens, labels = single.sample("Hi.", 0)
+    assert single.target("Hi.", 0) == "Arr! Hi. matey!" and decode(labels[labels != -100]) == "Arr! Hi. matey!"
+    # The default order keeps its identity (no tasks key) and its streams; a reordering is part of the config.
+    assert "tasks" not in _env().config and _env(tasks=list(TRANSFORMS)).config == _env().config
+    assert single.config["tasks"] == ["pirate"] and single.eval_env().task_names == ("pirate",)
+    state = single.state_dict()
+    with pytest.raises(ValueError, match="another configuration"):
+        _env(tasks=("upper",), num_tasks=1).load_state_dict(state)
+
+
+def test_bad_task_subsets_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="did you mean 'pirate'"):
+        StyleShiftTextEnv(tasks=("pirat",), num_tasks=1)
+    with pytest.raises(ValueError, match="more than once"):
+        StyleShiftTextEnv(tasks=("upper", "upper"), num_tasks=2)
+    with pytest.raises(ValueError, match="pass num_tasks=1"):
+        StyleShiftTextEnv(tasks=("pirate",))  # num_tasks=6 (the default) for one transformation
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        StyleShiftTextEnv(tasks=(), num_tasks=1)
+    with pytest.raises(ValueError, match="unknown transformation"):
+        StyleShiftTextEnv(tasks=(3,), num_tasks=1)
+    # Only the chosen transformations must fit max_length (double_words is the longest).
+    StyleShiftTextEnv(tasks=("pirate", "upper"), num_tasks=2, max_length=80)

@@ -22,9 +22,12 @@ the padding are not scored; -100 is PyTorch's cross-entropy ``ignore_index``), s
 per-token accuracy over the scored positions, ``info["tokens_scored"]`` their number. A bad action raises
 ``ValueError`` before anything changes.
 
-Everything is a pure function of (stream seed, task, step): training batch ``j`` of task ``t`` samples training
-sentences (without replacement within a batch) from its own generator, so task t's batches are the same whether or
-not earlier tasks ran. :meth:`StyleShiftTextEnv.test_batches` serves three fixed splits per task: ``test``, the
+Everything is a pure function of (stream seed, transformation, step): training batch ``j`` of a task samples
+training sentences (without replacement within a batch) from a generator keyed by the task's transformation (its
+index in :data:`TRANSFORMS`), not by its position in the stream, so a task's batches are the same whether or not
+earlier tasks ran and whichever ``tasks`` the stream was made with: ``tasks=("pirate",)`` is a single-task stream
+whose batches and splits are the six-task stream's pirate task's (how adapters are trained independently per task
+before they are merged). :meth:`StyleShiftTextEnv.test_batches` serves three fixed splits per task: ``test``, the
 held-out sentences (:data:`clenv.data.style_corpus.TEST`, never in a training or support batch; the split the paper's
 per-token cross-entropy is reported on); ``support``, a fixed seeded draw of 16 training sentences (the labelled
 support batch a mask-routed agent recovers its mask from at evaluation); ``train``, every training sentence.
@@ -37,7 +40,8 @@ pretrained tokenizer maps bytes to its own tokens (or learns byte embeddings), a
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import difflib
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +96,7 @@ _TASK_NAMES = tuple(TRANSFORMS)
 #: The fixed per-task sample sets of :meth:`StyleShiftTextEnv.test_batches`: the support draw's generator key, and
 #: the sentences each draws from.
 SPLITS = {"test": 1, "support": 2, "train": 3}
-_BATCH_KEY = 10  # train batch j of task t: task_rng(seed, t, _BATCH_KEY, j)
+_BATCH_KEY = 10  # train batch j under transformation g (index in TRANSFORMS): task_rng(seed, g, _BATCH_KEY, j)
 
 
 # --------------------------------------------------------------------------------------------- tokens
@@ -133,6 +137,25 @@ def _task_name(task) -> str:
     return _TASK_NAMES[require_int("task", task, minimum=0, maximum=len(_TASK_NAMES) - 1)]
 
 
+def _task_order(tasks) -> tuple[str, ...]:
+    """The ``tasks`` option as transformation names in stream order, checked (None: all six in order)."""
+    if tasks is None:
+        return _TASK_NAMES
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else tasks
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ValueError(f"tasks must be a non-empty sequence of transformation names such as ('pirate',), or "
+                         f"None for all six; got {tasks!r}")
+    for name in names:
+        if not isinstance(name, str) or name not in TRANSFORMS:
+            close = difflib.get_close_matches(str(name), _TASK_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown transformation {name!r} in tasks{hint} (expected names of {list(TRANSFORMS)})")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"tasks names {repeated} more than once; each transformation is one task")
+    return tuple(names)
+
+
 def sample_length(source: str, task) -> int:
     """Tokens in the (unpadded) sample of ``source`` under ``task`` (an index or a :data:`TRANSFORMS` name)."""
     return len(encode(source)) + len(encode(TRANSFORMS[_task_name(task)](source))) + 3
@@ -165,7 +188,10 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
     """Six text style-transformation tasks on the same sentences (FTN, Experiment 2; see the module docstring).
 
     Args:
-        num_tasks: the first ``num_tasks`` of the six transformations (1..6).
+        num_tasks: the first ``num_tasks`` of ``tasks`` (1..6).
+        tasks: the transformations in stream order, a sequence of :data:`TRANSFORMS` names without repeats (or one
+            comma-separated string); None: all six in :data:`TRANSFORMS` order. Each task's data is keyed by its
+            transformation, so ``tasks=("pirate",), num_tasks=1`` serves exactly the six-task stream's pirate task.
         steps_per_task: batches per task (the paper: 200).
         batch_size: samples per observation (8).
         max_length: tokens per sample, padding included (96); every corpus sentence's sample must fit under every
@@ -183,12 +209,17 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
 
     def __init__(self, num_tasks: int = 6, steps_per_task: int = 200, batch_size: int = 8, max_length: int = 96,
                  test_samples_per_task: int | None = None, support_samples_per_task: int = 16,
-                 action_type: str = "labels", device: str = "cpu", output: str = "numpy"):
+                 action_type: str = "labels", device: str = "cpu", output: str = "numpy",
+                 tasks: Sequence[str] | str | None = None):
         if action_type not in ("labels", "logits"):
             raise ValueError(f"action_type must be 'labels' or 'logits', got {action_type!r}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+        order = _task_order(tasks)
         self.num_tasks = require_int("num_tasks", num_tasks, minimum=1, maximum=len(TRANSFORMS))
+        if self.num_tasks > len(order):
+            raise ValueError(f"num_tasks={self.num_tasks} but tasks names {len(order)} transformation(s) "
+                             f"{list(order)}: pass num_tasks={len(order)} with them")
         self._steps = require_int("steps_per_task", steps_per_task, minimum=1)
         self.batch_size = require_int("batch_size", batch_size, minimum=1)
         self.max_length = require_int("max_length", max_length, minimum=1)
@@ -200,7 +231,10 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
             self.device = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({err})") from None
-        self.task_names: tuple[str, ...] = _TASK_NAMES[:self.num_tasks]
+        self.task_names: tuple[str, ...] = order[:self.num_tasks]
+        # The generator key of each task: its transformation's index in TRANSFORMS (the stream position for the
+        # default order, so those streams are unchanged).
+        self._keys = tuple(_TASK_NAMES.index(name) for name in self.task_names)
         need, worst = max((sample_length(s, t), (s, t)) for t in self.task_names for s in SENTENCES)
         if need > self.max_length:
             raise ValueError(f"max_length={self.max_length} is too short for this corpus: the sample of "
@@ -215,6 +249,8 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
                            max_length=self.max_length, test_samples_per_task=self.test_samples,
                            support_samples_per_task=self.support_samples, action_type=action_type,
                            device=str(device), output=output)
+        if self.task_names != _TASK_NAMES[:self.num_tasks]:  # kept out of the default order's identity
+            self.config["tasks"] = list(self.task_names)
         # Every (task, sentence) sample, built once: (num_tasks, len(SENTENCES), max_length) tokens and labels.
         pairs = [[encode_sample(s, t, self.max_length) for s in SENTENCES] for t in self.task_names]
         self._tokens = np.stack([np.stack([p[0] for p in row]) for row in pairs])
@@ -234,7 +270,7 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
     def sample(self, sentence: str, task_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The (tokens, labels) of any ``sentence`` under task ``task_id`` at this env's ``max_length``."""
         task_id = require_int("task_id", task_id, minimum=0, maximum=self.num_tasks - 1)
-        return encode_sample(sentence, task_id, self.max_length)
+        return encode_sample(sentence, self.task_names[task_id], self.max_length)
 
     def target(self, sentence: str, task_id: int) -> str:
         """Task ``task_id``'s target text for ``sentence``."""
@@ -253,15 +289,15 @@ class StyleShiftTextEnv(StepCountedStreamEnv):
         if split == "train":
             return np.arange(len(TRAIN))
         self._require_seed()
-        rng = task_rng(self.stream_seed, task_id, SPLITS["support"])
+        rng = task_rng(self.stream_seed, self._keys[task_id], SPLITS["support"])
         return np.sort(rng.choice(len(TRAIN), size=self.support_samples, replace=False))
 
     def batch_indices(self, task_id: int, step_in_task: int) -> np.ndarray:
         """Indices into ``SENTENCES`` of training batch ``step_in_task`` of task ``task_id``: training sentences
-        drawn from the generator of (stream seed, task, step), without replacement within the batch (with
-        replacement when the batch is larger than the training set)."""
+        drawn from the generator of (stream seed, the task's transformation, step), without replacement within the
+        batch (with replacement when the batch is larger than the training set)."""
         self._require_seed()
-        rng = task_rng(self.stream_seed, task_id, _BATCH_KEY, step_in_task)
+        rng = task_rng(self.stream_seed, self._keys[task_id], _BATCH_KEY, step_in_task)
         return rng.choice(len(TRAIN), size=self.batch_size, replace=self.batch_size > len(TRAIN))
 
     def _batch(self, task_id: int, j: int) -> tuple[np.ndarray, np.ndarray]:
