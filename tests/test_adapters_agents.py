@@ -1,7 +1,8 @@
 """The adapter agents on a frozen causal LM (002_b6d509c9f1140765.txt, Section 2, Experiment 2, Appendices D and E):
 plain LoRA, LoRA-Naive, LoRA-FixedMask, LoRA-FTN and LoRA-Bank on the StyleShiftText-v0 stream.
 
-Small sizes throughout (the default base is a 2-layer, 64-wide random GPT-2; pools of H = 16 on 4 x 4, k = 4, r = 2;
+Small sizes throughout (the base is ``base_model="random"``, a 2-layer, 64-wide random GPT-2, so no test pretrains
+the default base of tests/test_base_lm.py; pools of H = 16 on 4 x 4, k = 4, r = 2;
 2 tasks of 3 or 4 steps); Appendix E's sizes are checked as defaults only.
 """
 
@@ -27,7 +28,7 @@ def _env(steps_per_task=3, **kw):
 
 
 def _agent(name, env, **kw):
-    return agents.make(name, env, seed=0, **{**SMALL[name], **kw})
+    return agents.make(name, env, seed=0, **{"base_model": "random", **SMALL[name], **kw})
 
 
 def _run(name, **kw):
@@ -103,6 +104,23 @@ def test_the_task_loss_is_per_token_cross_entropy_over_the_scored_positions():
     scored = y != -100
     manual = -torch.log_softmax(logits, -1).gather(-1, y.clamp_min(0)[..., None])[..., 0][scored].mean()
     torch.testing.assert_close(agent.task_loss(logits, y), manual)
+
+
+def test_trimming_the_unscored_tail_changes_no_scored_logit_and_no_update():
+    env = _env()
+    x, y = _batch(env, 0)
+    trim, full = _agent("lora", env), _agent("lora", env, trim_unscored=False)
+    x, y = trim.preprocess(x), trim.targets(y)
+    xt, yt, _ = trim.trimmed(x, y)
+    keep = int(torch.nonzero((y != -100).any(0))[-1]) + 1
+    assert xt.shape == (8, keep) and keep < 96 and torch.equal(yt, y[:, :keep])
+    with torch.no_grad():  # causal: the scored positions' logits do not see the cut tail (float32 rounding only)
+        torch.testing.assert_close(trim.predict(xt), trim.predict(x)[:, :keep], rtol=0, atol=1e-5)
+    for _ in range(3):
+        lt, lf = trim.learn(x, y), full.learn(x, y)
+        torch.testing.assert_close(lt, lf, rtol=0, atol=1e-5)
+    for (n, a), b in zip(trim.network.named_parameters(), full.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
 
 
 def test_a_users_own_base_model_is_frozen_and_adapted():
@@ -224,8 +242,9 @@ def test_lora_ftn_recovery_is_the_cold_configurer_on_the_support_batch_without_t
     agent.task_id, agent.task_key = 12345, 12345
     assert torch.equal(agent.recover_mask(x, y), recovered)
     agent.network.eval()
+    xt, yt, _ = agent.trimmed(x, y)  # recovery runs on the batch cut after its last scored position
     with torch.no_grad():
-        cold = agent.configurer(lambda m: agent.task_loss(agent.forward_with_mask(x, m), y), agent.device)
+        cold = agent.configurer(lambda m: agent.task_loss(agent.forward_with_mask(xt, m), yt), agent.device)
     assert torch.equal(cold, recovered)
     assert all(torch.equal(p, dict(agent.network.named_parameters())[n]) for n, p in adapters.items())
 
@@ -286,7 +305,9 @@ def test_lora_bank_routes_by_the_argmin_of_the_loss_over_one_hot_masks():
 # ------------------------------------------------------------------------------------------- defaults
 def test_defaults_are_appendix_es():
     env = _env()
-    ftn = agents.make("lora_ftn", env)
+    assert agents.resolve("lora_ftn", env)[1]["base_model"] == "pretrained"  # the in-repo base (test_base_lm.py)
+    make = lambda name: agents.make(name, env, base_model="random")  # noqa: E731 - the sizes, not the base
+    ftn = make("lora_ftn")
     h = ftn.hparams
     assert (h["components"], h["rank"], h["k"], h["optimizer"], h["lr"], h["weight_decay"]) == (
         576, 4, 72, "adam", 5e-4, 0.0)
@@ -297,9 +318,9 @@ def test_defaults_are_appendix_es():
     assert (layer.components, layer.rank, layer.in_features, layer.out_features) == (576, 4, 64, 192)
     gpt2 = ftn.network.config
     assert (gpt2.n_layer, gpt2.n_embd, gpt2.n_head, gpt2.vocab_size, gpt2.n_positions) == (2, 64, 4, 260, 96)
-    assert agents.make("lora_fixed_mask", env).hparams["k"] == 72
-    assert agents.make("lora_naive", env).hparams["components"] == 576
-    bank = agents.make("lora_bank", env).hparams
+    assert make("lora_fixed_mask").hparams["k"] == 72
+    assert make("lora_naive").hparams["components"] == 576
+    bank = make("lora_bank").hparams
     assert (bank["components"], bank["rank"]) == (8, 288) and bank["init_b_std"] > 0
     assert bank["components"] * bank["rank"] == h["components"] * h["rank"]  # matched total capacity
-    assert agents.make("lora", env).hparams["rank"] == 8
+    assert make("lora").hparams["rank"] == 8

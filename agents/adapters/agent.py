@@ -10,15 +10,20 @@ argmax token per position (or the logits for ``action_type="logits"``); the trai
 Adam without weight decay, its moments reset at every task boundary (Remark 2.2, restated for LoRA in Appendix D:
 carried moments move inactive components). An agent refuses a stream that is not a language one at construction.
 
-The base model: by default (``base_model=None``) a small randomly initialised Hugging Face GPT-2,
+The base model: by default (``base_model="pretrained"``) the in-repository pretrained byte-level GPT-2 of
+:mod:`agents.adapters.base_lm` (2 layers, 128 wide, pretrained on the English of CPython's ``pydoc_data`` with a
+copy task in the stream's layout; **not** the paper's ``distilgpt2``), loaded from its cache or trained once when the
+cache is empty; ``base_seed`` picks which pretraining seed (the base is the same for every agent seed, as a
+downloaded model would be). ``base_model="random"`` (or None) is a small randomly initialised Hugging Face GPT-2,
 ``GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=<env num_classes>, n_positions=<env max_length>)`` with
-dropout off (``base_n_layer``, ``base_n_embd``, ``base_n_head`` change it), built under the agent's seed. The paper
-adapts a pretrained ``distilgpt2``; an in-repository pretrained base (a byte-level LM for these streams) is planned
-and **not there yet**, so out of the box the frozen LM is random and the adapters do all the learning. To use your own
-module, pass ``base_model`` (a ``"package.module:factory"`` string, a callable, or an ``nn.Module`` that is
-deep-copied for each agent; a factory is called as ``factory(env_spec)`` under the agent's seed) or override
-:meth:`AdapterAgent.build_base_model`. The module's forward takes int64 tokens (B, L) and returns logits (B, L, V)
-(or an object with ``.logits``, as Hugging Face models do), V the env's ``num_classes``.
+dropout off (``base_n_layer``, ``base_n_embd``, ``base_n_head`` change it), built under the agent's seed: the
+adapters then do all the learning (the tests use it). To use your own module, pass ``base_model`` (a
+``"package.module:factory"`` string, a callable, or an ``nn.Module`` that is deep-copied for each agent; a factory is
+called as ``factory(env_spec)`` under the agent's seed) or override :meth:`AdapterAgent.build_base_model`. The
+module must be a causal LM: its forward takes int64 tokens (B, L) and returns logits (B, L, V) (or an object with
+``.logits``, as Hugging Face models do), V the env's ``num_classes``, and position i's logits depend on tokens 0..i
+only. Training and support batches are cut after their last scored position (``trim_unscored``), which changes no
+scored logit of a causal LM and skips about 30% of the style stream's padded positions.
 
 The agents (Appendix E's settings are the defaults; ``alpha`` None means alpha = rank, a scaling of 1, which the
 paper does not state):
@@ -100,8 +105,9 @@ class AdapterAgent(SupervisedAgent):
     """A frozen causal LM with LoRA adapters on ``target_modules``, trained on a language stream (see the module
     docstring).
 
-    Hyperparameters beyond :class:`~agents.base.SupervisedAgent`'s: ``base_model`` (None: the default random GPT-2;
-    see :meth:`build_base_model`), ``base_n_layer``, ``base_n_embd``, ``base_n_head`` (the default GPT-2's size),
+    Hyperparameters beyond :class:`~agents.base.SupervisedAgent`'s: ``base_model`` (``"pretrained"``, the default;
+    ``"random"``; see :meth:`build_base_model`), ``base_seed`` (the pretrained base's seed), ``base_n_layer``,
+    ``base_n_embd``, ``base_n_head`` (the random GPT-2's size), ``trim_unscored``,
     ``target_modules``, ``rank`` (r, per component), ``alpha`` (None: alpha = rank), ``adapter_dropout``,
     ``components`` (H), ``init_b_std`` (0: LoRA's B = 0), ``reset_optimizer_on_switch`` (Remark 2.2).
 
@@ -110,9 +116,10 @@ class AdapterAgent(SupervisedAgent):
     """
 
     NAME = "adapter"
-    DEFAULTS = dict(base_model=None, base_n_layer=2, base_n_embd=64, base_n_head=4, target_modules=("c_attn",),
-                    rank=8, alpha=None, adapter_dropout=0.0, components=1, init_b_std=0.0, optimizer="adam",
-                    lr=5e-4, weight_decay=0.0, reset_optimizer_on_switch=True)
+    DEFAULTS = dict(base_model="pretrained", base_seed=0, base_n_layer=2, base_n_embd=64, base_n_head=4,
+                    target_modules=("c_attn",), rank=8, alpha=None, adapter_dropout=0.0, components=1,
+                    init_b_std=0.0, optimizer="adam", lr=5e-4, weight_decay=0.0, reset_optimizer_on_switch=True,
+                    trim_unscored=True)
 
     def __init__(self, env, **hparams):
         super().__init__(env, **hparams)
@@ -134,11 +141,13 @@ class AdapterAgent(SupervisedAgent):
 
     def build_base_model(self) -> nn.Module:
         """The causal LM the adapters go on (frozen by the agent afterwards), built under the agent's seed: the
-        ``base_model`` hyperparameter (a ``"package.module:factory"`` string or a callable, called as
-        ``factory(env_spec)``; or a module, deep-copied), else :func:`default_base_model` for the env's vocabulary
-        and length. Override it in a subclass for another default. (An in-repository pretrained base is planned and
-        not there yet.)"""
+        ``base_model`` hyperparameter: ``"pretrained"`` (:func:`agents.adapters.base_lm.pretrained_base_lm` of
+        ``base_seed``), ``"random"`` / None (:func:`default_base_model` for the env's vocabulary and length), a
+        ``"package.module:factory"`` string or a callable (called as ``factory(env_spec)``), or a module
+        (deep-copied). Override it in a subclass for another default."""
         spec = self.hparams["base_model"]
+        if spec == "pretrained":
+            return self._pretrained_base()
         if spec is None or spec == "random":
             h = self.hparams
             return default_base_model(self.num_outputs, self.env_spec["max_length"], n_layer=h["base_n_layer"],
@@ -153,6 +162,17 @@ class AdapterAgent(SupervisedAgent):
         if not isinstance(model, nn.Module):
             raise TypeError(f"base_model's factory returned {type(model).__name__}, not a torch.nn.Module")
         return model
+
+    def _pretrained_base(self) -> nn.Module:
+        from agents.adapters.base_lm import DEFAULT_CONFIG, pretrained_base_lm
+        from clenv.envs.style_shift import VOCAB_SIZE
+
+        vocab, length = self.num_outputs, self.env_spec["max_length"]
+        if vocab != VOCAB_SIZE or length > DEFAULT_CONFIG["n_positions"]:
+            raise ValueError(f"the pretrained base LM reads the style stream's byte tokens ({VOCAB_SIZE} ids, at most "
+                             f"{DEFAULT_CONFIG['n_positions']} positions); this env has {vocab} ids and "
+                             f"max_length {length}: pass base_model='random' or your own base_model")
+        return pretrained_base_lm({"seed": int(self.hparams["base_seed"])})
 
     def build_network(self) -> nn.Module:
         h = self.hparams
@@ -175,6 +195,20 @@ class AdapterAgent(SupervisedAgent):
         """Token batch (numpy or torch, (B, L)) -> int64 tensor on the agent's device."""
         x = obs["x"] if isinstance(obs, dict) else obs
         return torch.as_tensor(x, device=self.device).to(torch.int64)
+
+    def trimmed(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None):
+        """``(x, y, logits)`` cut after the last position any row scores (``trim_unscored``): with a causal base the
+        scored positions' logits are the same, and the padding after them costs nothing."""
+        if not self.hparams["trim_unscored"] or y.ndim != 2:
+            return x, y, logits
+        scored = torch.nonzero((y != -100).any(0))
+        keep = int(scored[-1]) + 1 if len(scored) else 1
+        if keep >= x.shape[1]:
+            return x, y, logits
+        return x[:, :keep], y[:, :keep], None if logits is None else logits[:, :keep]
+
+    def learn(self, x, y, logits=None):
+        return super().learn(*self.trimmed(x, y, logits))
 
     def forward_with_mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, L, V) of tokens ``x`` with ``mask`` (shape (H,), binary or relaxed; None: all on) set on
@@ -274,6 +308,7 @@ class LoRAFTNAgent(MaskRoutedAgent, AdapterAgent):
 
     # ------------------------------------------------------------------ the training step
     def learn(self, x, y, logits=None):
+        x, y, logits = self.trimmed(x, y, logits)
         mask = self.training_mask(x, y)
         if self.mask is None or not torch.equal(mask, self.mask):
             logits = None  # act()'s pass routed through another mask: train on a fresh forward
@@ -320,6 +355,7 @@ class LoRAFTNAgent(MaskRoutedAgent, AdapterAgent):
 
     @torch.no_grad()
     def support_loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+        x, y, _ = self.trimmed(x, y)
         with self.evaluating():
             return float(self.task_loss(self.forward_with_mask(x, mask.to(self.device, torch.float32)), y))
 
@@ -332,6 +368,7 @@ class LoRAFTNAgent(MaskRoutedAgent, AdapterAgent):
             return torch.ones(self.num_components, device=self.device)
         if kind == "fixed":
             return self.best_stored_mask(x, y)
+        x, y, _ = self.trimmed(x, y)
         with self.evaluating():
             if kind == "one_hot":
                 return self.best_one_hot(x, y)
