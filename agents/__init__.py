@@ -59,6 +59,15 @@ REGISTRY: dict[str, str] = {
     "lora_fixed_mask": "agents.adapters.agent:LoRAFixedMaskAgent",
     "lora_ftn": "agents.adapters.agent:LoRAFTNAgent",
     "lora_bank": "agents.adapters.agent:LoRABankAgent",
+    # FlyLoRA (Zou et al., NeurIPS 2025), NeuroLoRA (003_2885b6bbae2a6b4c.txt) with its Table 4 ablations, and
+    # NeuroLoRA's EWC + LoRA baseline (language streams only).
+    "flylora": "agents.adapters.flylora:FlyLoRAAgent",
+    "neurolora": "agents.adapters.flylora:NeuroLoRAAgent",
+    "neurolora_no_orth": "agents.adapters.flylora:NeuroLoRANoOrthAgent",
+    "neurolora_no_gate": "agents.adapters.flylora:NeuroLoRANoGateAgent",
+    "neurolora_static_gate": "agents.adapters.flylora:NeuroLoRAStaticGateAgent",
+    "neurolora_trainable_a": "agents.adapters.flylora:NeuroLoRATrainableAAgent",
+    "ewc_lora": "agents.adapters.ewc_lora:EWCLoRAAgent",
 }
 
 

@@ -32,8 +32,9 @@ FIRING = {
     "ewc": dict(fisher_samples=128),  # the whole task: the Fisher needs samples from before the resume point
 }
 # The adapter agents run a causal LM on token streams and refuse RandomLabelDigits-v0 at construction; their
-# kill-and-resume is checked on StyleShiftText-v0 in tests/test_adapters_agents.py.
-LANGUAGE = {"lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank"}
+# kill-and-resume is checked on StyleShiftText-v0 in tests/test_adapters_agents.py and tests/test_flylora.py.
+LANGUAGE = {"lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank", "flylora", "neurolora",
+            "neurolora_no_orth", "neurolora_no_gate", "neurolora_static_gate", "neurolora_trainable_a", "ewc_lora"}
 SUPERVISED = [n for n in agents.available() if not n.startswith("tianshou") and n not in LANGUAGE]
 EXTRA = {"neumosync[sparse]": ("neumosync", dict(controller="sparse", sparse_fraction=0.5)),
          "cbp+er": ("cbp+er", {**FIRING["cbp"], **FIRING["er"]}),

@@ -297,8 +297,11 @@ def test_checkpoint_args_and_missing_state():
 
 
 SLOW_AGENTS = ("maml",)  # meta-trains at construction; minutes on this stream
-# Adapter agents need a token stream (StyleShiftText-v0); their resume test is in tests/test_adapters_agents.py.
-LANGUAGE_AGENTS = ("lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank")
+# Adapter agents need a token stream (StyleShiftText-v0); their resume tests are in tests/test_adapters_agents.py and
+# tests/test_flylora.py.
+LANGUAGE_AGENTS = ("lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank", "flylora", "neurolora",
+                   "neurolora_no_orth", "neurolora_no_gate", "neurolora_static_gate", "neurolora_trainable_a",
+                   "ewc_lora")
 
 
 @pytest.mark.slow

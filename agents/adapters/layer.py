@@ -34,14 +34,15 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["LoRALayer", "inject_adapters", "adapted_layers", "set_component_mask", "adapter_parameters",
+__all__ = ["LoRALayer", "AdapterLayer", "is_adaptable", "is_conv1d", "base_features", "drop_input",
+           "replace_targets", "inject_adapters", "adapted_layers", "set_component_mask", "adapter_parameters",
            "adapter_state_dict", "load_adapter_state_dict", "save_peft", "load_peft", "PEFT_CONFIG_NAME",
            "PEFT_WEIGHTS_NAME"]
 
@@ -60,13 +61,33 @@ def _conv1d_class():
     return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is GPT-2's ``Conv1D`` (weight stored (in, out), ``y = x W + b``)."""
     conv1d = _conv1d_class()
     return conv1d is not None and isinstance(module, conv1d)
 
 
-def _is_adaptable(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
+def is_adaptable(module: nn.Module) -> bool:
+    """Whether an adapter layer can wrap ``module``: a ``torch.nn.Linear`` or a GPT-2 ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def base_features(base: nn.Module, owner: str) -> tuple[int, int, bool]:
+    """``(in_features, out_features, fan_in_fan_out)`` of a Linear / Conv1D base layer (``fan_in_fan_out``: the
+    weight is stored (in, out), as Conv1D stores it); a ``TypeError`` naming ``owner`` for any other module."""
+    if not is_adaptable(base):
+        raise TypeError(f"{owner} adapts torch.nn.Linear or transformers' Conv1D, got {type(base).__name__}")
+    fan_in_fan_out = is_conv1d(base)
+    # nn.Linear stores its weight as (out, in), Conv1D as (in, out)
+    in_features, out_features = base.weight.shape if fan_in_fan_out else base.weight.shape[::-1]
+    return int(in_features), int(out_features), fan_in_fan_out
+
+
+def drop_input(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout of an adapter's input with probability ``p``, the masks drawn from ``generator`` (a layer
+    calls it in train mode only; the base layer sees ``x`` itself)."""
+    keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1.0 - p)
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -74,7 +95,13 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-class LoRALayer(nn.Module):
+class AdapterLayer(nn.Module):
+    """Base of the layers that wrap a frozen Linear / Conv1D kept as ``self.base`` (:class:`LoRALayer`; FlyLoRA's
+    layer in :mod:`agents.adapters.flylora`): injection treats one as the module it adapts (its insides are not
+    targets, and it cannot be adapted again)."""
+
+
+class LoRALayer(AdapterLayer):
     """A frozen ``nn.Linear`` or GPT-2 ``Conv1D`` plus a pool of ``components`` rank-``rank`` LoRA components.
 
     Args:
@@ -100,8 +127,7 @@ class LoRALayer(nn.Module):
     def __init__(self, base: nn.Module, rank: int, alpha: float, *, dropout: float = 0.0, components: int = 1,
                  init_b_std: float = 0.0, generator: torch.Generator | None = None):
         super().__init__()
-        if not _is_adaptable(base):
-            raise TypeError(f"LoRALayer adapts torch.nn.Linear or transformers' Conv1D, got {type(base).__name__}")
+        in_features, out_features, fan_in_fan_out = base_features(base, "LoRALayer")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         if isinstance(components, bool) or not isinstance(components, int) or components < 1:
@@ -114,10 +140,9 @@ class LoRALayer(nn.Module):
             raise ValueError(f"init_b_std must be >= 0, got {init_b_std!r}")
         self.base = base
         self.base.requires_grad_(False)
-        self.fan_in_fan_out = _is_conv1d(base)
+        self.fan_in_fan_out = fan_in_fan_out
         weight = base.weight
-        # nn.Linear stores its weight as (out, in), Conv1D as (in, out)
-        self.in_features, self.out_features = weight.shape if self.fan_in_fan_out else weight.shape[::-1]
+        self.in_features, self.out_features = in_features, out_features
         self.rank, self.alpha, self.components = rank, float(alpha), components
         self.scaling = self.alpha / rank
         self.dropout = float(dropout)
@@ -189,8 +214,7 @@ class LoRALayer(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.dropout == 0.0:
             return x
-        keep = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) >= self.dropout
-        return x * keep / (1.0 - self.dropout)
+        return drop_input(x, self.dropout, self.generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
@@ -227,13 +251,13 @@ class LoRALayer(nn.Module):
 
 
 def _walk(model: nn.Module):
-    """(qualified name, module) in ``named_modules`` order, with the insides of LoRA layers left out (a LoRALayer
-    stands for the module it adapts)."""
+    """(qualified name, module) in ``named_modules`` order, with the insides of adapter layers left out (an
+    :class:`AdapterLayer` stands for the module it adapts)."""
     inside: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in inside):
             continue
-        if isinstance(module, LoRALayer):
+        if isinstance(module, AdapterLayer):
             inside.append(name + ".")
         yield name, module
 
@@ -242,6 +266,42 @@ def adapted_layers(model: nn.Module) -> dict[str, LoRALayer]:
     """Every LoRA layer of ``model`` by qualified name, in module order (``model.named_modules()``'s: registration
     order, depth first). Every function here that lists or flattens adapters uses this order."""
     return {name: module for name, module in model.named_modules() if isinstance(module, LoRALayer)}
+
+
+def replace_targets(model: nn.Module, target_modules: str | Iterable[str],
+                    build: Callable[[nn.Module], AdapterLayer]) -> dict[str, AdapterLayer]:
+    """Replace, in place, every ``nn.Linear`` / GPT-2 ``Conv1D`` of ``model`` that ``target_modules`` names by
+    ``build(module)`` (an :class:`AdapterLayer` wrapping it), with the matching rule and the checks of
+    :func:`inject_adapters` (which see); every target is checked before any is replaced. Freezing the rest of the
+    model is the caller's. Returns the new layers by qualified name in module order."""
+    patterns = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"target_modules must be one or more non-empty module names, got {target_modules!r}")
+    modules = list(_walk(model))
+    targets = [(name, module) for name, module in modules if name and _matches(name, patterns)]
+    if not targets:
+        candidates = [name for name, module in modules if name and is_adaptable(module)]
+        raise ValueError(f"no module of the model matches target_modules={patterns} (a qualified name equal to a "
+                         f"pattern or ending with '.' + pattern); the Linear / Conv1D modules are: "
+                         f"{candidates or 'none'}")
+    for name, module in targets:
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if isinstance(module, AdapterLayer):
+            raise ValueError(f"{name!r} is adapted already")
+        if not is_adaptable(module):
+            raise TypeError(f"target_modules={patterns} matches {name!r}, a {type(module).__name__}: only "
+                            f"torch.nn.Linear and transformers' Conv1D can be adapted")
+        if isinstance(parent, nn.MultiheadAttention):
+            # it reads out_proj.weight directly instead of calling out_proj: a wrapper would be bypassed
+            raise TypeError(f"{name!r} belongs to a torch.nn.MultiheadAttention, which does not call it: "
+                            f"it cannot be adapted")
+    layers = {}
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        layer = build(module)
+        setattr(model.get_submodule(parent_name), child, layer)
+        layers[name] = layer
+    return layers
 
 
 def inject_adapters(model: nn.Module, target_modules: str | Iterable[str], *, rank: int, alpha: float,
@@ -259,34 +319,8 @@ def inject_adapters(model: nn.Module, target_modules: str | Iterable[str], *, ra
 
     Returns the new layers by qualified name in module order (see :func:`adapted_layers`).
     """
-    patterns = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"target_modules must be one or more non-empty module names, got {target_modules!r}")
-    modules = list(_walk(model))
-    targets = [(name, module) for name, module in modules if name and _matches(name, patterns)]
-    if not targets:
-        candidates = [name for name, module in modules if name and _is_adaptable(module)]
-        raise ValueError(f"no module of the model matches target_modules={patterns} (a qualified name equal to a "
-                         f"pattern or ending with '.' + pattern); the Linear / Conv1D modules are: "
-                         f"{candidates or 'none'}")
-    for name, module in targets:
-        parent = model.get_submodule(name.rpartition(".")[0])
-        if isinstance(module, LoRALayer):
-            raise ValueError(f"{name!r} is adapted already")
-        if not _is_adaptable(module):
-            raise TypeError(f"target_modules={patterns} matches {name!r}, a {type(module).__name__}: only "
-                            f"torch.nn.Linear and transformers' Conv1D can be adapted")
-        if isinstance(parent, nn.MultiheadAttention):
-            # it reads out_proj.weight directly instead of calling out_proj: a wrapper would be bypassed
-            raise TypeError(f"{name!r} belongs to a torch.nn.MultiheadAttention, which does not call it: "
-                            f"it cannot be adapted")
-    layers = {}
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        layer = LoRALayer(module, rank, alpha, dropout=dropout, components=components, init_b_std=init_b_std,
-                          generator=generator)
-        setattr(model.get_submodule(parent_name), child, layer)
-        layers[name] = layer
+    layers = replace_targets(model, target_modules, lambda module: LoRALayer(
+        module, rank, alpha, dropout=dropout, components=components, init_b_std=init_b_std, generator=generator))
     trainable = {id(p) for p in adapter_parameters(model)}
     for p in model.parameters():
         if id(p) not in trainable:
