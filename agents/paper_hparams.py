@@ -157,6 +157,8 @@ PAPER_HPARAMS.update({
     # FTN (002_b6d509c9f1140765.txt): one setting for every method, Experiment 1's, which the agents' DEFAULTS hold.
     "concept_shift_classification": {},
     "concept_shift_regression": {},
+    # FTN Experiment 2 and the NeuroLoRA tables on the style stream: the adapter agents' DEFAULTS are the papers'.
+    "style_shift_text": {},
 })
 for _family_rows in [PAPER_HPARAMS[k] for k in ("ngm_split_mnist", "ngm_split_cifar10", "ngm_rotated_mnist",
                                                 "ngm_domain_cifar100", "ngm_split_mini_imagenet")]:

@@ -89,6 +89,11 @@ _BENCH += (
     Benchmark("concept_shift_regression", "Concept shift (regression)", "ConceptShiftRegression-v0",
               "ConceptShiftRegression-v0", note=_FTN),
 )
+_BENCH += (
+    Benchmark("style_shift_text", "Style shift (text)", "StyleShiftText-v0", "StyleShiftText-v0",
+              note="FTN (002_b6d509c9f1140765.txt) Experiment 2: six style transformations of one corpus, generated "
+              "from the seed; the adapter agents' DEFAULTS are the paper's settings"),
+)
 BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
 
 

@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Method", "Cell", "PaperTable", "TABLES", "NGM_TABLE", "FTN_TABLES", "FTN_TABLE4", "table", "table_ids",
+__all__ = ["Method", "Cell", "PaperTable", "TABLES", "NGM_TABLE", "FTN_TABLES", "FTN_TABLE4", "NEUROLORA_TABLES",
+           "FINAL_TASK_METRICS", "MERGE_COLUMNS", "TA_SCALES", "TIES_SCALES", "TIES_DENSITY", "table", "table_ids",
            "normalize_table_id", "parse_rows"]
 
 
@@ -57,14 +58,14 @@ class Cell:
 class PaperTable:
     id: str
     title: str
-    probes: str  # "online", "adaptation", "forgetting" or "stability": which clenv.Evaluation the runs need
+    probes: str  # "online", "adaptation", "forgetting", "stability", "masks" or "merging" (single-task runs merged)
     columns: tuple[tuple[str, str, str], ...]  # (benchmark key, metric, the paper's column header)
     methods: tuple[Method, ...]
     cells: tuple[Cell, ...]
     gamma: dict[str, int] = field(default_factory=dict)  # per-benchmark probe budget overriding Table 5
     note: str = ""
     paper: str = "NeuMoSync"  # whose numbers the cells are
-    seeds: int = 3  # how many seeds the paper's means are over (NeuMoSync Appendix C.3 / F: 3)
+    seeds: int = 3  # how many seeds the paper's means are over (NeuMoSync Appendix C.3 / F: 3; 0: not stated, NeuroLoRA)
     percent: bool = True  # cells in percent (NeuMoSync, NGM-SGD); False: as printed, fractions and MSEs (FTN)
 
     @property
@@ -400,7 +401,91 @@ FTN_TABLES = (
                _FTN_T1),
     _ftn_table("ftn_table2", "FTN Experiment 1, regression (Table 2)", "concept_shift_regression", "mse", _FTN_T2),
 )
-TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE, *FTN_TABLES)}
+
+# FTN Experiment 2, Table 3 (002_b6d509c9f1140765.txt, line 129-139): per-token CE on the held-out test split, mean +-
+# std over 7 seeds, STORED (each task's training mask) and RECONFIG (the mask recovered from a support batch).
+_STYLE = "style_shift_text"
+_FTN_T3 = """
+LoRA-Naive	8.22 (0.42)	7.37 (0.50)	8.22 (0.42)	7.37 (0.50)
+LoRA-Fixed	1.39 (0.09)	0.00 (0.00)	1.39 (0.09)	0.00 (0.00)
+LoRA-Bank	1.49 (0.22)	0.11 (0.30)	1.42 (0.09)	0.04 (0.11)
+LoRA-FTN	1.71 (0.16)	0.34 (0.11)	1.51 (0.08)	0.07 (0.03)
+"""
+_FTN3_COLS = ((_STYLE, "ce_stored", "STORED CE"), (_STYLE, "fm_stored", "STORED FM"), (_STYLE, "ce", "RECONFIG CE"),
+              (_STYLE, "fm", "RECONFIG FM"))
+FTN_TABLES += (PaperTable(
+    "ftn_table3", "FTN Experiment 2, block-sequential LoRA fine-tuning on six style tasks (Table 3)", "masks",
+    _FTN3_COLS, (_m("LoRA-Naive", "lora_naive"), _m("LoRA-Fixed", "lora_fixed_mask"), _m("LoRA-Bank", "lora_bank"),
+                 _m("LoRA-FTN", "lora_ftn")), tuple(parse_rows(_FTN_T3, _FTN3_COLS)),
+    note="per-token cross-entropy (nats) on the held-out test split; STORED: each task's training-time mask, RECONFIG: "
+    "the mask recovered from the support batch without the task's identity; FM: the rise of the final CE above the "
+    "lowest CE a prior task reached (positive: forgetting); the paper adapts a pretrained distilgpt2, ours the agents' "
+    "base_model", paper="FTN", seeds=7, percent=False),)
+
+# ---------------------------------------------------------------------------------------------------- NeuroLoRA
+# NeuroLoRA (003_2885b6bbae2a6b4c.txt), Llama-3-8B on MMLU / ScienceQA / GSM8K, accuracies in percent, no spreads
+# printed (NaN here): Table 2 (line 201-205), Table 3 (line 234-239), Table 4 (line 247-257). Only the columns that do
+# not name the paper's benchmarks have a counterpart on StyleShiftText-v0: averages, BWT, relative degradations.
+def _cells(bench: str, rows: dict[str, dict[str, float]]) -> tuple[Cell, ...]:
+    return tuple(Cell(bench, label, metric, value, _NAN) for label, values in rows.items()
+                 for metric, value in values.items())
+
+
+#: The per-task columns of the sequential table: the final row of the accuracy matrix, one per task position.
+FINAL_TASK_METRICS = tuple(f"final_acc_task{j}" for j in range(6))
+_NL_SEQ = (_m("LoRA-Seq", "lora"), _m("EWC+LoRA", "ewc_lora"), _m("FlyLoRA-Seq", "flylora"),
+           _m("NeuroLoRA-Seq", "neurolora"))
+_NL_MERGE = (_m("LoRA", "lora"), _m("FlyLoRA", "flylora"), _m("NeuroLoRA", "neurolora"))
+_NL_ABLATION = (_m("NeuroLoRA (full)", "neurolora"), _m("w/o L_orth (lambda=0)", "neurolora_no_orth"),
+                _m("w/o Modulation Gate", "neurolora_no_gate"), _m("w/ Static Gate (m_x = const)",
+                                                                    "neurolora_static_gate"),
+                _m("w/ Trainable A", "neurolora_trainable_a"), _m("d_h = 32", "neurolora", gate_hidden=32),
+                _m("d_h = 128", "neurolora", gate_hidden=128))
+#: The merging protocol's metrics (``clenv reproduce neurolora_table2``; clenv.app.reproduce.merge_summary).
+MERGE_COLUMNS = (("merge_indiv_acc", "Avg (Indiv.)"), ("merge_ta_acc", "Task Arith."), ("merge_ta_drop", "TA rel."),
+                 ("merge_ties_acc", "TIES"), ("merge_ties_drop", "TIES rel."), ("merge_ta_scale", "TA λ"),
+                 ("merge_ties_scale", "TIES λ"))
+NEUROLORA_TABLES = (
+    PaperTable("neurolora_table3", "NeuroLoRA Table 3: sequential fine-tuning over the six style tasks, final per-task "
+               "accuracy, Avg and BWT", "forgetting",
+               tuple((_STYLE, m, f"task {j}") for j, m in enumerate(FINAL_TASK_METRICS))
+               + ((_STYLE, "acc", "Avg"), (_STYLE, "bwt", "BWT")), _NL_SEQ,
+               _cells(_STYLE, {"LoRA-Seq": {"acc": 63.8, "bwt": -11.3}, "EWC+LoRA": {"acc": 66.1, "bwt": -7.5},
+                               "FlyLoRA-Seq": {"acc": 69.1, "bwt": -4.3},
+                               "NeuroLoRA-Seq": {"acc": 71.5, "bwt": -2.6}}),
+               note="R[i, j]: per-token accuracy on task j's held-out test split after training through task i; "
+               "task j columns are R[T-1, j] (the task names print below), Avg = ACC = mean R[T-1, :], BWT = mean over "
+               "j < T-1 of R[T-1, j] - R[j, j]; the paper's Avg is over MMLU / SciQA / GSM8K (3 tasks, 3 epochs each)",
+               paper="NeuroLoRA", seeds=0),
+    PaperTable("neurolora_table2", "NeuroLoRA Table 2: adapters trained independently per task, merged by Task "
+               "Arithmetic and TIES", "merging", tuple((_STYLE, m, h) for m, h in MERGE_COLUMNS), _NL_MERGE,
+               _cells(_STYLE, {"LoRA": {"merge_indiv_acc": 71.5, "merge_ta_acc": 58.2, "merge_ta_drop": -18.6,
+                                        "merge_ties_acc": 60.5, "merge_ties_drop": -15.4},
+                               "FlyLoRA": {"merge_indiv_acc": 72.6, "merge_ta_acc": 68.9, "merge_ta_drop": -5.1,
+                                           "merge_ties_acc": 69.6, "merge_ties_drop": -4.1},
+                               "NeuroLoRA": {"merge_indiv_acc": 74.3, "merge_ta_acc": 71.8, "merge_ta_drop": -3.4,
+                                             "merge_ties_acc": 72.3, "merge_ties_drop": -2.7}}),
+               note="one single-task stream per task (tasks=(name,)), the adapters merged in a fresh agent of the same "
+               "seed; accuracies: per-token accuracy on each task's held-out test split, averaged over the tasks; rel.: "
+               "(merged - individual) / individual; λ: the coefficient picked on the support split (never the test "
+               "split) from TA_SCALES / TIES_SCALES, TIES at density 0.2", paper="NeuroLoRA", seeds=0),
+    PaperTable("neurolora_table4", "NeuroLoRA Table 4: ablations, single-task accuracy averaged over the six style "
+               "tasks", "merging", ((_STYLE, "merge_indiv_acc", "single-task avg"),), _NL_ABLATION,
+               _cells(_STYLE, {"NeuroLoRA (full)": {"merge_indiv_acc": 61.2},
+                               "w/o L_orth (lambda=0)": {"merge_indiv_acc": 60.1},
+                               "w/o Modulation Gate": {"merge_indiv_acc": 58.7},
+                               "w/ Static Gate (m_x = const)": {"merge_indiv_acc": 59.4},
+                               "w/ Trainable A": {"merge_indiv_acc": 57.8}, "d_h = 32": {"merge_indiv_acc": 60.6},
+                               "d_h = 128": {"merge_indiv_acc": 61.1}}),
+               note="the paper ablates on GSM8K alone; ours is the mean over the six tasks of an adapter trained on "
+               "that task alone (Table 2's single-task runs), the Δ below is against the first row", paper="NeuroLoRA",
+               seeds=0),
+)
+#: The merging protocol's coefficient grids, each picked by the mean support-split accuracy over the tasks.
+TA_SCALES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TIES_SCALES = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8)
+TIES_DENSITY = 0.2
+TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE, *FTN_TABLES, *NEUROLORA_TABLES)}
 
 
 def normalize_table_id(text: str) -> str:

@@ -12,6 +12,8 @@ where a curve is drawn), writes the PNG atomically and returns its path, or None
   per-layer coefficient means, its Figure 4), one panel per signal family, one line per layer.
 - :func:`mask_tiling`: the stored training masks of mask-routed agents on their D x D grid, one RGB tile per seed,
   one colour per task (FTN Figures 1 and 4).
+- :func:`task_curves`: each task's score after training through task i under mask recovery (``records
+  ["perf_recovered"]``, FTN Figure 3), one panel per label, one curve per task.
 - :func:`save_figure`: the atomic PNG writer they share, for figures of your own.
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 from clenv.results import atomic_write_bytes
 
 __all__ = ["learning_curves", "accuracy_matrices", "stability_curves", "diagnostics_over_tasks", "agent_traces",
-           "mask_tiling", "mask_rgb", "save_figure"]
+           "mask_tiling", "mask_rgb", "task_curves", "save_figure"]
 
 
 def _plt():
@@ -294,4 +296,46 @@ def agent_traces(groups: dict, path, families=None) -> Path | None:
         ax.set_visible(False)
     if len(items) == 1:
         fig.suptitle(items[0][0])
+    return save_figure(fig, path)
+
+
+def _task_names(run, n: int) -> list[str]:
+    """The stream's task names where the run's env has them (the style-shift stream's transformations)."""
+    env = (run.config or {}).get("env") or {}
+    if env.get("tasks"):
+        return [str(t) for t in env["tasks"]][:n]
+    if str(run.env_id or "").startswith("StyleShiftText"):
+        from clenv.envs.style_shift import TRANSFORMS
+
+        return list(TRANSFORMS)[:n]
+    return [f"task {j}" for j in range(n)]
+
+
+def task_curves(groups: dict, path, record: str = "perf_recovered") -> Path | None:
+    """FTN Figure 3: one panel per label, one curve per task j, x = "after training through task i" (i >= j), y =
+    the task's score in ``records[record]`` (the mask-recovery matrix; per-token CE on language streams), mean over
+    runs with a band of one std."""
+    plt = _plt()
+    items = [(label, [r for r in runs if record in r.records and np.ndim(r.records[record]) == 2
+                      and np.shape(r.records[record])[0] >= 2]) for label, runs in groups.items()]
+    items = [(label, runs) for label, runs in items if runs]
+    if not items:
+        return None
+    cols = min(3, len(items))
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False, layout="constrained")
+    for ax, (label, runs) in zip(axes.ravel(), items):
+        n = min(np.shape(r.records[record])[0] for r in runs)
+        data = np.stack([np.asarray(r.records[record], dtype=np.float64)[:n, :n] for r in runs])
+        metric = next((m for m in ("ce", "mse") if m in runs[0].metrics), "acc")
+        for j, name in enumerate(_task_names(runs[0], n)):
+            _band(ax, np.arange(j, n), data[:, j:, j], name)
+        ax.set(title=f"{label} (n={len(runs)})", xlabel="after training through task i",
+               ylabel={"ce": "per-token CE (test)", "mse": "MSE (test)"}.get(metric, "accuracy (test)"))
+        _integer_ticks(ax)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(items):]:
+        ax.set_visible(False)
+    fig.suptitle("Per-task score through the stream (mask-recovery protocol)", fontsize=9)
     return save_figure(fig, path)

@@ -12,16 +12,19 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 - stability gap: min-ACC, WC-ACC, avg-SG, the NGM-SGD script's versions and its avg-SG on the seed-mean curve with
   delta-method error bars (the authors' error bars);
 - plasticity diagnostics at the last task end;
-- mask routing (FTN Tables 1 and 2, as fractions): mask-recovery and stored-mask scores, recall error, mask overlap,
-  Table 4's decomposition against FixedMask (training-time overlap, recall error) and Table 5's pairwise overlap of
-  the stored masks.
+- mask routing (FTN Tables 1, 2 and 3, as fractions; per-token CE on language streams): mask-recovery and stored-mask
+  scores, recall error, mask overlap, Table 4's decomposition against FixedMask (training-time overlap, recall error)
+  and Table 5's pairwise overlap of the stored masks;
+- adapter merging (NeuroLoRA Table 2, the summaries ``clenv reproduce neurolora_table2`` saves): the single-task
+  adapters' average, Task Arithmetic and TIES, their relative change and the coefficients picked.
 
 Accuracy-like metrics are shown in percent (as in the papers); ratios, ranks and magnitudes as they are. A table
 appears only when some run has its own metrics (the online columns a probe table repeats for context do not count).
 Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and ``learning_curves.png``,
 ``accuracy_matrix.png``, ``stability_gap.png``, ``first_task_stability.png`` (task 0 around each switch with the
-agent's gain trace, NGM-SGD's figure), ``diagnostics.png``, ``mask_tiling.png`` (FTN Figures 1 / 4) into ``--out`` (default ``./report``), and
-prints the tables.
+agent's gain trace, NGM-SGD's figure), ``diagnostics.png``, ``mask_tiling.png`` (FTN Figures 1 / 4),
+``task_curves.png`` (FTN Figure 3: each task's score after training through task i, mask-recovery protocol) into
+``--out`` (default ``./report``), and prints the tables.
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
+from clenv.app.paper_tables import MERGE_COLUMNS
 from clenv.app.spec import canonical, group_identity, identity_key
 from clenv.results import atomic_write_bytes, find_runs, load_run
 
-__all__ = ["report_main", "aggregate", "TABLES", "MASK_TABLE", "format_table", "decomposition", "decomposition_tables",
-           "overlap_tables"]
+__all__ = ["report_main", "aggregate", "TABLES", "MASK_TABLE", "MERGE_TABLE", "format_table", "decomposition",
+           "decomposition_tables", "overlap_tables", "mask_metric"]
 
 MASK_TABLE = "Mask routing (FTN Tables 1, 2): mask recovery, the stored masks, what recovery loses"
+MERGE_TABLE = ("Adapter merging (NeuroLoRA Table 2): single-task adapters, Task Arithmetic and TIES (accuracies in %, "
+               "rel.: relative change)")
 TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Average online task accuracy over the last x% of tasks (%)",
      (("online_acc_last10", "10%"), ("online_acc_last25", "25%"), ("online_acc_last50", "50%"),
@@ -60,9 +66,10 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
       ("ngm_avg_min_acc", "NGM avg-min-ACC"), ("ngm_wc_acc", "NGM WC-ACC"), ("ngm_avg_sg", "NGM avg-SG"),
       ("ngm_avg_sg_delta", "NGM avg-SG (δ)"))),
     (MASK_TABLE,
-     (("acc", "ACC"), ("mse", "MSE"), ("fm", "FM"), ("acc_stored", "ACC stored"), ("mse_stored", "MSE stored"),
-      ("fm_stored", "FM stored"), ("recall_error", "recall error"), ("mask_overlap", "mask overlap"),
-      ("mask_recall", "mask recall"))),
+     (("acc", "ACC"), ("mse", "MSE"), ("ce", "CE"), ("fm", "FM"), ("acc_stored", "ACC stored"),
+      ("mse_stored", "MSE stored"), ("ce_stored", "CE stored"), ("fm_stored", "FM stored"),
+      ("recall_error", "recall error"), ("mask_overlap", "mask overlap"), ("mask_recall", "mask recall"))),
+    (MERGE_TABLE, MERGE_COLUMNS),
     ("Plasticity diagnostics at the last task end",
      (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
       ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
@@ -73,7 +80,7 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 
 _NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_")
 _NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "ngm_avg_sg_delta", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
-                "zero_grad_fraction", "gamma", "probe_time_s"}
+                "zero_grad_fraction", "gamma", "probe_time_s", "merge_ta_scale", "merge_ties_scale"}
 
 
 def is_percent(name: str) -> bool:
@@ -183,34 +190,43 @@ def format_table(title: str, columns, agg: dict, env: str, fractions: bool = Fal
     return "\n".join(lines)
 
 
-def decomposition(stats: dict, reference: dict, regression: bool) -> tuple[float, float]:
+def decomposition(stats: dict, reference: dict, regression: bool, metric: str | None = None) -> tuple[float, float]:
     """FTN Table 4 for one configuration: (training-time overlap, recall error) on the tasks before the last, from
     mean metrics. Overlap is the FixedMask ``reference``'s stored score minus this configuration's stored score,
-    recall its stored minus its recovered score; MSE excesses on regression (signs reversed). NaN when a metric is
-    missing."""
-    m = "mse" if regression else "acc"
-    sign = -1.0 if regression else 1.0
+    recall its stored minus its recovered score; excesses for a loss (MSE on regression, ``metric="ce"`` on language
+    streams: signs reversed). NaN when a metric is missing."""
+    m = metric or ("mse" if regression else "acc")
+    sign = 1.0 if m == "acc" else -1.0
     get = lambda d, k: d[k][0] if k in d and d[k][2] else float("nan")  # noqa: E731
     stored, recovered, ref = get(stats, f"{m}_stored_prior"), get(stats, f"{m}_prior"), get(reference,
                                                                                           f"{m}_stored_prior")
     return sign * (ref - stored) + 0.0, sign * (stored - recovered) + 0.0  # + 0.0: no "-0.000" for a zero
 
 
+def mask_metric(stats_rows) -> str:
+    """The score of mask-evaluated runs: ``mse`` (regression), ``ce`` (language) or ``acc``."""
+    rows = list(stats_rows)
+    for m in ("mse", "ce"):
+        if any(f"{m}_stored_prior" in st for st in rows):
+            return m
+    return "acc"
+
+
 def decomposition_tables(agg: dict) -> list[str]:
-    """Table 4's form per env that has a ``fixed_mask`` configuration: every mask-evaluated configuration's overlap
-    and recall error against it."""
+    """Table 4's form per env that has a ``fixed_mask`` (or ``lora_fixed_mask``) configuration: every
+    mask-evaluated configuration's overlap and recall error against it."""
     parts = []
     for env in sorted({e for e, _ in agg}):
         rows = {name: st for (e, name), st in agg.items() if e == env and "fm_stored" in st}
-        refs = [name for name in rows if name.split("[")[0] == "fixed_mask"]
+        refs = [name for name in rows if name.split("[")[0] in ("fixed_mask", "lora_fixed_mask")]
         if not refs:
             continue
-        regression = any("mse_stored_prior" in st for st in rows.values())
-        what = "MSE excess" if regression else "ACC drop"
+        m = mask_metric(rows.values())
+        what = {"mse": "MSE excess", "ce": "CE excess"}.get(m, "ACC drop")
         lines = [f"### Where the prior tasks' loss goes (FTN Table 4: {what} against {refs[0]}'s stored masks) — "
                  f"{env}", "", "| Method | overlap | recall |", "|---|---|---|"]
         for name, st in sorted(rows.items()):
-            overlap, recall = decomposition(st, rows[refs[0]], regression)
+            overlap, recall = decomposition(st, rows[refs[0]], m == "mse", m)
             lines.append(f"| {name} | {overlap:+.3f} | {recall:+.3f} |")
         parts += ["\n".join(lines), ""]
     return parts
@@ -272,6 +288,9 @@ def report_main(argv=None) -> int:
     # On regression streams the online "accuracies" are negative MSEs and FM an MSE difference: the percent columns
     # do not apply there, and those envs get the mask table's MSEs instead.
     regression = {e for (e, _), st in agg.items() if "avg_online_mse" in st}
+    # A mask-evaluated language run's fm is a CE difference: the percent tables leave it out of that row.
+    percent_agg = {key: {k: v for k, v in st.items() if not (k == "fm" and "ce_stored" in st)}
+                   for key, st in agg.items()}
     for title, columns in TABLES:
         for env in envs:
             columns_here = columns
@@ -280,7 +299,8 @@ def report_main(argv=None) -> int:
                 if not columns_here:
                     continue
             # FTN's tables print accuracies and MSEs as fractions, as the paper does
-            t = format_table(title, columns_here, agg, env, fractions=title == MASK_TABLE)
+            t = format_table(title, columns_here, agg if title == MASK_TABLE else percent_agg, env,
+                             fractions=title == MASK_TABLE)
             if t:
                 parts += [t, ""]
     parts += decomposition_tables(agg) + overlap_tables(groups)
@@ -297,7 +317,7 @@ def report_main(argv=None) -> int:
                          (plots.diagnostics_over_tasks, "diagnostics.png"),
                          (plots.agent_traces, "agent_traces.png"),
                          (plots.first_task_around_switches, "first_task_stability.png"),
-                         (plots.mask_tiling, "mask_tiling.png")):
+                         (plots.mask_tiling, "mask_tiling.png"), (plots.task_curves, "task_curves.png")):
             path = fn(figure_groups, out / name)
             if path is not None:
                 written.append(path)

@@ -32,11 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clenv import protocols
 from clenv.app import paper_tables as papers
-from clenv.app.spec import RunSpec, UsageError, check_out, default_jobs, execute_all, parse_assignments, parse_seeds
+from clenv.app.spec import (ResolvedRun, RunSpec, UsageError, canonical, check_out, default_jobs, execute_all,
+                            identity_key, in_workers, make_env, parse_assignments, parse_seeds, save)
 
-__all__ = ["reproduce_main", "plan", "comparison", "decomposition"]
+__all__ = ["reproduce_main", "plan", "comparison", "decomposition", "final_task_metrics", "merge_runs",
+           "merge_summary", "merged_label"]
 
 _MIN_TASKS = 2  # transfer metrics need a previous task; the windows need a task to average
 _MIN_GAMMA = 2  # gamma/2 must be a step
@@ -167,6 +171,8 @@ def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int) -
         return {"stability_every": 1, "ngm_compat": True}
     if table.probes == "masks":  # FTN: stored-mask and mask-recovery protocols
         return {"masks": True}
+    if table.probes == "merging":  # the single-task runs: their own task's held-out accuracy (test_acc)
+        return {"heldout": True}
     return {}
 
 
@@ -174,51 +180,94 @@ def _row_name(i: int, label: str, who: str) -> str:
     return f"{i}. {label} · {who}"
 
 
-def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str, methods, runs) -> str | None:
+def final_task_metrics(run) -> dict[str, float]:
+    """``final_acc_task{j}``: the last row of a run's accuracy matrix (each task's held-out accuracy after the whole
+    stream), the per-task columns of NeuroLoRA Table 3."""
+    R = run.records.get("accuracy_matrix")
+    if R is None or np.ndim(R) != 2 or not np.shape(R)[0]:
+        return {}
+    return {f"final_acc_task{j}": float(v) for j, v in enumerate(np.asarray(R, dtype=np.float64)[-1])}
+
+
+def comparison(table: papers.PaperTable, bench: protocols.Benchmark, env_id: str, methods, runs,
+               task_names=None) -> str | None:
     """The benchmark's part of ``table`` as a Markdown table: for each method a row of ours (mean (std) over its
-    runs) and a row of the paper's numbers, formatted by :func:`clenv.report.format_table`."""
+    runs) and a row of the paper's numbers, formatted by :func:`clenv.report.format_table`. ``task_names`` name the
+    per-task columns (``final_acc_task{j}``)."""
     from clenv.app.report import aggregate, format_table
 
+    if any(c[1] in papers.FINAL_TASK_METRICS for c in table.columns):
+        for r in runs:  # derived from the recorded matrix, for this table only
+            r.metrics = {**final_task_metrics(r), **r.metrics}
     ours = aggregate(runs)
     title = f"{table.id}: {table.title} — {bench.name}"
     env_label = f"{env_id} (ours) vs {bench.paper_env} (paper)"
     columns = [(metric, header) for b, metric, header in table.columns if b == bench.key]
+    if task_names:
+        columns = [(m, task_names[int(m.rsplit("task", 1)[1])] if m in papers.FINAL_TASK_METRICS
+                    and int(m.rsplit("task", 1)[1]) < len(task_names) else h) for m, h in columns]
+    m = None
     if table.probes == "masks":  # ours only: the oracle protocol and what recovery loses beside the headline
-        m = columns[0][0]
-        columns += [(f"{m}_stored", f"{m.upper()} stored"), ("fm_stored", "FM stored"),
-                    ("recall_error", "recall error"), ("mask_overlap", "mask overlap")]
+        have = {c for c, _ in columns}
+        m = next(c for c, _ in columns if not c.endswith("_stored") and c != "fm")
+        columns += [c for c in ((f"{m}_stored", f"{m.upper()} stored"), ("fm_stored", "FM stored"),
+                                ("recall_error", "recall error"), ("mask_overlap", "mask overlap")) if c[0] not in have]
     scale = 100.0 if table.percent else 1.0
+    n_paper = max(1, table.seeds)  # 0: the paper does not say
     agg: dict = {}
-    for i, m in enumerate(methods, 1):
-        agg[(env_label, _row_name(i, m.label, "ours"))] = ours.get((env_id, m.key), {})
-        # The paper's numbers are in percent (NeuMoSync, NGM) or as printed (FTN), ours are fractions.
-        agg[(env_label, _row_name(i, m.label, "paper"))] = {
-            c.metric: (c.mean / scale, c.std / scale, table.seeds) for c in table.cells
-            if c.benchmark == bench.key and c.method == m.label}
+    for i, meth in enumerate(methods, 1):
+        key = merged_label(meth) if table.probes == "merging" else meth.key
+        agg[(env_label, _row_name(i, meth.label, "ours"))] = ours.get((env_id, key), {})
+        # The paper's numbers are in percent (NeuMoSync, NGM, NeuroLoRA) or as printed (FTN), ours are fractions.
+        agg[(env_label, _row_name(i, meth.label, "paper"))] = {
+            c.metric: (c.mean / scale, c.std / scale, n_paper) for c in table.cells
+            if c.benchmark == bench.key and c.method == meth.label}
     text = format_table(title, columns, agg, env_label, fractions=not table.percent)
     if text is not None and table.probes == "masks":
-        text += "\n\n" + decomposition(bench.key, methods, ours, env_id)
+        text += "\n\n" + decomposition(bench.key, methods, ours, env_id, m)
+    if text is not None and table.id == "neurolora_table4":
+        text += "\n\n" + _deltas(table, bench, methods, ours, env_id)
     return text
 
 
-def decomposition(bench_key: str, methods, ours: dict, env_id: str) -> str:
+def _deltas(table, bench, methods, ours: dict, env_id: str) -> str:
+    """Each ablation's single-task average minus the first row's, ours (mean over seeds) beside the paper's."""
+    metric = table.columns[0][1]
+    paper = {c.method: c.mean for c in table.cells if c.benchmark == bench.key and c.metric == metric}
+    get = lambda meth: ours.get((env_id, merged_label(meth)), {}).get(metric, (float("nan"), 0, 0))[0]  # noqa: E731
+    fmt = lambda v: "-" if v is None or v != v else f"{v:+.2f}"  # noqa: E731
+    first = methods[0]
+    lines = [f"Δ against {first.label} (percentage points): ours | paper", "", "| Variant | Δ ours | Δ paper |",
+             "|---|---|---|"]
+    for meth in methods:
+        p = paper.get(meth.label)
+        p0 = paper.get(first.label)
+        lines.append(f"| {meth.label} | {fmt(100 * (get(meth) - get(first)))} | "
+                     f"{fmt(None if p is None or p0 is None else p - p0)} |")
+    return "\n".join(lines)
+
+
+def decomposition(bench_key: str, methods, ours: dict, env_id: str, metric: str | None = None) -> str:
     """FTN Table 4 (:func:`clenv.app.report.decomposition`): each method's prior-task loss split into training-time
-    overlap and recall error against FixedMask, ours (means over seeds) beside the paper's."""
+    overlap and recall error against FixedMask (LoRA-FixedMask on the style stream), ours (means over seeds) beside
+    the paper's where it has them."""
     from clenv.app.report import decomposition as split
 
     regression = bench_key.endswith("regression")
-    fixed = ours.get((env_id, "fixed_mask"))
-    lines = [f"Table 4 decomposition ({'MSE excess' if regression else 'ACC drop'} on prior tasks, against "
-             f"FixedMask's stored masks): ours | paper", "", "| Method | overlap | recall | paper overlap | "
-             "paper recall |", "|---|---|---|---|---|"]
+    metric = metric or ("mse" if regression else "acc")
+    fixed_key = next((m.key for m in methods if m.agent in ("fixed_mask", "lora_fixed_mask")), "fixed_mask")
+    fixed = ours.get((env_id, fixed_key))
+    what = {"mse": "MSE excess", "ce": "CE excess"}.get(metric, "ACC drop")
+    lines = [f"Table 4 decomposition ({what} on prior tasks, against FixedMask's stored masks): ours | paper", "",
+             "| Method | overlap | recall | paper overlap | paper recall |", "|---|---|---|---|---|"]
     paper = papers.FTN_TABLE4.get(bench_key, {})
     fmt = lambda v: "-" if v is None or v != v else f"{v:+.3f}"  # noqa: E731
     for meth in methods:
-        overlap, recall = split(ours.get((env_id, meth.key), {}), fixed or {}, regression)
+        overlap, recall = split(ours.get((env_id, meth.key), {}), fixed or {}, metric == "mse", metric)
         p_overlap, p_recall = paper.get(meth.label, (None, None))
         lines.append(f"| {meth.label} | {fmt(overlap)} | {fmt(recall)} | {fmt(p_overlap)} | {fmt(p_recall)} |")
     if fixed is None:
-        lines.append("\n(overlap needs the FixedMask runs: include fixed_mask in --agents)")
+        lines.append(f"\n(overlap needs the FixedMask runs: include {fixed_key} in --agents)")
     return "\n".join(lines)
 
 
@@ -304,6 +353,169 @@ def _specs(table, bench, plan_, m, seeds, agent_set, probe_every) -> tuple[list,
     return [dataclasses.replace(base, seed=seed, evaluation=evaluation).resolve() for seed in seeds], text
 
 
+# ---------------------------------------------------------------------------------------------- merging tables
+def _train_adapter(spec: RunSpec | ResolvedRun):
+    """One single-task run of the merging protocol (as :func:`clenv.app.spec.execute` runs it, without saving) and
+    its task vector against a fresh agent of the same spec, as numpy arrays (what crosses a process boundary)."""
+    import clenv
+    from agents.adapters.merging import task_vector
+
+    resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
+    s = resolved.spec
+    agent = resolved.build_agent()
+    evaluation = clenv.Evaluation(**s.evaluation) if s.evaluation is not None else None
+    result = clenv.run(resolved.env, agent, seed=s.seed, progress=False, evaluation=evaluation, desc=s.describe())
+    result.agent = s.name
+    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
+                          "key": resolved.key})
+    vector = {k: v.detach().cpu().numpy() for k, v in task_vector(agent, agent.fresh()).items()}
+    resolved.env.close()
+    return result, vector
+
+
+def _train_all(runs: list, *, jobs: int, threads: int, out, on_result) -> list[tuple]:
+    """``[(result, vector)]`` of :func:`_train_adapter` for every run, ``jobs`` at a time (as
+    :func:`clenv.app.spec.execute_all`), each result saved under ``out`` as it finishes."""
+    done: dict[int, tuple] = {}
+
+    def finish(i, result, vector):
+        path = save(runs[i], result, out) if out is not None else None
+        done[i] = (result, vector)
+        if on_result is not None:
+            on_result(runs[i], result, path)
+
+    if jobs == 1 or len(runs) <= 1:
+        for i, r in enumerate(runs):
+            finish(i, *_train_adapter(r))
+    else:
+        for r in runs:  # the workers make their own envs
+            r.env.close()
+        for i, (result, vector) in in_workers(_train_adapter, [(r.spec,) for r in runs], jobs=jobs, threads=threads):
+            finish(i, result, vector)
+    return [done[i] for i in range(len(runs))]
+
+
+def _pick(scores_by_scale: dict[float, float]) -> float:
+    """The coefficient of the best mean support accuracy (the smallest of equals)."""
+    best = max(scores_by_scale.values())
+    return min(k for k, v in scores_by_scale.items() if v == best)
+
+
+def merged_label(method: papers.Method) -> str:
+    """The row name of a method's merging summaries (apart from its single-task runs, which carry its key)."""
+    return f"{method.key} (merged)"
+
+
+def merge_summary(env_id: str, env_kwargs: dict, method: papers.Method, seed: int, hparams: dict, bench_key: str,
+                  vectors: list[dict], individual: list, merges=("ta", "ties")):
+    """The merging protocol's result for one method and seed, as a :class:`clenv.loop.RunResult` (saved like a run,
+    aggregated by ``clenv report``): ``vectors[j]`` is the task vector of the adapter trained on the stream's task j
+    alone (``individual[j]`` its run). In a fresh agent of the same spec on the whole stream, each is installed alone
+    (``merge_indiv_acc``: its own task's held-out accuracy, the run's ``test_acc`` again) and all are merged by Task
+    Arithmetic and TIES (``merge_ta_acc``, ``merge_ties_acc``: the mean over tasks of the test accuracies; ``_drop``:
+    relative to the individual average; ``_scale``: the coefficient, picked from :data:`papers.TA_SCALES` /
+    :data:`papers.TIES_SCALES` by the mean accuracy on the tasks' support splits, never the test split)."""
+    import copy
+
+    import torch
+
+    from agents.adapters.merging import averaged_keys, install_merged, task_arithmetic, ties_merge
+    from clenv.loop import RunResult
+    from clenv.probes.base import accuracy
+
+    resolved = RunSpec(env_id, method.agent, seed, dict(env_kwargs), dict(hparams), paper_benchmark=bench_key,
+                       label=method.key).resolve()
+    env = resolved.env.unwrapped
+    env.reset(seed=seed)  # the single-task runs' stream seed: their support draws
+    names = list(env.task_names)
+    if len(vectors) != len(names):
+        raise ValueError(f"{len(vectors)} task vectors for the {len(names)} tasks {names}")
+    agent = resolved.build_agent()
+    fresh = copy.deepcopy(agent.state_dict())
+    average = averaged_keys(agent)
+    tensors = [{k: torch.as_tensor(v) for k, v in vec.items()} for vec in vectors]
+
+    def scores(merged, split, tasks):
+        agent.load_state_dict(fresh)
+        install_merged(agent, merged)
+        return [accuracy(agent, env.test_batches(j, split=split)) for j in tasks]
+
+    T = range(len(names))
+    indiv = [scores(task_arithmetic([v], 1.0, average), "test", [j])[0] for j, v in enumerate(tensors)]
+    mean_indiv = float(np.mean(indiv))
+    metrics = {"merge_indiv_acc": mean_indiv, **{f"merge_indiv_acc_{n}": a for n, a in zip(names, indiv)}}
+    rows, support_curves = [indiv], {}
+    for kind in merges:
+        grid = papers.TA_SCALES if kind == "ta" else papers.TIES_SCALES
+
+        def merge(scale, kind=kind):
+            if kind == "ta":
+                return task_arithmetic(tensors, scale, average)
+            return ties_merge(tensors, papers.TIES_DENSITY, scale, average)
+
+        support = {float(c): float(np.mean(scores(merge(c), "support", T))) for c in grid}
+        chosen = _pick(support)
+        test = scores(merge(chosen), "test", T)
+        acc = float(np.mean(test))
+        metrics.update({f"merge_{kind}_acc": acc, f"merge_{kind}_drop": (acc - mean_indiv) / mean_indiv
+                        if mean_indiv else float("nan"), f"merge_{kind}_scale": chosen,
+                        **{f"merge_{kind}_acc_{n}": a for n, a in zip(names, test)}})
+        rows.append(test)
+        support_curves[kind] = np.array([[c, support[float(c)]] for c in grid])
+    identity = canonical({"protocol": "merging", "env_id": env_id, "agent": resolved.identity["agent"],
+                          "env": resolved.identity["env"], "hparams": resolved.identity["hparams"], "seed": int(seed),
+                          "merges": list(merges), "ta_scales": list(papers.TA_SCALES),
+                          "ties_scales": list(papers.TIES_SCALES), "ties_density": papers.TIES_DENSITY,
+                          "selection": "support split, mean accuracy over the tasks"})
+    result = RunResult(env_id=env_id, agent=merged_label(method), seed=int(seed), metrics=metrics,
+                       records={"merge_test_accuracy": np.array(rows, dtype=np.float64),
+                                **{f"merge_{k}_support": v for k, v in support_curves.items()}},
+                       config={"env_id": env_id, "agent_name": method.agent, "env": dict(env.config),
+                               "agent": dict(resolved.identity["hparams"]), "identity": identity,
+                               "key": identity_key(identity), "protocol": "merging", "tasks": names,
+                               "merge_rows": ["individual", *merges],
+                               "individual_runs": [r.config.get("key") for r in individual]})
+    resolved.env.close()
+    return result
+
+
+def merge_runs(table: papers.PaperTable, bench: protocols.Benchmark, plan_: dict, methods, seeds, agent_set: dict,
+               *, jobs: int = 1, threads: int = 1, out=None, on_result=None) -> tuple[list, list]:
+    """The merging protocol of NeuroLoRA Tables 2 and 4: for every method, seed and task of the planned stream, one
+    single-task run (``tasks=(name,)``, the same batches as the task has in the whole stream) with its held-out
+    accuracy, then :func:`merge_summary` per method and seed. Runs are saved under ``out`` as usual, the summaries
+    under ``out/merged``. Returns (the single-task results, the summaries)."""
+    from clenv.results import run_dir, save_run
+
+    kwargs = dict(plan_["env_kwargs"])
+    probe = make_env(plan_["env_id"], kwargs)
+    names = list(probe.unwrapped.task_names)
+    probe.close()
+    merges = tuple(k for k in ("ta", "ties") if any(c[1] == f"merge_{k}_acc" for c in table.columns))
+    todo, where = [], []
+    for m in methods:
+        hp = {**plan_["agent_kwargs"], **m.hparams, **agent_set}
+        for seed in seeds:
+            for name in names:
+                spec = RunSpec(plan_["env_id"], m.agent, seed, {**kwargs, "tasks": [name], "num_tasks": 1}, hp,
+                               None, {"heldout": True}, paper_benchmark=bench.key, label=m.key)
+                todo.append(spec.resolve())
+                where.append((m, seed))
+    trained = _train_all(todo, jobs=jobs, threads=threads, out=out, on_result=on_result)
+    summaries = []
+    for m in methods:
+        hp = {**plan_["agent_kwargs"], **m.hparams, **agent_set}
+        for seed in seeds:
+            mine = [rv for (mm, s), rv in zip(where, trained) if mm is m and s == seed]
+            summary = merge_summary(plan_["env_id"], kwargs, m, seed, hp, bench.key, [v for _, v in mine],
+                                    [r for r, _ in mine], merges)
+            if out is not None:
+                save_run(summary, run_dir(Path(out) / "merged", plan_["env_id"], m.agent, seed,
+                                          timestamp=summary.config["key"]))
+            summaries.append(summary)
+    return [r for r, _ in trained], summaries
+
+
 def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_root) -> int:
     import torch
 
@@ -319,29 +531,46 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
         print(f"\n== {bench.name}: {p['env_id']} {p['env_kwargs']}")
         for n in p["notes"]:
             print(f"  note: {n}")
-        said, todo = None, []
-        for m in methods:
-            resolved, text = _specs(table, bench, p, m, seeds, agent_set, args.probe_every)
-            if text is not None and text != said:
-                print(f"  {text}" if said is None else f"  {m.label}: {text}")
-                said = text
-            print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
-            todo += resolved
-
+        task_names = None
+        if any(c[1] in papers.FINAL_TASK_METRICS for c in table.columns):  # the per-task columns' names
+            probe = make_env(p["env_id"], p["env_kwargs"])
+            task_names = list(getattr(probe.unwrapped, "task_names", ()) or ())
+            probe.close()
         first = next(metric for b, metric, _ in table.columns if b == bench.key)
 
         def done(r, result, path) -> None:
             value = result.metrics.get(first)
-            said = (f"{first} {value:.4f}" if value is not None and not table.percent else
-                    f"avg online acc {result.average_accuracy * 100:.2f}%")
+            if table.probes == "merging":
+                said = f"{r.spec.env_kwargs['tasks'][0]} alone: test acc {result.metrics['test_acc'] * 100:.2f}%"
+            elif value is not None and not table.percent:
+                said = f"{first} {value:.4f}"
+            else:
+                said = f"avg online acc {result.average_accuracy * 100:.2f}%"
             print(f"  {r.spec.name} seed {r.spec.seed}: {said} ({result.wall_time:.1f} s)", flush=True)
 
-        runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root, progress=not args.no_progress,
-                                                    threads=args.threads, on_result=done)]
-        text = comparison(table, bench, p["env_id"], methods, runs)
+        if table.probes == "merging":
+            print("  merging protocol: each task trained alone (tasks=(name,)), "
+                  + ("the adapters merged by Task Arithmetic and TIES, coefficients picked on the support split"
+                     if len(table.columns) > 1 else "the single-task accuracies averaged"))
+            _, runs = merge_runs(table, bench, p, methods, seeds, agent_set, jobs=args.jobs, threads=args.threads,
+                                 out=out_root, on_result=done)
+        else:
+            said, todo = None, []
+            for m in methods:
+                resolved, text = _specs(table, bench, p, m, seeds, agent_set, args.probe_every)
+                if text is not None and text != said:
+                    print(f"  {text}" if said is None else f"  {m.label}: {text}")
+                    said = text
+                print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
+                todo += resolved
+            runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root,
+                                                        progress=not args.no_progress, threads=args.threads,
+                                                        on_result=done)]
+        text = comparison(table, bench, p["env_id"], methods, runs, task_names)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")
-        block += f"\n\nours: seeds {seeds}; paper: mean (spread) as printed, {table.seeds} seeds"
+        paper_seeds = f"{table.seeds} seeds" if table.seeds else "seeds not stated"
+        block += f"\n\nours: seeds {seeds}; paper: mean (spread) as printed, {paper_seeds}"
         parts.append(block)
         print("\n" + block, flush=True)
     if out_root is not None:

@@ -21,13 +21,20 @@ def agent_inputs(agent, x) -> torch.Tensor:
 
 
 def accuracy(agent, data) -> float:
-    """Fraction of correct argmax predictions of ``agent.predict`` (else ``agent.forward``) over (x, y) batches."""
+    """Fraction of correct argmax predictions of ``agent.predict`` (else ``agent.forward``) over (x, y) batches. On
+    language streams (logits (batch, length, vocabulary), labels (batch, length)) it is the per-token accuracy over
+    the positions whose label is not -100, the stream's own reward."""
     correct, total = 0, 0
     predict = getattr(agent, "predict", None)
     for x, y in data:
         xp = agent_inputs(agent, x)
         with torch.no_grad():
             logits = predict(xp) if callable(predict) else agent.forward(xp)
+        if logits.dim() == 3 and y.dim() == 2:  # next-token logits: argmax over the vocabulary, scored positions
+            scored = y != -100
+            correct += int(((logits.argmax(-1).to(y.device) == y) & scored).sum())
+            total += int(scored.sum())
+            continue
         correct += int((logits.argmax(1).to(y.device) == y).sum())
         total += int(y.numel())
     return correct / total if total else float("nan")
