@@ -15,10 +15,11 @@ from agents.adapters.flylora import (FlyLoRAAgent, FlyLoRALayer, NeuroLoRAAgent,
 from agents.adapters.layer import (LoRALayer, adapted_layers, adapter_parameters, adapter_state_dict,
                                    inject_adapters, load_adapter_state_dict, load_peft, save_peft,
                                    set_component_mask)
+from agents.adapters.merging import install_merged, task_arithmetic, task_vector, ties_merge
 
 __all__ = ["AdapterAgent", "LoRAAgent", "LoRANaiveAgent", "LoRAFixedMaskAgent", "LoRAFTNAgent", "LoRABankAgent",
            "default_base_model", "LoRALayer", "inject_adapters", "adapted_layers", "set_component_mask",
            "adapter_parameters", "adapter_state_dict", "load_adapter_state_dict", "save_peft", "load_peft",
            "FlyLoRALayer", "inject_flylora", "flylora_layers", "orthogonality_loss", "FlyLoRAAgent", "NeuroLoRAAgent",
            "NeuroLoRANoOrthAgent", "NeuroLoRANoGateAgent", "NeuroLoRAStaticGateAgent", "NeuroLoRATrainableAAgent",
-           "EWCLoRAAgent"]
+           "EWCLoRAAgent", "task_vector", "task_arithmetic", "ties_merge", "install_merged"]
