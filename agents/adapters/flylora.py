@@ -168,7 +168,9 @@ class FlyLoRALayer(AdapterLayer):
         trainable_a: A a trained ``nn.Parameter`` (Table 4's "trainable A"; it then becomes dense) instead of a
             frozen buffer.
         init_b_std: 0 (B = 0, the initial update is exactly zero) or the std of a Gaussian B.
-        generator: draws A, the gate's W1, B (if Gaussian) in this order, and the dropout masks in train mode.
+        generator: draws A, then B (if Gaussian), and the dropout masks in train mode.
+        gate_generator: draws the context gate's W1 (None: ``generator``, after B). A separate one lets FlyLoRA and
+            NeuroLoRA agents of one seed draw the same A and B in every layer.
 
     Buffers: ``lora_A`` (unless trainable) and ``expert_bias`` (d), both in the ``state_dict``. ``last_active`` (bool
     (N, r), not state) is the active-set indicator of the last training forward, which :meth:`orth_loss` reads.
@@ -180,7 +182,7 @@ class FlyLoRALayer(AdapterLayer):
     def __init__(self, base: nn.Module, rank: int, k: int, alpha: float, *, dropout: float = 0.0,
                  density: float = 0.25, a_init: str = "gaussian", bias_u: float = 1e-3, gate: str = "none",
                  gate_hidden: int = 64, trainable_a: bool = False, init_b_std: float = 0.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, gate_generator: torch.Generator | None = None):
         super().__init__()
         in_features, out_features, fan_in_fan_out = base_features(base, "FlyLoRALayer")
         rank, k, gate_hidden = _positive_int("rank", rank), _positive_int("k", k), _positive_int("gate_hidden",
@@ -214,15 +216,16 @@ class FlyLoRALayer(AdapterLayer):
             self.lora_A = nn.Parameter(a)
         else:
             self.register_buffer("lora_A", a)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
+        if init_b_std > 0:
+            nn.init.normal_(self.lora_B, std=init_b_std, generator=generator)
         if gate == "context":
-            self.gate = ContextGate(in_features, rank, gate_hidden, generator=generator, device=device, dtype=dtype)
+            self.gate = ContextGate(in_features, rank, gate_hidden, device=device, dtype=dtype,
+                                    generator=generator if gate_generator is None else gate_generator)
         elif gate == "static":
             self.gate = StaticGate(rank, device=device, dtype=dtype)
         else:
             self.gate = None
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
-        if init_b_std > 0:
-            nn.init.normal_(self.lora_B, std=init_b_std, generator=generator)
         # float32 whatever the base's dtype: u-sized steps must not round away in bf16
         self.register_buffer("expert_bias", torch.zeros(rank, device=device, dtype=torch.float32))
         self.statistics_frozen = False  # set by agents.base.frozen_statistics (auxiliary forwards)
@@ -327,16 +330,18 @@ class FlyLoRAAgent(AdapterAgent):
         rank = _positive_int("rank", h["rank"])
         model = self.build_base_model().to(self.device)
         model.requires_grad_(False)
-        # as AdapterAgent's: a generator of the agent's draws A, the gate and the dropout masks (saved in its state);
-        # one seed gives every agent the same A, which parameter-space merging relies on
+        # as AdapterAgent's: generators of the agent's (saved in its state) draw A, B and the dropout masks, and the
+        # gate apart, so one seed gives every agent of the family the same A (which parameter-space merging relies
+        # on) and the same Gaussian B
         self.adapter_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 1_000_003)
+        self.gate_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 2_000_003)
         targets = h["target_modules"]
         layers = inject_flylora(model, targets if isinstance(targets, str) else tuple(targets), rank=rank, k=h["k"],
                                 alpha=float(2 * rank if h["alpha"] is None else h["alpha"]),
                                 dropout=h["adapter_dropout"], density=h["density"], a_init=h["a_init"],
                                 bias_u=h["bias_u"], gate=h["gate"], gate_hidden=h["gate_hidden"],
                                 trainable_a=h["trainable_a"], init_b_std=h["init_b_std"],
-                                generator=self.adapter_generator)
+                                generator=self.adapter_generator, gate_generator=self.gate_generator)
         self.adapters = list(layers.values())
         return model
 
