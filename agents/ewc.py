@@ -53,10 +53,7 @@ class EWCAgent(SupervisedAgent):
         x = torch.cat([b[0] for b in self._recent])[-self.hparams["fisher_samples"]:]
         y = torch.cat([b[1] for b in self._recent])[-self.hparams["fisher_samples"]:]
         g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
-        with self.auxiliary_forward():
-            fisher = diagonal_fisher(self.network, x, y, labels=self.hparams["fisher_labels"], generator=g,
-                                     forward=self._fisher_forward(),
-                                     likelihood="gaussian" if self.regression else "categorical")
+        fisher = self.fisher(x, y, g)
         decay = float(self.hparams["ewc_decay"])
         params = dict(self.network.named_parameters())
         for n, f in fisher.items():
@@ -69,6 +66,14 @@ class EWCAgent(SupervisedAgent):
         self.tasks_consolidated += 1
         self._recent.clear()
         self._recent_count = 0
+
+    def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The diagonal Fisher of the trained parameters on ``(x, y)`` (one class, or one regression target, per
+        sample); a method with another likelihood (a language model's per-token one) overrides this alone."""
+        with self.auxiliary_forward():
+            return diagonal_fisher(self.network, x, y, labels=self.hparams["fisher_labels"], generator=generator,
+                                   forward=self._fisher_forward(),
+                                   likelihood="gaussian" if self.regression else "categorical")
 
     def _fisher_forward(self):
         # Agents whose forward is not just the network (multi-head, modulated) estimate through their own forward.

@@ -207,8 +207,10 @@ class AdapterAgent(SupervisedAgent):
             return x, y, logits
         return x[:, :keep], y[:, :keep], None if logits is None else logits[:, :keep]
 
-    def learn(self, x, y, logits=None):
-        return super().learn(*self.trimmed(x, y, logits))
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb, yb = super().training_batch(x, y)
+        xb, yb, _ = self.trimmed(xb, yb)  # the hooks after the step (EWC's batch memory) still see the full batch
+        return xb, yb
 
     def forward_with_mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, L, V) of tokens ``x`` with ``mask`` (shape (H,), binary or relaxed; None: all on) set on
@@ -308,8 +310,7 @@ class LoRAFTNAgent(MaskRoutedAgent, AdapterAgent):
 
     # ------------------------------------------------------------------ the training step
     def learn(self, x, y, logits=None):
-        x, y, logits = self.trimmed(x, y, logits)
-        mask = self.training_mask(x, y)
+        mask = self.training_mask(*self.trimmed(x, y)[:2])
         if self.mask is None or not torch.equal(mask, self.mask):
             logits = None  # act()'s pass routed through another mask: train on a fresh forward
         self.mask = mask

@@ -2,10 +2,10 @@
 4.4): plain LoRA (:class:`~agents.adapters.agent.LoRAAgent`) with EWC's penalty (:class:`agents.ewc.EWCAgent`) on the
 trained parameters, which are the adapters' A and B (the base model is frozen).
 
-Composition alone (``agents.make("ewc+lora", env)``) builds but fails at the first task switch: EWC's Fisher
+Composition alone (``agents.make("ewc+lora", env)``) builds but fails at the first task switch: EWC's default Fisher
 (:func:`agents.common.fisher.diagonal_fisher`) has one class per sample, and a language stream has a label per token
-(-100 where a position is not scored). :meth:`EWCLoRAAgent.fisher` is the language model's: the per-token diagonal
-Fisher of the per-token cross-entropy that the agent trains on,
+(-100 where a position is not scored). :meth:`EWCLoRAAgent.fisher` overrides EWC's estimation hook with the language
+model's: the per-token diagonal Fisher of the per-token cross-entropy that the agent trains on,
 
     F = (1 / T) sum_s ( grad_theta sum_{t scored in s} log p(y_st | x_s,<t) )^2,
 
@@ -66,13 +66,14 @@ def sequence_fisher(forward, params: dict[str, torch.Tensor], x: torch.Tensor, y
 
 class EWCLoRAAgent(EWCAgent, LoRAAgent):
     """LoRA with EWC on its A and B: EWC's penalty and consolidation at each task switch (before LoRA's Adam reset),
-    with the language model's Fisher (:meth:`fisher`)."""
+    with the language model's Fisher (:meth:`fisher`, EWC's estimation hook)."""
 
     NAME = "ewc_lora"
     DEFAULTS = dict(optimizer="adam", lr=5e-4, fisher_samples=64)
 
     def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """The per-token Fisher of the trained parameters on token batches ``(x, y)``, in evaluation mode."""
+        """The per-token Fisher of the trained parameters on token batches ``(x, y)`` (EWC's recent inputs, its
+        generator), in evaluation mode."""
         params = {n: p for n, p in self.network.named_parameters() if p.requires_grad}
         was = self.network.training
         self.network.eval()
@@ -82,27 +83,3 @@ class EWCLoRAAgent(EWCAgent, LoRAAgent):
                                        generator=generator)
         finally:
             self.network.train(was)
-
-    def consolidate(self) -> None:
-        """EWC's consolidation (:meth:`agents.ewc.EWCAgent.consolidate`, the same recent inputs, generator seed and
-        running sums) with :meth:`fisher` as the estimate. An ``EWCAgent.fisher`` hook would reduce this to that
-        method alone."""
-        if not self._recent:
-            return
-        n = self.hparams["fisher_samples"]
-        x = torch.cat([b[0] for b in self._recent])[-n:]
-        y = torch.cat([b[1] for b in self._recent])[-n:]
-        g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
-        fisher = self.fisher(x, y, g)
-        decay = float(self.hparams["ewc_decay"])
-        params = dict(self.network.named_parameters())
-        for name, f in fisher.items():
-            theta = params[name].detach()
-            if name in self.fisher_sum:
-                self.fisher_sum[name] = decay * self.fisher_sum[name] + f
-                self.fisher_anchor[name] = decay * self.fisher_anchor[name] + f * theta
-            else:
-                self.fisher_sum[name], self.fisher_anchor[name] = f.clone(), f * theta
-        self.tasks_consolidated += 1
-        self._recent.clear()
-        self._recent_count = 0
