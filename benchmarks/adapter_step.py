@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import gymnasium as gym
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import agents
 import clenv  # noqa: F401  (registers the env ids)
+from agent_steps import record_batches, time_steps
 from agents.adapters.base_lm import DEFAULT_CONFIG
 
 CONTENDERS = ("lora", "ewc_lora", "flylora", "neurolora", "lora_naive", "lora_fixed_mask", "lora_bank", "lora_ftn")
@@ -49,32 +48,7 @@ def main(argv=None) -> None:
     base = dict(base_model="random", base_n_layer=DEFAULT_CONFIG["n_layer"], base_n_embd=DEFAULT_CONFIG["n_embd"],
                 base_n_head=DEFAULT_CONFIG["n_head"], device=args.device)
     contenders = {n: agents.make(n, env, seed=0, **base) for n in names}
-    obs, info = env.reset(seed=0)
-    batches = []
-    for _ in range(args.steps + 2):
-        nxt, r, term, trunc, step_info = env.step(env.action_space.sample())
-        batches.append((obs, step_info))
-        obs = nxt
-
-    def step(agent, obs, step_info):
-        action = agent.act(obs, {})
-        agent.observe(obs, action, 0.0, obs, False, False, step_info)
-
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    times = {name: [] for name in contenders}
-    flops = {}
-    for name, agent in contenders.items():
-        step(agent, *batches[0])  # warm-up
-        with FlopCounterMode(display=False) as counter:
-            step(agent, *batches[1])
-        flops[name] = counter.get_total_flops()
-    for obs, step_info in batches[2:]:
-        for name, agent in contenders.items():
-            sync()
-            t0 = time.perf_counter()
-            step(agent, obs, step_info)
-            sync()
-            times[name].append(time.perf_counter() - t0)
+    times, flops = time_steps(contenders, record_batches(env, args.steps + 2), warmup=2, device=args.device)
     print(f"device {args.device}, threads {args.threads}, batch {env.unwrapped.batch_size} x "
           f"{env.unwrapped.max_length} tokens, {args.steps} steps; base GPT-2 {DEFAULT_CONFIG['n_layer']} x "
           f"{DEFAULT_CONFIG['n_embd']}")

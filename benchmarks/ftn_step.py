@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import gymnasium as gym
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import agents
 import clenv  # noqa: F401  (registers the env ids)
+from agent_steps import record_batches, time_steps
 
 
 def dense_width(params: int, d_in: int = 24, out: int = 2) -> int:
@@ -50,33 +49,7 @@ def main(argv=None) -> None:
     contenders = {"dense": agents.make("base", env, hidden=(w, w), optimizer="adam", lr=3e-4),
                   "no_mask": agents.make("no_mask", env), "ftn_slow": agents.make("ftn_slow", env),
                   "ftn_fast": agents.make("ftn_fast", env)}
-    obs, info = env.reset(seed=0)
-    batches = []
-    for _ in range(args.steps + 3):
-        nxt, r, term, trunc, step_info = env.step(env.action_space.sample())
-        batches.append((obs, step_info))
-        obs = nxt
-
-    def step(agent, obs, step_info):
-        action = agent.act(obs, {})
-        agent.observe(obs, action, 0.0, obs, False, False, step_info)
-
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    times = {name: [] for name in contenders}
-    flops = {}
-    for name, agent in contenders.items():
-        for obs, step_info in batches[:3]:  # warm-up
-            step(agent, obs, step_info)
-        with FlopCounterMode(display=False) as counter:
-            step(agent, *batches[0])
-        flops[name] = counter.get_total_flops()
-    for obs, step_info in batches[3:]:
-        for name, agent in contenders.items():
-            sync()
-            t0 = time.perf_counter()
-            step(agent, obs, step_info)
-            sync()
-            times[name].append(time.perf_counter() - t0)
+    times, flops = time_steps(contenders, record_batches(env, args.steps + 3), warmup=3, device=args.device)
     params = {n: sum(t.numel() for t in a.network.parameters()) for n, a in contenders.items()}
     print(f"device {args.device}, threads {args.threads}, batch {env.unwrapped.batch_size}, {args.steps} steps; "
           f"dense MLP 24-{w}-{w}-2")

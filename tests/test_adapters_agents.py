@@ -324,3 +324,26 @@ def test_defaults_are_appendix_es():
     assert (bank["components"], bank["rank"]) == (8, 288) and bank["init_b_std"] > 0
     assert bank["components"] * bank["rank"] == h["components"] * h["rank"]  # matched total capacity
     assert make("lora").hparams["rank"] == 8
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+def test_adapter_step_benchmark_ends_with_its_ratios_and_orders_the_flops():
+    """benchmarks/adapter_step.py runs one step of each contender and ends with ``flylora_ratio=`` and ``ratio=``;
+    the pool of 576 rank-4 components costs several times plain rank-8 LoRA's matmul FLOPs, the routed rank-32
+    FlyLoRA about the same."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "adapter_step.py"
+    out = subprocess.run([sys.executable, str(script), "--steps", "1", "--agents", "flylora,neurolora,lora_naive"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"flylora_ratio=\d+\.\d{3}", lines[-2]) and re.fullmatch(r"ratio=\d+\.\d{3}", lines[-1])
+    flops = {m[1]: float(m[2]) for m in re.finditer(r"^(\w+) .* \(x([\d.]+)\)$", out.stdout, re.M)}
+    assert list(flops) == ["lora", "flylora", "neurolora", "lora_naive"] and flops["lora"] == 1.0
+    assert flops["lora_naive"] > 4 and 0.8 < flops["flylora"] < 1.5 and flops["neurolora"] > flops["flylora"]
+    bad = subprocess.run([sys.executable, str(script), "--agents", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown agent" in bad.stderr
