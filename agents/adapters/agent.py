@@ -175,20 +175,29 @@ class AdapterAgent(SupervisedAgent):
         return pretrained_base_lm({"seed": int(self.hparams["base_seed"])})
 
     def build_network(self) -> nn.Module:
-        h = self.hparams
         model = self.build_base_model().to(self.device)
         model.requires_grad_(False)
         # the adapters' initialisation and dropout masks: a generator of the agent's (saved in its state)
-        self.adapter_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 1_000_003)
-        rank = int(h["rank"])
-        alpha = float(rank if h["alpha"] is None else h["alpha"])
-        targets = h["target_modules"]
-        targets = targets if isinstance(targets, str) else tuple(targets)
-        layers = inject_adapters(model, targets, rank=rank, alpha=alpha, dropout=float(h["adapter_dropout"]),
-                                 components=int(h["components"]), init_b_std=float(h["init_b_std"]),
-                                 generator=self.adapter_generator)
-        self.adapters = list(layers.values())
+        seed = int(self.hparams["seed"]) + 1_000_003
+        self.adapter_generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.adapters = list(self.adapt(model).values())
         return model
+
+    def adapt(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Put the adapter layers on ``model``'s ``target_modules`` (in place) and return them by module name, in
+        module order: LoRA layers here; another adapter family overrides this alone, drawing from
+        ``self.adapter_generator``."""
+        h = self.hparams
+        rank = int(h["rank"])
+        return inject_adapters(model, self.target_patterns, rank=rank, alpha=float(rank if h["alpha"] is None
+                                                                                     else h["alpha"]),
+                               dropout=float(h["adapter_dropout"]), components=int(h["components"]),
+                               init_b_std=float(h["init_b_std"]), generator=self.adapter_generator)
+
+    @property
+    def target_patterns(self) -> str | tuple[str, ...]:
+        targets = self.hparams["target_modules"]
+        return targets if isinstance(targets, str) else tuple(targets)
 
     # ------------------------------------------------------------------ data and the model
     def preprocess(self, obs) -> torch.Tensor:
@@ -216,11 +225,14 @@ class AdapterAgent(SupervisedAgent):
         """Logits (B, L, V) of tokens ``x`` with ``mask`` (shape (H,), binary or relaxed; None: all on) set on
         every adapted layer for this pass only: the layers hold no mask before or after it (the autograd graph of
         the pass keeps what it used)."""
-        set_component_mask(self.adapters, mask)
-        try:
+        if mask is None:
             out = self.network(x)
-        finally:
-            set_component_mask(self.adapters, None)
+        else:
+            set_component_mask(self.adapters, mask)
+            try:
+                out = self.network(x)
+            finally:
+                set_component_mask(self.adapters, None)
         return getattr(out, "logits", out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

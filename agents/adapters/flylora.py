@@ -319,7 +319,7 @@ class FlyLoRAAgent(AdapterAgent):
                     gate_hidden=64, gate_lr=None, trainable_a=False, orth_lambda=0.0, optimizer="adamw", lr=3e-4,
                     weight_decay=0.0)
 
-    def build_network(self) -> nn.Module:
+    def adapt(self, model: nn.Module) -> dict[str, nn.Module]:
         h = self.hparams
         if h["components"] != 1:
             raise ValueError(f"{self.NAME} has one set of r rank-1 experts per layer: components must be 1, got "
@@ -328,22 +328,15 @@ class FlyLoRAAgent(AdapterAgent):
         if h["gate_lr"] is not None:
             _finite("gate_lr", h["gate_lr"], strict=True)
         rank = _positive_int("rank", h["rank"])
-        model = self.build_base_model().to(self.device)
-        model.requires_grad_(False)
-        # as AdapterAgent's: generators of the agent's (saved in its state) draw A, B and the dropout masks, and the
-        # gate apart, so one seed gives every agent of the family the same A (which parameter-space merging relies
-        # on) and the same Gaussian B
-        self.adapter_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 1_000_003)
+        # the gate draws from a generator of its own, so one seed gives every agent of the family the same A (which
+        # parameter-space merging relies on) and the same Gaussian B from the adapter generator
         self.gate_generator = torch.Generator(device=self.device).manual_seed(int(h["seed"]) + 2_000_003)
-        targets = h["target_modules"]
-        layers = inject_flylora(model, targets if isinstance(targets, str) else tuple(targets), rank=rank, k=h["k"],
-                                alpha=float(2 * rank if h["alpha"] is None else h["alpha"]),
-                                dropout=h["adapter_dropout"], density=h["density"], a_init=h["a_init"],
-                                bias_u=h["bias_u"], gate=h["gate"], gate_hidden=h["gate_hidden"],
-                                trainable_a=h["trainable_a"], init_b_std=h["init_b_std"],
-                                generator=self.adapter_generator, gate_generator=self.gate_generator)
-        self.adapters = list(layers.values())
-        return model
+        return inject_flylora(model, self.target_patterns, rank=rank, k=h["k"],
+                              alpha=float(2 * rank if h["alpha"] is None else h["alpha"]),
+                              dropout=h["adapter_dropout"], density=h["density"], a_init=h["a_init"],
+                              bias_u=h["bias_u"], gate=h["gate"], gate_hidden=h["gate_hidden"],
+                              trainable_a=h["trainable_a"], init_b_std=h["init_b_std"],
+                              generator=self.adapter_generator, gate_generator=self.gate_generator)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The base's optimiser over B (and A when trainable), with the gate's parameters moved to a second param
@@ -363,8 +356,7 @@ class FlyLoRAAgent(AdapterAgent):
         None)."""
         if mask is not None:
             raise ValueError(f"{self.NAME} routes every token by its own top-k; it takes no component mask")
-        out = self.network(x)
-        return getattr(out, "logits", out)
+        return super().forward_with_mask(x, None)
 
     def orthogonality_loss(self) -> torch.Tensor:
         """Eq. (7) averaged over the adapted layers, on each layer's last training forward."""
