@@ -1,7 +1,7 @@
 """The in-repository pretrained base of the adapter agents: a small byte-level GPT-2, trained once and cached.
 
 The paper behind LoRA-FTN adapts a frozen, pretrained ``distilgpt2`` (002_b6d509c9f1140765.txt, Appendix E). This is
-**not** distilgpt2: it is a 2-layer, 128-wide Hugging Face ``GPT2LMHeadModel`` (about 0.5M parameters) over the
+**not** distilgpt2: it is a 2-layer, 128-wide Hugging Face ``GPT2LMHeadModel`` (442k parameters) over the
 style-shift stream's own tokens (:mod:`clenv.envs.style_shift`: the 256 bytes, then PAD, BOS, SEP, EOS; 96
 positions), pretrained here from a seed, so that the adapters start from a model that already knows English bytes
 instead of a random one.
