@@ -130,6 +130,26 @@ def test_tiny_reproduction_prints_paper_and_ours_side_by_side(tmp_path, capsys):
     assert {p.parts[-3] for p in saved} == {"cbp", "crelu"}
 
 
+def test_a_rerun_reuses_the_finished_runs_and_fresh_runs_them_again(tmp_path, capsys, monkeypatch):
+    from clenv.app import spec
+
+    argv = ["reproduce", "table1", "--benchmark", "Random-Label MNIST", "--agents", "cbp,crelu", "--seeds", "0",
+            "--env", "RandomLabelDigits-v0", "--scale", "0.1", "--env-set", "samples_per_task=64", "--no-progress",
+            "--jobs", "1", "--out", str(tmp_path)]
+    assert main(argv[:5] + ["cbp"] + argv[6:]) == 0  # an interrupted attempt that finished only cbp
+    first = capsys.readouterr().out
+    ran = []
+    real = spec.execute
+    monkeypatch.setattr(spec, "execute", lambda r, **kw: ran.append(r.spec.agent) or real(r, **kw))
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert ran == ["crelu"]  # cbp's result was loaded from its folder
+    row = lambda text: next(r for r in text.splitlines() if r.startswith("| 1. CBP · ours |"))  # noqa: E731
+    assert row(again) == row(first)
+    assert main(argv + ["--fresh"]) == 0 and ran == ["crelu", "cbp", "crelu"]
+    assert row(capsys.readouterr().out) == row(first)  # the same spec, the same numbers
+
+
 def test_reproduce_ngm_runs_the_stability_probes_and_prints_the_papers_gap(capsys):
     """`clenv reproduce ngm` evaluates after every iteration (ngm_compat) and sets avg-SG beside the paper's."""
     assert main(["reproduce", "ngm", "--benchmark", "ngm_split_mnist", "--agents", "sgd", "--seeds", "0", "--scale",

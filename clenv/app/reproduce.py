@@ -297,6 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-every", type=int, default=1, help="adaptation probes measure every k-th batch")
     p.add_argument("--out", default="runs", help="results root (default: runs/)")
     p.add_argument("--no-save", action="store_true", help="do not write result files")
+    p.add_argument("--fresh", action="store_true", help="run every run again, even those whose result is already "
+                   "under --out (default: reuse them, so a rerun does only what is missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (default 1)")
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes (default: the cores "
@@ -565,7 +567,7 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
                 todo += resolved
             runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root,
                                                         progress=not args.no_progress, threads=args.threads,
-                                                        on_result=done)]
+                                                        on_result=done, reuse=not args.fresh)]
         text = comparison(table, bench, p["env_id"], methods, runs, task_names)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")

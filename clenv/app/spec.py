@@ -377,32 +377,47 @@ def _worker_run(spec: RunSpec, out, checkpoint_every):
 
 
 def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkpoint_every: int | None = None,
-                threads: int = 1, on_result=None) -> list:
+                threads: int = 1, on_result=None, reuse: bool = False) -> list:
     """Execute resolved runs, ``jobs`` at a time in worker processes (one torch thread each), and save each as it
     finishes; ``jobs=1`` runs them here one after another with a progress bar each. ``on_result(resolved, result,
     path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
-    do not depend on where it ran (each is a function of its spec)."""
+    do not depend on where it ran (each is a function of its spec). With ``reuse``, a run whose folder under ``out``
+    (named by its key) already holds a result is loaded instead of run again, so rerunning an interrupted command
+    does only what is missing."""
     runs = list(runs)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     done: dict[int, tuple] = {}
-    if jobs == 1 or len(runs) <= 1:
+    if reuse and out is not None:
+        from clenv.results import load_run
+
         for i, r in enumerate(runs):
-            result, path = execute(r, out=out, progress=progress, checkpoint_every=checkpoint_every, threads=threads)
+            path = r.directory(out)
+            if (path / "result.json").is_file():
+                r.env.close()
+                done[i] = (load_run(path), path)
+                if on_result is not None:
+                    on_result(r, done[i][0], path)
+    pending = [i for i in range(len(runs)) if i not in done]
+    if jobs == 1 or len(pending) <= 1:
+        for i in pending:
+            result, path = execute(runs[i], out=out, progress=progress, checkpoint_every=checkpoint_every,
+                                   threads=threads)
             done[i] = (result, path)
             if on_result is not None:
-                on_result(r, result, path)
+                on_result(runs[i], result, path)
         return [done[i] for i in range(len(runs))]
-    for r in runs:  # the workers make their own envs
-        r.env.close()
+    for i in pending:  # the workers make their own envs
+        runs[i].env.close()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(runs), desc=f"{len(runs)} runs, {min(jobs, len(runs))} processes", unit="run")
-    calls = [(r.spec, None if out is None else str(out), checkpoint_every) for r in runs]
+        bar = tqdm(total=len(pending), desc=f"{len(pending)} runs, {min(jobs, len(pending))} processes", unit="run")
+    calls = [(runs[i].spec, None if out is None else str(out), checkpoint_every) for i in pending]
     try:
-        for i, result in in_workers(_worker_run, calls, jobs=jobs, threads=threads):
+        for j, result in in_workers(_worker_run, calls, jobs=jobs, threads=threads):
+            i = pending[j]
             path = save(runs[i], result, out) if out is not None else None
             done[i] = (result, path)
             if bar is not None:
