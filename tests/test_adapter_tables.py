@@ -96,6 +96,10 @@ def test_neurolora_table3_reads_per_task_final_accuracy_avg_and_bwt_from_the_mat
         assert runs[key].metrics["bwt"] == pytest.approx(R[1, 0] - R[0, 0])
     (paper,) = _rows(text, "2. FlyLoRA-Seq · paper")
     assert paper[1:] == ["-", "-", "69.10 (-)", "-4.30 (-)"]
+    # runs without masks: the report's forgetting table, and no mask table (its acc and fm would be the same numbers)
+    assert report_main([str(out / "neurolora_table3"), "--out", str(tmp_path / "report"), "--no-figures"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "### Forgetting (%)" in report and "Mask routing" not in report
 
 
 def test_neurolora_table2_merges_single_task_adapters_and_its_numbers_are_the_recorded_ones(tmp_path, capsys):

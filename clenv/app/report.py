@@ -291,6 +291,8 @@ def report_main(argv=None) -> int:
     # A mask-evaluated language run's fm is a CE difference: the percent tables leave it out of that row.
     percent_agg = {key: {k: v for k, v in st.items() if not (k == "fm" and "ce_stored" in st)}
                    for key, st in agg.items()}
+    # only mask-evaluated configurations (those with stored-mask scores) belong in the mask table
+    mask_agg = {key: st for key, st in agg.items() if any(k.endswith("_stored") for k in st)}
     for title, columns in TABLES:
         for env in envs:
             columns_here = columns
@@ -299,7 +301,7 @@ def report_main(argv=None) -> int:
                 if not columns_here:
                     continue
             # FTN's tables print accuracies and MSEs as fractions, as the paper does
-            t = format_table(title, columns_here, agg if title == MASK_TABLE else percent_agg, env,
+            t = format_table(title, columns_here, mask_agg if title == MASK_TABLE else percent_agg, env,
                              fractions=title == MASK_TABLE)
             if t:
                 parts += [t, ""]
