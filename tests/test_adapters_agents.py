@@ -347,3 +347,19 @@ def test_adapter_step_benchmark_ends_with_its_ratios_and_orders_the_flops():
     assert flops["lora_naive"] > 4 and 0.8 < flops["flylora"] < 1.5 and flops["neurolora"] > flops["flylora"]
     bad = subprocess.run([sys.executable, str(script), "--agents", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown agent" in bad.stderr
+
+
+def test_the_style_shift_example_runs_and_merges(capsys):
+    """examples/adapters_style_shift.py end to end at a tiny size (random base, 2 tasks of 3 steps): both sequential
+    runs report ACC and BWT, and every task gets an alone and a merged accuracy."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "adapters_style_shift.py"
+    spec = importlib.util.spec_from_file_location("adapters_style_shift", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--tasks", "2", "--steps", "3", "--base-model", "random"])
+    out = capsys.readouterr().out
+    assert out.count(" BWT ") == 2 and "lora " in out and "neurolora " in out
+    assert [line.split()[0] for line in out.splitlines() if " merged " in line] == ["upper", "lower"]
