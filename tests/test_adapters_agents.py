@@ -362,4 +362,4 @@ def test_the_style_shift_example_runs_and_merges(capsys):
     module.main(["--tasks", "2", "--steps", "3", "--base-model", "random"])
     out = capsys.readouterr().out
     assert out.count(" BWT ") == 2 and "lora " in out and "neurolora " in out
-    assert [line.split()[0] for line in out.splitlines() if " merged " in line] == ["upper", "lower"]
+    assert [line.split()[0] for line in out.splitlines() if " alone " in line] == ["upper", "lower"]
