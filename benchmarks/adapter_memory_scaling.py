@@ -55,7 +55,8 @@ def synthetic_adapters(kind: str, n: int, overlap: float, seed: int) -> torch.Te
             parts.append(0.02 * torch.randn(count, WIDTH * RANK, generator=g))  # B
         return torch.cat(parts, dim=1)
 
-    shared, own = draw(1), draw(n)
+    # one adapter at a time, so that the first N adapters do not depend on how many are drawn
+    shared, own = draw(1), torch.cat([draw(1) for _ in range(n)])
     return (math.sqrt(overlap) * shared + math.sqrt(1 - overlap) * own).float()
 
 

@@ -36,17 +36,17 @@ the hidden activations jointly; the value entries are the recalled value.
 3. *Reads are pure functions of the memory and the query.* The hidden activations' random start comes from a
    generator seeded by ``seed`` at every read (one draw, shared by every query of a batch), and a write's from
    ``seed`` and the write's index; the reference draws from the global generator.
-4. *Numerics.* The means R live in the values' dtype, the covariances U in float64 (a float32 U loses positive
-   definiteness after a few hundred rank-one downdates; the reference keeps float32 and repairs U with Higham's
+4. *Numerics.* The means R live in the values' dtype, the covariances U in float64 (float32 rank-one downdates can
+   lose positive definiteness; the reference keeps float32 and repairs U with Higham's
    nearest positive-definite matrix when a Cholesky fails). The update is computed in float64; when U is no longer
    positive definite we symmetrise it and clip its eigenvalues at 1e-12 times its largest (a cheaper repair).
    The isotropic top variance is kept as one number (the reference keeps a diagonal whose entries are all equal).
-6. *The patterns are rescaled (``data_scale="first"``).* sigma_obs = 0.01 is in the data's units, and the
-   reference's data are images in [0, 1]; adapter weights have a root mean square of about 1e-2, the size of
-   sigma_obs itself, and unscaled they were recalled with a relative error of 35% even with one pair stored (0.2%
-   rescaled; 512-entry Gaussian patterns, measured). So x_0 is divided by one number, the root mean square of the
-   first written pattern, fixed from then on (a write needs nothing that comes later); reads multiply it back.
-5. *Left out:* forgetting (``beta_forget``, default 0 in the reference), several particles and resampling, the
+5. *The patterns are rescaled (``data_scale="first"``).* sigma_obs = 0.01 is in the data's units (the reference's
+   data are images); adapter weights are of order 1e-2 to 1e-1, and unscaled, 512-entry Gaussian patterns of
+   standard deviation 0.05 were recalled with a relative error of 35% even with one pair stored (0.2% rescaled;
+   measured). So x_0 is divided by one number, the root mean square of the first written pattern, fixed from then
+   on (a write needs nothing that comes later); reads multiply it back.
+6. *Left out:* forgetting (``beta_forget``, default 0 in the reference), several particles and resampling, the
    Gaussian / full-covariance proposals, deletion, layer normalisation and bias units (all off by default there),
    and the auto-associative read (the paper's use is the hetero-associative one: key given, value recalled).
 
@@ -86,7 +86,7 @@ class BayesPCNMemory(AssociativeMemory):
         write_rule: ``"bayes"`` (BayesPCN's conjugate update) or ``"ml"`` (GPCN's gradient step of ``write_lr``).
         write_lr: the ``"ml"`` rule's step (the paper's 1e-4); unused by ``"bayes"``.
         data_scale: what x_0 is divided by before it meets the network (reads multiply it back): ``"first"`` (the
-            root mean square of the first written pattern, fixed from then on; module docstring, 6), a number, or
+            root mean square of the first written pattern, fixed from then on; module docstring, 5), a number, or
             None (1: the raw values).
         seed: seeds the weights' prior draw and the activations' random starts (see the module docstring, 3).
     """
@@ -172,8 +172,8 @@ class BayesPCNMemory(AssociativeMemory):
     def energy_and_gradients(self, activations: list[torch.Tensor], U: list[torch.Tensor] | None = None
                              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`energy` (with the weight uncertainty unless the write rule is ``"ml"``) and its gradient with
-        respect to every activation, derived by hand (autograd took 10x longer per step on CPU; a test checks the
-        two agree). ``U``: the covariances already in the activations' dtype (cast once per inference)."""
+        respect to every activation, derived by hand (autograd took about 2x as long per step on our CPU, 1,024-entry
+        patterns; a test checks the two agree). ``U``: the covariances already in the activations' dtype (cast once per inference)."""
         f = ACTIVATIONS[self.activation]
         uncertain = self.write_rule == "bayes"
         variances = self._variances()
