@@ -22,14 +22,13 @@ import agents
 import clenv
 from agents.adapters import install_merged, task_arithmetic, task_vector
 from clenv.data.style_corpus import TEST
-from clenv.envs.style_shift import EOS, SEP, TRANSFORMS, decode, encode
+from clenv.envs.style_shift import BOS, EOS, SEP, TRANSFORMS, decode, encode
+from clenv.probes.base import accuracy
 
 
 @torch.no_grad()
 def transform(agent, text: str, max_new: int = 80) -> str:
     """Greedy decoding of ``[BOS] text [SEP]`` until EOS: what the adapted model writes for ``text``."""
-    from clenv.envs.style_shift import BOS
-
     ids = [BOS, *encode(text).tolist(), SEP]
     agent.network.eval()
     for _ in range(max_new):
@@ -75,13 +74,8 @@ def main(argv=None) -> None:
     merged = agents.make("lora", env, base_model=args.base_model)
     install_merged(merged, task_arithmetic(vectors, 1 / len(names)))
     for t, name in enumerate(names):
-        correct = scored = 0
-        for x, y in env.unwrapped.test_batches(t):
-            pred = merged.predict(merged.preprocess(x)).argmax(-1)
-            keep = y != -100
-            correct += int((pred[keep] == y[keep]).sum())
-            scored += int(keep.sum())
-        print(f"  {name:15s} alone {100 * alone[name]:5.1f}%  merged {100 * correct / scored:5.1f}%  "
+        merged_acc = accuracy(merged, env.unwrapped.test_batches(t))  # per-token, as test_acc is
+        print(f"  {name:15s} alone {100 * alone[name]:5.1f}%  merged {100 * merged_acc:5.1f}%  "
               f"{sentence!r} -> {transform(merged, sentence)!r}")
 
 

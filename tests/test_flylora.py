@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import agents
 import clenv
 from agents.adapters.ewc_lora import sequence_fisher
-from agents.adapters.flylora import (ContextGate, FlyLoRALayer, flylora_layers, orthogonality_loss,
-                                     sparse_projection)
+from agents.adapters.flylora import ContextGate, FlyLoRALayer, orthogonality_loss, sparse_projection
+from agents.adapters.layer import adapted_layers
 
 FLY = ("flylora", "neurolora", "neurolora_no_orth", "neurolora_no_gate", "neurolora_static_gate",
        "neurolora_trainable_a")
@@ -254,9 +254,9 @@ def test_every_new_agent_runs_on_the_style_stream_and_trains_only_its_adapters(n
     fresh = agent.fresh().network
     assert [n for n in trainable if not torch.equal(after[n].detach(), fresh.get_parameter(n))]  # adapters trained
     if name == "neurolora_trainable_a":
-        layer = next(iter(flylora_layers(agent.network).values()))
+        layer = next(iter(adapted_layers(agent.network, FlyLoRALayer).values()))
         assert isinstance(layer.lora_A, nn.Parameter)
-        assert not torch.equal(layer.lora_A, next(iter(flylora_layers(fresh).values())).lora_A)
+        assert not torch.equal(layer.lora_A, next(iter(adapted_layers(fresh, FlyLoRALayer).values())).lora_A)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,7 +11,7 @@ from agents.adapters.agent import (AdapterAgent, LoRAAgent, LoRABankAgent, LoRAF
 from agents.adapters.ewc_lora import EWCLoRAAgent
 from agents.adapters.flylora import (FlyLoRAAgent, FlyLoRALayer, NeuroLoRAAgent, NeuroLoRANoGateAgent,
                                      NeuroLoRANoOrthAgent, NeuroLoRAStaticGateAgent, NeuroLoRATrainableAAgent,
-                                     flylora_layers, inject_flylora, orthogonality_loss)
+                                     inject_flylora, orthogonality_loss)
 from agents.adapters.layer import (LoRALayer, adapted_layers, adapter_parameters, adapter_state_dict,
                                    inject_adapters, load_adapter_state_dict, load_peft, save_peft,
                                    set_component_mask)
@@ -20,6 +20,6 @@ from agents.adapters.merging import install_merged, task_arithmetic, task_vector
 __all__ = ["AdapterAgent", "LoRAAgent", "LoRANaiveAgent", "LoRAFixedMaskAgent", "LoRAFTNAgent", "LoRABankAgent",
            "default_base_model", "LoRALayer", "inject_adapters", "adapted_layers", "set_component_mask",
            "adapter_parameters", "adapter_state_dict", "load_adapter_state_dict", "save_peft", "load_peft",
-           "FlyLoRALayer", "inject_flylora", "flylora_layers", "orthogonality_loss", "FlyLoRAAgent", "NeuroLoRAAgent",
+           "FlyLoRALayer", "inject_flylora", "orthogonality_loss", "FlyLoRAAgent", "NeuroLoRAAgent",
            "NeuroLoRANoOrthAgent", "NeuroLoRANoGateAgent", "NeuroLoRAStaticGateAgent", "NeuroLoRATrainableAAgent",
            "EWCLoRAAgent", "task_vector", "task_arithmetic", "ties_merge", "install_merged"]

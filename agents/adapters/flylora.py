@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from agents.adapters.agent import AdapterAgent
 from agents.adapters.layer import AdapterLayer, base_features, drop_input, replace_targets
 
-__all__ = ["FlyLoRALayer", "ContextGate", "StaticGate", "orthogonality_loss", "inject_flylora", "flylora_layers",
+__all__ = ["FlyLoRALayer", "ContextGate", "StaticGate", "orthogonality_loss", "inject_flylora",
            "sparse_projection", "FlyLoRAAgent", "NeuroLoRAAgent", "NeuroLoRANoOrthAgent", "NeuroLoRANoGateAgent",
            "NeuroLoRAStaticGateAgent", "NeuroLoRATrainableAAgent", "A_INITS", "GATES"]
 
@@ -283,23 +283,13 @@ class FlyLoRALayer(AdapterLayer):
         return orthogonality_loss(self.lora_B, self.last_active)
 
 
-def flylora_layers(model: nn.Module) -> dict[str, FlyLoRALayer]:
-    """Every FlyLoRA layer of ``model`` by qualified name, in module order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, FlyLoRALayer)}
-
-
 def inject_flylora(model: nn.Module, target_modules, *, rank: int, k: int, alpha: float, **options
                    ) -> dict[str, FlyLoRALayer]:
     """Replace every Linear / Conv1D that ``target_modules`` names (peft's rule, see
     :func:`agents.adapters.layer.inject_adapters`) by a :class:`FlyLoRALayer` (``options``: its keyword
     arguments), and freeze every parameter of the model that is not a FlyLoRA layer's trained one (B, the gate, A
     when trainable). Returns the new layers by qualified name in module order."""
-    layers = replace_targets(model, target_modules, lambda module: FlyLoRALayer(module, rank, k, alpha, **options))
-    trainable = {id(p) for layer in flylora_layers(model).values() for p in layer.parameters() if p.requires_grad}
-    for p in model.parameters():
-        if id(p) not in trainable:
-            p.requires_grad_(False)
-    return layers
+    return replace_targets(model, target_modules, lambda module: FlyLoRALayer(module, rank, k, alpha, **options))
 
 
 class FlyLoRAAgent(AdapterAgent):

@@ -262,10 +262,12 @@ def _walk(model: nn.Module):
         yield name, module
 
 
-def adapted_layers(model: nn.Module) -> dict[str, LoRALayer]:
-    """Every LoRA layer of ``model`` by qualified name, in module order (``model.named_modules()``'s: registration
-    order, depth first). Every function here that lists or flattens adapters uses this order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALayer)}
+def adapted_layers(model: nn.Module, kind: type = None) -> dict[str, AdapterLayer]:
+    """Every adapter layer of class ``kind`` (default :class:`LoRALayer`; e.g. FlyLoRA's layer) of ``model`` by
+    qualified name, in module order (``model.named_modules()``'s: registration order, depth first). Every function
+    here that lists or flattens adapters uses this order."""
+    kind = LoRALayer if kind is None else kind
+    return {name: module for name, module in model.named_modules() if isinstance(module, kind)}
 
 
 def replace_targets(model: nn.Module, target_modules: str | Iterable[str],
@@ -273,7 +275,8 @@ def replace_targets(model: nn.Module, target_modules: str | Iterable[str],
     """Replace, in place, every ``nn.Linear`` / GPT-2 ``Conv1D`` of ``model`` that ``target_modules`` names by
     ``build(module)`` (an :class:`AdapterLayer` wrapping it), with the matching rule and the checks of
     :func:`inject_adapters` (which see); every target is checked before any is replaced. Freezing the rest of the
-    model is the caller's. Returns the new layers by qualified name in module order."""
+    model is done here too: afterwards only the adapter layers' own trainable parameters (in any adapter layer of the
+    model) require gradients. Returns the new layers by qualified name in module order."""
     patterns = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"target_modules must be one or more non-empty module names, got {target_modules!r}")
@@ -301,6 +304,11 @@ def replace_targets(model: nn.Module, target_modules: str | Iterable[str],
         layer = build(module)
         setattr(model.get_submodule(parent_name), child, layer)
         layers[name] = layer
+    trainable = {id(p) for m in model.modules() if isinstance(m, AdapterLayer) for p in m.parameters()
+                 if p.requires_grad}
+    for p in model.parameters():
+        if id(p) not in trainable:
+            p.requires_grad_(False)
     return layers
 
 
@@ -321,10 +329,6 @@ def inject_adapters(model: nn.Module, target_modules: str | Iterable[str], *, ra
     """
     layers = replace_targets(model, target_modules, lambda module: LoRALayer(
         module, rank, alpha, dropout=dropout, components=components, init_b_std=init_b_std, generator=generator))
-    trainable = {id(p) for p in adapter_parameters(model)}
-    for p in model.parameters():
-        if id(p) not in trainable:
-            p.requires_grad_(False)
     return layers
 
 

@@ -37,7 +37,8 @@ import torch.nn as nn
 
 from agents.adapters.layer import LoRALayer
 
-__all__ = ["task_vector", "task_arithmetic", "ties_merge", "install_merged", "merge_layers", "averaged_keys",
+__all__ = ["task_vector", "task_arithmetic", "ties_merge", "install_merged", "merge_layers", "trained_state",
+           "averaged_keys",
            "DEFAULT_AVERAGE", "WEIGHT_SPACE", "PARAMETER_SPACE"]
 
 WEIGHT_SPACE, PARAMETER_SPACE = "weights", "parameters"
@@ -92,6 +93,17 @@ def _average_prefixes(layer: nn.Module) -> tuple[str, ...]:
     return tuple(DEFAULT_AVERAGE if own is None else own)
 
 
+def trained_state(layer: nn.Module) -> list[tuple[str, torch.Tensor, str]]:
+    """What training moves in one adapter layer, in registration order: its trainable parameters (kind
+    ``"parameters"``), then the floating-point buffers its ``MERGE_AVERAGE`` prefixes name (``"buffer"``, e.g.
+    FlyLoRA's expert bias). The task vectors here and the memory layout of :mod:`agents.adapters.memory` read it."""
+    out = [(n, p, PARAMETER_SPACE) for n, p in layer.named_parameters() if p.requires_grad]
+    prefixes = _average_prefixes(layer)
+    out += [(n, b, "buffer") for n, b in layer.named_buffers()
+            if prefixes and n.startswith(prefixes) and b.is_floating_point()]
+    return out
+
+
 def _layout(net: nn.Module) -> dict[str, tuple[str, nn.Module | torch.Tensor, tuple[int, ...]]]:
     """Every entry a task vector of ``net`` has: key -> (kind, the layer (``"weights"``) or the tensor
     (``"parameters"``: a trainable parameter; ``"buffer"``: a buffer a parameter-space layer averages), shape)."""
@@ -103,13 +115,8 @@ def _layout(net: nn.Module) -> dict[str, tuple[str, nn.Module | torch.Tensor, tu
         if space == WEIGHT_SPACE:
             out[_key(name, _DELTA)] = (space, layer, (layer.out_features, layer.in_features))
             continue
-        for pname, p in layer.named_parameters():
-            if p.requires_grad:
-                out[_key(name, pname)] = (space, p, tuple(p.shape))
-        prefixes = _average_prefixes(layer)
-        for bname, b in layer.named_buffers():
-            if prefixes and bname.startswith(prefixes) and b.is_floating_point():
-                out[_key(name, bname)] = ("buffer", b, tuple(b.shape))
+        for item, t, kind in trained_state(layer):
+            out[_key(name, item)] = (kind, t, tuple(t.shape))
     for pname, p in net.named_parameters():
         if p.requires_grad and id(p) not in covered:
             out[pname] = (PARAMETER_SPACE, p, tuple(p.shape))

@@ -37,7 +37,8 @@ import numpy as np
 from clenv import protocols
 from clenv.app import paper_tables as papers
 from clenv.app.spec import (ResolvedRun, RunSpec, UsageError, canonical, check_out, default_jobs, execute_all,
-                            identity_key, in_workers, make_env, parse_assignments, parse_seeds, save)
+                            identity_key, in_workers, make_env, parse_assignments, parse_seeds, run_resolved,
+                            save)
 
 __all__ = ["reproduce_main", "plan", "comparison", "decomposition", "final_task_metrics", "merge_runs",
            "merge_summary", "merged_label"]
@@ -357,21 +358,13 @@ def _specs(table, bench, plan_, m, seeds, agent_set, probe_every) -> tuple[list,
 
 # ---------------------------------------------------------------------------------------------- merging tables
 def _train_adapter(spec: RunSpec | ResolvedRun):
-    """One single-task run of the merging protocol (as :func:`clenv.app.spec.execute` runs it, without saving) and
+    """One single-task run of the merging protocol (:func:`clenv.app.spec.run_resolved`, saved by the caller) and
     its task vector against a fresh agent of the same spec, as numpy arrays (what crosses a process boundary)."""
-    import clenv
     from agents.adapters.merging import task_vector
 
     resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
-    s = resolved.spec
-    agent = resolved.build_agent()
-    evaluation = clenv.Evaluation(**s.evaluation) if s.evaluation is not None else None
-    result = clenv.run(resolved.env, agent, seed=s.seed, progress=False, evaluation=evaluation, desc=s.describe())
-    result.agent = s.name
-    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
-                          "key": resolved.key})
+    result, agent = run_resolved(resolved)
     vector = {k: v.detach().cpu().numpy() for k, v in task_vector(agent, agent.fresh()).items()}
-    resolved.env.close()
     return result, vector
 
 

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
-__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -273,6 +273,11 @@ class ResolvedRun:
     def directory(self, out) -> Path:
         return self.spec.directory(out, self.key)
 
+    def finished(self, out) -> bool:
+        """Whether a result of this run is saved under ``out`` (its folder is named by its key, so whichever
+        command made it)."""
+        return (self.directory(out) / "result.json").is_file()
+
     def build_agent(self):
         return agent_provider().make(self.spec.agent, self.env, **self.make_extra, **self.agent_kwargs)
 
@@ -283,11 +288,21 @@ def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None
     ``checkpoint_every`` the run checkpoints under ``<out>/.checkpoints/<key>`` and continues a checkpoint of the
     same run left by an interrupted attempt; the spent checkpoint is removed once the result is saved. Returns
     ``(result, directory or None)``."""
+    resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
+    result, _ = run_resolved(resolved, out=out, progress=progress, checkpoint_every=checkpoint_every,
+                             threads=threads)
+    return result, (save(resolved, result, out) if out is not None and save_result else None)
+
+
+def run_resolved(resolved: ResolvedRun, *, out=None, progress: bool = False, checkpoint_every: int | None = None,
+                 threads: int | None = None):
+    """Run one resolved spec to its end, without saving; returns ``(result, agent)``, the result carrying the
+    run's identity and key in its config (what :func:`execute` saves, and what other protocols, such as the merging
+    tables' single-task runs, build on with the trained agent)."""
     import torch
 
     import clenv
 
-    resolved = spec if isinstance(spec, ResolvedRun) else spec.resolve()
     s = resolved.spec
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -309,7 +324,7 @@ def execute(spec: RunSpec | ResolvedRun, *, out: str | os.PathLike | None = None
     result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
                           "key": resolved.key})
     env.close()
-    return result, (save(resolved, result, out) if out is not None and save_result else None)
+    return result, agent
 
 
 def save(resolved: ResolvedRun, result, out) -> Path:
@@ -392,9 +407,9 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
         from clenv.results import load_run
 
         for i, r in enumerate(runs):
-            path = r.directory(out)
-            if (path / "result.json").is_file():
+            if r.finished(out):
                 r.env.close()
+                path = r.directory(out)
                 done[i] = (load_run(path), path)
                 if on_result is not None:
                     on_result(r, done[i][0], path)

@@ -308,7 +308,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
         r = spec.resolve()
         r.env.close()
         resolved.append(r)
-    pending = [r for r in resolved if not (r.directory(out) / "result.json").is_file()]
+    pending = [r for r in resolved if not r.finished(out)]
     skipped = len(resolved) - len(pending)
     log(f"clenv sweep: {len(resolved)} runs ({len(cfg.envs)} envs x {len(cfg.agents)} agents x "
         f"{len(expand_grid(cfg))} grid points x {len(cfg.seeds)} seeds); {skipped} already done, "
@@ -350,7 +350,7 @@ def run_sweep(cfg: SweepConfig, *, log=print, dry_run: bool = False) -> dict:
         _run_in_processes(cfg, pending, collect)
     elif pending:
         _run_on_ray(cfg, pending, collect, log, by_key)
-    report["dirs"] = [r.directory(out) for r in resolved if (r.directory(out) / "result.json").is_file()]
+    report["dirs"] = [r.directory(out) for r in resolved if r.finished(out)]
     return report
 
 

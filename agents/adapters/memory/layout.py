@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from agents.adapters.memory.base import AssociativeMemory, as_vector
-from agents.adapters.merging import DEFAULT_AVERAGE, merge_layers
+from agents.adapters.merging import merge_layers, trained_state
 
 __all__ = ["KEY_FRACTION", "adapter_layout", "adapter_vector", "install_adapter_vector", "adapter_key", "key_length",
            "write_adapter", "read_adapter"]
@@ -33,25 +33,10 @@ __all__ = ["KEY_FRACTION", "adapter_layout", "adapter_vector", "install_adapter_
 KEY_FRACTION = 0.1
 
 
-def _network(agent_or_module) -> nn.Module:
-    net = getattr(agent_or_module, "network", agent_or_module)
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"expected an adapter agent or a torch module, got {type(agent_or_module).__name__}")
-    return net
-
-
 def _entries(agent_or_module) -> list[tuple[str, torch.Tensor, nn.Module]]:
-    entries = []
-    for name, (layer, _space) in merge_layers(_network(agent_or_module)).items():
-        prefix = f"{name}." if name else ""
-        for pname, p in layer.named_parameters():
-            if p.requires_grad:
-                entries.append((prefix + pname, p, layer))
-        own = getattr(type(layer), "MERGE_AVERAGE", None)
-        moved = tuple(DEFAULT_AVERAGE if own is None else own)
-        for bname, b in layer.named_buffers():
-            if moved and bname.startswith(moved) and b.is_floating_point():
-                entries.append((prefix + bname, b, layer))
+    entries = [(f"{name}.{item}" if name else item, t, layer)
+               for name, (layer, _space) in merge_layers(agent_or_module).items()
+               for item, t, _kind in trained_state(layer)]
     if not entries:
         raise ValueError("the network's adapter layers have no trained state to store")
     return entries
