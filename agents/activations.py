@@ -25,6 +25,7 @@ __all__ = ["CReLUAgent", "PReLUAgent", "DeepFourierAgent", "LayerNormAgent"]
 
 
 class _WidthMixin(SupervisedAgent):
+    SEED_STACKING = True
     DEFAULTS = dict(width_multiplier=1.0)
 
     def backbone_options(self) -> dict:
@@ -45,6 +46,7 @@ class CReLUAgent(_WidthMixin):
     """Base learner with CReLU activations."""
 
     NAME = "crelu"
+    SEED_STACKING = True
     DEFAULTS = dict(activation="crelu", optimizer="adam", lr=1e-3)
 
 
@@ -69,6 +71,7 @@ class DeepFourierAgent(_WidthMixin):
     """Base learner with Deep Fourier feature activations."""
 
     NAME = "deepf"
+    SEED_STACKING = True
     DEFAULTS = dict(activation="fourier", optimizer="sgd", lr=1e-2)
 
 
@@ -76,4 +79,5 @@ class LayerNormAgent(SupervisedAgent):
     """Base learner with LayerNorm in every hidden layer."""
 
     NAME = "layernorm"
+    SEED_STACKING = True
     DEFAULTS = dict(layernorm=True, optimizer="sgd", lr=1e-2)

@@ -280,6 +280,9 @@ class SupervisedAgent(Agent):
     """
 
     NAME = "base"
+    #: Whether this class's hooks are written for :class:`agents.seed_stack.SeedStack` (vectorised seeds); each
+    #: method class that supports it says so in its own body (see ``agents.seed_stack.supports_seed_stacking``).
+    SEED_STACKING = True
     DEFAULTS = dict(backbone=None, activation="relu", hidden=(100, 100), layernorm=False, optimizer="sgd", lr=1e-2,
                     momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=None, seed=0, device=None)
 
@@ -466,6 +469,15 @@ class SupervisedAgent(Agent):
     def regularizer(self) -> torch.Tensor | float:
         return 0.0
 
+    def stacked_regularizer(self, stack) -> torch.Tensor | float:
+        """The sum over seeds of :meth:`regularizer`, written on the stacked parameters of ``stack``
+        (:class:`agents.seed_stack.SeedStack`); a method with a loss term that supports seed stacking extends it."""
+        return 0.0
+
+    def record_training_features(self, features: dict[str, torch.Tensor]) -> None:
+        """This step's training-forward post-activations by unit-layer name, when the forward ran elsewhere (a
+        :class:`agents.seed_stack.SeedStack`); a method that scores units from them (CBP) keeps them."""
+
     def before_update(self) -> None:
         pass
 
@@ -494,6 +506,15 @@ class SupervisedAgent(Agent):
         """An independent deep copy (network, optimiser state, method state): what probes train."""
         self._cache = None
         return copy.deepcopy(self)
+
+    @classmethod
+    def stack_seeds(cls, agents: list["SupervisedAgent"]):
+        """The :class:`agents.seed_stack.SeedStack` that trains ``agents`` (this class, one per seed) as one batched
+        computation; ``clenv.run(env, agent, seeds=[...])`` calls it. Raises ``ValueError`` for a class that does
+        not support it, naming those that do."""
+        from agents.seed_stack import SeedStack
+
+        return SeedStack(agents)
 
     def fresh(self) -> "SupervisedAgent":
         """A freshly initialised agent of the same class and hyperparameters (LCA_0's reference)."""

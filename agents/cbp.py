@@ -160,6 +160,7 @@ class CBPAgent(SupervisedAgent):
     """Base learner plus generate-and-test replacement of low-utility mature units."""
 
     NAME = "cbp"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="adam", lr=1e-3, replacement_rate=1e-3, maturity_threshold=100, decay_rate=0.99,
                     utility="contribution", reset_momentum=True, absorb_mean=False)
 
@@ -195,6 +196,10 @@ class CBPAgent(SupervisedAgent):
     def loss(self, logits, y):
         self._train_features = self._features  # the forward that produced these logits
         return super().loss(logits, y)
+
+    def record_training_features(self, features):
+        super().record_training_features(features)
+        self._train_features = features
 
     def after_update(self, x, y):
         super().after_update(x, y)

@@ -18,8 +18,16 @@ class L2Agent(SupervisedAgent):
     """``loss = CE + l2_lambda * sum_i theta_i^2`` (every trainable parameter)."""
 
     NAME = "l2"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="sgd", lr=1e-2, l2_lambda=1e-3)
 
     def regularizer(self):
-        sq = sum(p.pow(2).sum() for p in self.parameters_to_optimize())
-        return super().regularizer() + self.hparams["l2_lambda"] * sq
+        return super().regularizer() + self.hparams["l2_lambda"] * squared_norm(self.parameters_to_optimize())
+
+    def stacked_regularizer(self, stack):
+        return super().stacked_regularizer(stack) + self.hparams["l2_lambda"] * squared_norm(stack.parameters())
+
+
+def squared_norm(tensors) -> torch.Tensor:
+    """``sum_i ||t_i||^2`` (over stacked parameters, the sum of every seed's)."""
+    return sum(t.pow(2).sum() for t in tensors)

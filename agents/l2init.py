@@ -11,13 +11,24 @@ import torch
 
 from agents.base import SupervisedAgent
 
-__all__ = ["L2InitAgent"]
+__all__ = ["L2InitAgent", "distance_to"]
+
+
+def distance_to(params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]) -> torch.Tensor | float:
+    """``sum ||p - anchor||^2`` over the parameters that have an anchor."""
+    sq = 0.0
+    for n, p in params.items():
+        anchor = anchors.get(n)
+        if anchor is not None:
+            sq = sq + (p - anchor).pow(2).sum()
+    return sq
 
 
 class L2InitAgent(SupervisedAgent):
     """Pulls every parameter toward its value at initialisation."""
 
     NAME = "l2init"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="sgd", lr=1e-2, l2init_lambda=1e-3)
 
     def __init__(self, env, **hparams):
@@ -25,12 +36,12 @@ class L2InitAgent(SupervisedAgent):
         self.init_params = {n: p.detach().clone() for n, p in self.network.named_parameters() if p.requires_grad}
 
     def regularizer(self):
-        sq = 0.0
-        for n, p in self.network.named_parameters():
-            anchor = self.init_params.get(n)
-            if anchor is not None and p.requires_grad:
-                sq = sq + (p - anchor).pow(2).sum()
-        return super().regularizer() + self.hparams["l2init_lambda"] * sq
+        params = {n: p for n, p in self.network.named_parameters() if p.requires_grad}
+        return super().regularizer() + self.hparams["l2init_lambda"] * distance_to(params, self.init_params)
+
+    def stacked_regularizer(self, stack):
+        return super().stacked_regularizer(stack) + self.hparams["l2init_lambda"] * distance_to(
+            stack.params, stack.stacked("init_params"))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "init_params": self.init_params}

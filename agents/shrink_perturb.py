@@ -25,6 +25,7 @@ class ShrinkPerturbAgent(SupervisedAgent):
     """Ash & Adams: shrink toward zero and add a fresh initialisation at each new task."""
 
     NAME = "shrink_perturb"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="sgd", lr=1e-2, shrink=0.4, perturb=0.1)
 
     def on_task_switch(self, task_id) -> None:
@@ -48,6 +49,7 @@ class ContinualShrinkPerturbAgent(SupervisedAgent):
     """Dohare et al.: weight decay plus small Gaussian noise after every step."""
 
     NAME = "shrink_perturb_continual"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="sgd", lr=1e-2, weight_decay=1e-4, noise_std=1e-5)
 
     def __init__(self, env, **hparams):
@@ -67,6 +69,7 @@ class ShrinkPerturbToInitAgent(SupervisedAgent):
     """Hare & Tortoise repository's S&P: interpolate toward the initial parameters at each new task."""
 
     NAME = "shrink_perturb_to_init"
+    SEED_STACKING = True
     DEFAULTS = dict(optimizer="sgd", lr=1e-2, alpha=0.8)
 
     def __init__(self, env, **hparams):

@@ -20,7 +20,7 @@ import numpy as np
 from clenv.metrics.online import online_metrics, window_size, window_accuracy
 from clenv.seeding import set_global_rng_state
 
-__all__ = ["run", "Callback", "RunResult", "TaskTracker", "LoopState", "agent_name", "apply_seed_rule", "stateful",
+__all__ = ["run", "run_seeds", "Callback", "RunResult", "TaskTracker", "LoopState", "agent_name", "apply_seed_rule", "stateful",
            "return_metrics"]
 
 
@@ -208,7 +208,8 @@ def apply_seed_rule(agent, seed: int | None) -> None:
 
 def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, callbacks: Iterable[Callback] = (),
         total_steps: int | None = None, evaluation: Callback | None = None, reset_options: dict | None = None,
-        desc: str | None = None, start: LoopState | None = None) -> RunResult:
+        desc: str | None = None, start: LoopState | None = None, seeds: Iterable[int] | None = None
+        ) -> RunResult | list[RunResult]:
     """Run ``agent`` on the stream ``env`` from reset to the stream's end (or ``total_steps``).
 
     Args:
@@ -224,13 +225,19 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         start: continue from this loop state instead of resetting the env (the env and the agent already hold the
             matching state); :func:`clenv.resume` builds it from a checkpoint. ``total_steps`` still counts from the
             run's start.
+        seeds: train one run per seed as one batched computation instead (:func:`run_seeds`); returns a list.
     Returns:
-        a :class:`RunResult` with per-task online accuracy and the number of task switches.
+        a :class:`RunResult` with per-task online accuracy and the number of task switches (a list of them, one per
+        seed, with ``seeds``).
     """
     if total_steps is not None and int(total_steps) < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if seeds is not None:
+        if seed is not None or start is not None:
+            raise ValueError("pass either seed (and start) or seeds, not both")
+        return run_seeds(env, agent, seeds, progress=progress, callbacks=callbacks, total_steps=total_steps,
+                         evaluation=evaluation, reset_options=reset_options, desc=desc)
     callbacks = list(callbacks) + ([evaluation] if evaluation is not None else [])
-    spec = getattr(env, "spec", None)
     unwrapped = getattr(env, "unwrapped", env)
     if start is not None:
         result, tracker, obs, info = start.result, start.tracker, start.obs, start.info
@@ -242,10 +249,7 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
         result = RunResult(env_id=None, agent=agent_name(agent), seed=seed)
         tracker = TaskTracker()
         obs, info = env.reset(seed=seed, options=reset_options)
-    result.env_id = spec.id if spec is not None else None
-    result.config = {"env": dict(getattr(unwrapped, "config", {}) or {}),
-                     "agent": dict(getattr(agent, "hparams", {}) or {}), **{k: v for k, v in result.config.items()
-                                                                             if k not in ("env", "agent")}}
+    _describe(result, env, agent)
     on_switch = getattr(agent, "on_task_switch", None)
     limit = int(total_steps) if total_steps is not None else _stream_length(unwrapped)
     bar = _progress_bar(progress, limit, desc or f"{result.agent} on {result.env_id or type(unwrapped).__name__}")
@@ -314,8 +318,154 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
     finally:
         if bar is not None:
             bar.close()
-    result.episodes += 1
     result.wall_time = time.perf_counter() - t0
+    return _finish(result, tracker, episodes, env, agent, current_task, callbacks)
+
+
+def run_seeds(env, agent, seeds: Iterable[int], *, progress: bool = True, callbacks=(), total_steps: int | None = None,
+              evaluation: Callback | None = None, reset_options: dict | None = None,
+              desc: str | None = None) -> list[RunResult]:
+    """Seeds vectorised: the runs ``run(env, agent_k, seed=s_k)`` for every seed, trained as one batched computation.
+
+    Each seed gets its own env (``env`` itself for the first, then ``gymnasium.make(env.spec)``; an env id string is
+    made once per seed) and its own agent (``agent`` for the first, then copies of it taken before the run), seeded
+    by the usual rule (:func:`apply_seed_rule`). ``agent.stack_seeds(agents)`` must return an object with
+    ``act(observations) -> actions`` (one per seed), ``observe(observations, infos)`` and ``sync()`` (called after
+    the agents' task-switch hooks); ``agents.seed_stack.SeedStack`` is the supervised agents' one, and agents that
+    cannot stack raise a ``ValueError`` saying which can. Every seed's stream must switch tasks at the same steps
+    (supervised streams do: steps per task are part of the configuration); episodic (RL) streams are refused.
+
+    ``evaluation`` and the ``callbacks`` (a sequence, or a function ``seed -> callbacks``) are deep-copied per seed
+    before the run, so each seed's probes keep their own state and see their own env and agent. Results come back
+    in ``seeds`` order and equal the sequential runs' up to floating-point rounding (bit-identical on CPU for the
+    supported agents, tested).
+    """
+    import gymnasium as gym
+
+    seeds = [int(_seed_value(s)) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must list at least one seed")
+    if total_steps is not None and int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    stack_seeds = getattr(agent, "stack_seeds", None)
+    if not callable(stack_seeds):
+        raise ValueError(f"agent {agent_name(agent)!r} cannot train seeds as one computation (it has no stack_seeds)")
+    if isinstance(env, str):
+        envs = [gym.make(env) for _ in seeds]
+    else:
+        spec = getattr(env, "spec", None)
+        if spec is None and len(seeds) > 1:
+            raise ValueError("run_seeds needs an env made with gymnasium.make (or an env id) to make one per seed")
+        envs = [env] + [gym.make(spec) for _ in seeds[1:]]
+    agents = [agent] + [copy.deepcopy(agent) for _ in seeds[1:]]
+    for a, s in zip(agents, seeds):
+        apply_seed_rule(a, s)
+    stack = stack_seeds(agents)
+    per_seed = []
+    for s in seeds:
+        cbs = list(callbacks(s)) if callable(callbacks) else copy.deepcopy(list(callbacks))
+        per_seed.append(cbs + ([copy.deepcopy(evaluation)] if evaluation is not None else []))
+    results = [RunResult(env_id=None, agent=agent_name(agent), seed=s) for s in seeds]
+    trackers = [TaskTracker() for _ in seeds]
+    first = [e.reset(seed=s, options=reset_options) for e, s in zip(envs, seeds)]
+    obs, infos = [o for o, _ in first], [i for _, i in first]
+    lengths = {_stream_length(e.unwrapped) for e in envs}
+    if len(lengths) != 1:
+        raise ValueError(f"the seeds' streams have different lengths {sorted(lengths)}; they must run in step")
+    limit = int(total_steps) if total_steps is not None else lengths.pop()
+    for e, a, r, cbs in zip(envs, agents, results, per_seed):
+        _describe(r, e, a)
+        for cb in cbs:
+            cb.on_run_start(e, a, r)
+    _switch_all(agents, stack, infos)
+    current = [i.get("task_id", 0) for i in infos]
+    name = results[0].env_id or type(envs[0].unwrapped).__name__
+    bar = _progress_bar(progress, limit, desc or f"{results[0].agent} x{len(seeds)} seeds on {name}")
+    t0 = time.perf_counter()
+    try:
+        while True:
+            actions = stack.act(obs)
+            steps = [e.step(a) for e, a in zip(envs, actions)]
+            next_obs = [st[0] for st in steps]
+            next_infos = [st[4] for st in steps]
+            stack.observe(obs, next_infos)
+            ends = {bool(st[2] or st[3]) for st in steps}
+            if len(ends) != 1:
+                raise RuntimeError("the seeds' streams ended at different steps; they must run in step")
+            for k, (e, a, st, tracker, cbs) in enumerate(zip(envs, agents, steps, trackers, per_seed)):
+                _, reward, terminated, truncated, info = st
+                task = info.get("labels_task_id", current[k])
+                tracker.add(task, float(reward))
+                if (terminated or truncated) and not info.get("stream_done", True):
+                    raise ValueError("run_seeds supports streams that are one episode (supervised streams), not "
+                                     "episodic RL streams")
+                if cbs:
+                    step = {"obs": obs[k], "action": actions[k], "reward": reward, "next_obs": next_obs[k],
+                            "terminated": terminated, "truncated": truncated, "info": info, "task_id": task,
+                            "step": tracker.n}
+                    for cb in cbs:
+                        cb.on_step(e, a, step)
+            n = trackers[0].n
+            if bar is not None and (n % 50 == 0 or True in ends):
+                bar.update(n - bar.n)
+                mean = float(np.mean([t.running() for t in trackers]))
+                bar.set_postfix_str(f"task {current[0]} acc {mean:.3f} (mean of {len(seeds)})", refresh=False)
+            if True in ends or n >= limit:
+                break
+            switching = {bool(i.get("task_switch", False) and i.get("task_id") != c)
+                         for i, c in zip(next_infos, current)}
+            if len(switching) != 1:
+                raise RuntimeError("the seeds' streams switched tasks at different steps; they must run in step")
+            if True in switching:
+                for k, (e, a, r, tracker, cbs) in enumerate(zip(envs, agents, results, trackers, per_seed)):
+                    r.num_task_switches += 1
+                    tracker.fill(r)
+                    for cb in cbs:
+                        cb.on_task_end(e, a, current[k], r)
+                current = [i.get("task_id") for i in next_infos]
+                _switch_all(agents, stack, next_infos)
+            obs, infos = next_obs, next_infos
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    out = []
+    for k, (e, a, r, tracker, cbs) in enumerate(zip(envs, agents, results, trackers, per_seed)):
+        r.wall_time = wall  # the seeds' shared time: each seed's run took all of it
+        out.append(_finish(r, tracker, [], e, a, current[k], cbs))
+    return out
+
+
+def _switch_all(agents, stack, infos) -> None:
+    """Every seed's agent enters its new task (when the stream says one began), then the stack re-synchronises."""
+    if not infos[0].get("task_switch", False):
+        return
+    for a, info in zip(agents, infos):
+        on_switch = getattr(a, "on_task_switch", None)
+        if on_switch is not None:
+            on_switch(info.get("task_id"))
+    stack.sync()
+
+
+def _seed_value(s):
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+        raise ValueError(f"seeds must be integers, got {s!r}")
+    return s
+
+
+def _describe(result: RunResult, env, agent) -> None:
+    """The result's env id and configuration (the env's ``config``, the agent's hyperparameters)."""
+    spec = getattr(env, "spec", None)
+    result.env_id = spec.id if spec is not None else None
+    result.config = {"env": dict(getattr(getattr(env, "unwrapped", env), "config", {}) or {}),
+                     "agent": dict(getattr(agent, "hparams", {}) or {}), **{k: v for k, v in result.config.items()
+                                                                             if k not in ("env", "agent")}}
+
+
+def _finish(result: RunResult, tracker: TaskTracker, episodes: list, env, agent, current_task, callbacks) -> RunResult:
+    """The end of a run: per-task means and returns, the online metrics, the last task-end and run-end hooks."""
+    unwrapped = getattr(env, "unwrapped", env)
+    result.episodes += 1
     tracker.fill(result)
     _fill_returns(result, episodes)
     # The online metrics cost nothing, so every run has them (reports need no Evaluation for the papers' main table).
