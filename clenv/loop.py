@@ -328,8 +328,8 @@ def run_seeds(env, agent, seeds: Iterable[int], *, progress: bool = True, callba
     """Seeds vectorised: the runs ``run(env, agent_k, seed=s_k)`` for every seed, trained as one batched computation.
 
     Each seed gets its own env (``env`` itself for the first, then ``gymnasium.make(env.spec)``; an env id string is
-    made once per seed) and its own agent (``agent`` for the first, then copies of it taken before the run), seeded
-    by the usual rule (:func:`apply_seed_rule`). ``agent.stack_seeds(agents)`` must return an object with
+    made once per seed; a list gives one env per seed) and its own agent (``agent`` for the first, then copies of it
+    taken before the run; a list gives one agent per seed), seeded by the usual rule (:func:`apply_seed_rule`). ``agent.stack_seeds(agents)`` must return an object with
     ``act(observations) -> actions`` (one per seed), ``observe(observations, infos)`` and ``sync()`` (called after
     the agents' task-switch hooks); ``agents.seed_stack.SeedStack`` is the supervised agents' one, and agents that
     cannot stack raise a ``ValueError`` saying which can. Every seed's stream must switch tasks at the same steps
@@ -338,7 +338,8 @@ def run_seeds(env, agent, seeds: Iterable[int], *, progress: bool = True, callba
     ``evaluation`` and the ``callbacks`` (a sequence, or a function ``seed -> callbacks``) are deep-copied per seed
     before the run, so each seed's probes keep their own state and see their own env and agent. Results come back
     in ``seeds`` order and equal the sequential runs' up to floating-point rounding (bit-identical on CPU for the
-    supported agents, tested).
+    supported agents, tested). Each result's ``wall_time`` is its share (the whole time over the number of seeds);
+    ``records["vectorised"]`` holds the seeds trained together and their whole wall time.
     """
     import gymnasium as gym
 
@@ -347,17 +348,22 @@ def run_seeds(env, agent, seeds: Iterable[int], *, progress: bool = True, callba
         raise ValueError("seeds must list at least one seed")
     if total_steps is not None and int(total_steps) < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    stack_seeds = getattr(agent, "stack_seeds", None)
-    if not callable(stack_seeds):
-        raise ValueError(f"agent {agent_name(agent)!r} cannot train seeds as one computation (it has no stack_seeds)")
     if isinstance(env, str):
         envs = [gym.make(env) for _ in seeds]
+    elif isinstance(env, (list, tuple)):
+        envs = list(env)
     else:
         spec = getattr(env, "spec", None)
         if spec is None and len(seeds) > 1:
             raise ValueError("run_seeds needs an env made with gymnasium.make (or an env id) to make one per seed")
         envs = [env] + [gym.make(spec) for _ in seeds[1:]]
-    agents = [agent] + [copy.deepcopy(agent) for _ in seeds[1:]]
+    agents = list(agent) if isinstance(agent, (list, tuple)) else [agent] + [copy.deepcopy(agent) for _ in seeds[1:]]
+    if len(envs) != len(seeds) or len(agents) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds need as many envs and agents, got {len(envs)} and {len(agents)}")
+    agent = agents[0]
+    stack_seeds = getattr(agent, "stack_seeds", None)
+    if not callable(stack_seeds):
+        raise ValueError(f"agent {agent_name(agent)!r} cannot train seeds as one computation (it has no stack_seeds)")
     for a, s in zip(agents, seeds):
         apply_seed_rule(a, s)
     stack = stack_seeds(agents)
@@ -431,7 +437,8 @@ def run_seeds(env, agent, seeds: Iterable[int], *, progress: bool = True, callba
     wall = time.perf_counter() - t0
     out = []
     for k, (e, a, r, tracker, cbs) in enumerate(zip(envs, agents, results, trackers, per_seed)):
-        r.wall_time = wall  # the seeds' shared time: each seed's run took all of it
+        r.wall_time = wall / len(seeds)  # each seed's share, so that summing runs gives the time spent
+        r.records["vectorised"] = {"seeds": list(seeds), "wall_time": wall}
         out.append(_finish(r, tracker, [], e, a, current[k], cbs))
     return out
 

@@ -159,3 +159,26 @@ def test_the_supported_list_is_what_the_classes_declare():
     assert "er" not in names and "neumosync" not in names and "ewc" not in names
     assert supports_seed_stacking(agents.agent_class("l2init+cbp"))
     assert not supports_seed_stacking(agents.agent_class("l2+ewc"))
+
+
+def test_compare_vectorise_writes_the_sequential_runs(tmp_path, capsys):
+    from clenv.app.cli import main
+    from clenv.results import load_run
+
+    args = ["compare", "--env", "PermutedDigits-v0", "--env-set", "num_tasks=2", "--env-set", "samples_per_task=128",
+            "--agents", "base,l2", "--seeds", "0,1", "--jobs", "1", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "seq")]) == 0
+    assert main(args + ["--out", str(tmp_path / "vec"), "--vectorise"]) == 0
+    seq = sorted(p.parent.relative_to(tmp_path / "seq") for p in (tmp_path / "seq").rglob("result.json"))
+    vec = sorted(p.parent.relative_to(tmp_path / "vec") for p in (tmp_path / "vec").rglob("result.json"))
+    assert seq == vec and len(seq) == 4  # the same runs, named by the same keys
+    for rel in seq:
+        a, b = load_run(tmp_path / "seq" / rel), load_run(tmp_path / "vec" / rel)
+        assert np.mean(a.step_reward != b.step_reward) <= 0.01
+        assert b.records["vectorised"]["seeds"] == [0, 1] and "vectorised" not in a.records
+    # what cannot stack is refused before any run starts
+    capsys.readouterr()
+    code = main(["compare", "--env", "PermutedDigits-v0", "--agents", "base,er", "--seeds", "0,1", "--jobs", "1",
+                 "--vectorise", "--no-progress", "--out", str(tmp_path / "bad")])
+    assert code == 2 and "does not support vectorised seeds" in capsys.readouterr().err
+    assert not list((tmp_path / "bad").rglob("result.json"))

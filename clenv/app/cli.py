@@ -138,7 +138,7 @@ def cmd_compare(args) -> int:
 
     t0 = time.perf_counter()
     results = [r for r, _ in execute_all(runs, jobs=jobs, out=out, progress=not args.no_progress,
-                                         threads=args.threads, on_result=said)]
+                                         threads=args.threads, on_result=said, vectorise=args.vectorise)]
     print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s of run time, "
           f"{time.perf_counter() - t0:.1f} s wall with {min(jobs, len(runs))} process(es)")
     print(_summary(results))
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     c.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes, one torch thread each "
                    "(default: the cores available; 1: one after another in this process)")
+    c.add_argument("--vectorise", action="store_true", help="train the seeds of each agent as one batched "
+                   "computation (same results; agents that support it: docs/agents.md)")
     c.set_defaults(func=cmd_compare)
 
     # These three have parsers of their own; main() hands them their arguments before this parser sees them.

@@ -304,6 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (default 1)")
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes (default: the cores "
                    "available; 1: one after another in this process)")
+    p.add_argument("--vectorise", action="store_true", help="train the seeds of each method as one batched "
+                   "computation (same results; for the agents docs/agents.md lists)")
     return p
 
 
@@ -560,7 +562,8 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
                 todo += resolved
             runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root,
                                                         progress=not args.no_progress, threads=args.threads,
-                                                        on_result=done, reuse=not args.fresh)]
+                                                        on_result=done, reuse=not args.fresh,
+                                                        vectorise=args.vectorise)]
         text = comparison(table, bench, p["env_id"], methods, runs, task_names)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")

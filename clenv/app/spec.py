@@ -37,7 +37,8 @@ from typing import Any, Sequence
 from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
-__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+__all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "run_resolved_seeds", "seed_groups",
+           "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -319,12 +320,50 @@ def run_resolved(resolved: ResolvedRun, *, out=None, progress: bool = False, che
         result = clenv.resume(ck_dir, env, agent, **kw)
     else:
         result = clenv.run(env, agent, **kw)
-    result.agent = s.name
-    # What was resolved, not how it was asked for: every command that asks for this run writes the same file.
-    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
-                          "key": resolved.key})
+    _label(result, resolved)
     env.close()
     return result, agent
+
+
+def _label(result, resolved: ResolvedRun) -> None:
+    # What was resolved, not how it was asked for: every command that asks for this run writes the same file.
+    s = resolved.spec
+    result.agent = s.name
+    result.config.update({"env_id": s.env_id, "agent_name": s.agent, "identity": resolved.identity,
+                          "key": resolved.key})
+
+
+def seed_groups(runs) -> list[list[int]]:
+    """Indices of ``runs`` grouped by everything but the seed, in first-seen order (the groups one vectorised run
+    can train)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(identity_key(group_identity({"identity": r.identity})), []).append(i)
+    return list(groups.values())
+
+
+def run_resolved_seeds(group: list[ResolvedRun], *, progress: bool = False, threads: int | None = None) -> list:
+    """The runs of ``group`` (resolved specs that differ only in their seed) trained as one batched computation
+    (``clenv.run(envs, agents, seeds=...)``); returns their results in order, labelled as :func:`run_resolved`
+    labels them, so they are saved to the same folders with the same identities."""
+    import torch
+
+    import clenv
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    s = group[0].spec
+    evaluation = clenv.Evaluation(**s.evaluation) if s.evaluation is not None else None
+    try:
+        results = clenv.run([r.env for r in group], [r.build_agent() for r in group],
+                            seeds=[r.spec.seed for r in group], progress=progress, total_steps=s.total_steps,
+                            evaluation=evaluation, desc=f"{s.name} seeds {[r.spec.seed for r in group]} on {s.env_id}")
+    except ValueError as err:
+        raise UsageError(f"--vectorise: {err}") from None
+    for result, r in zip(results, group):
+        _label(result, r)
+        r.env.close()
+    return results
 
 
 def save(resolved: ResolvedRun, result, out) -> Path:
@@ -391,17 +430,25 @@ def _worker_run(spec: RunSpec, out, checkpoint_every):
     return result
 
 
+def _worker_group(specs: list[RunSpec]):
+    """One vectorised group in a worker process; the parent saves its results."""
+    return run_resolved_seeds([s.resolve() for s in specs])
+
+
 def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkpoint_every: int | None = None,
-                threads: int = 1, on_result=None, reuse: bool = False) -> list:
+                threads: int = 1, on_result=None, reuse: bool = False, vectorise: bool = False) -> list:
     """Execute resolved runs, ``jobs`` at a time in worker processes (one torch thread each), and save each as it
     finishes; ``jobs=1`` runs them here one after another with a progress bar each. ``on_result(resolved, result,
     path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
     do not depend on where it ran (each is a function of its spec). With ``reuse``, a run whose folder under ``out``
     (named by its key) already holds a result is loaded instead of run again, so rerunning an interrupted command
-    does only what is missing."""
+    does only what is missing. With ``vectorise``, the seeds of each configuration (:func:`seed_groups`) train as
+    one batched computation (:func:`run_resolved_seeds`), one group per worker; the results are the same runs'."""
     runs = list(runs)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    if vectorise and checkpoint_every:
+        raise UsageError("--vectorise runs cannot checkpoint yet; drop --checkpoint-every or --vectorise")
     done: dict[int, tuple] = {}
     if reuse and out is not None:
         from clenv.results import load_run
@@ -414,6 +461,9 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
                 if on_result is not None:
                     on_result(r, done[i][0], path)
     pending = [i for i in range(len(runs)) if i not in done]
+    if vectorise:
+        return _execute_groups(runs, pending, done, jobs=jobs, out=out, progress=progress, threads=threads,
+                               on_result=on_result)
     if jobs == 1 or len(pending) <= 1:
         for i in pending:
             result, path = execute(runs[i], out=out, progress=progress, checkpoint_every=checkpoint_every,
@@ -442,4 +492,35 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
     finally:
         if bar is not None:
             bar.close()
+    return [done[i] for i in range(len(runs))]
+
+
+def _execute_groups(runs, pending, done, *, jobs, out, progress, threads, on_result) -> list:
+    """``execute_all``'s vectorised branch: each seed group of the pending runs as one batched run."""
+    groups = [[pending[j] for j in g] for g in seed_groups([runs[i] for i in pending])]
+    for g in groups:  # refuse what cannot stack before anything runs: a throwaway agent of each group is stacked
+        probe = runs[g[0]].build_agent()
+        stack_seeds = getattr(probe, "stack_seeds", None)
+        try:
+            if not callable(stack_seeds):
+                raise ValueError(f"agent {runs[g[0]].spec.agent!r} cannot train seeds as one computation")
+            stack_seeds([probe])
+        except ValueError as err:
+            raise UsageError(f"--vectorise: {err}") from None
+
+    def finished(group, results) -> None:
+        for i, result in zip(group, results):
+            done[i] = (result, save(runs[i], result, out) if out is not None else None)
+            if on_result is not None:
+                on_result(runs[i], result, done[i][1])
+
+    if jobs == 1 or len(groups) <= 1:
+        for g in groups:
+            finished(g, run_resolved_seeds([runs[i] for i in g], progress=progress, threads=threads))
+    else:
+        for i in pending:
+            runs[i].env.close()
+        calls = [([runs[i].spec for i in g],) for g in groups]
+        for j, results in in_workers(_worker_group, calls, jobs=jobs, threads=threads):
+            finished(groups[j], results)
     return [done[i] for i in range(len(runs))]
