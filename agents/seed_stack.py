@@ -99,6 +99,8 @@ class SeedStack:
         self.device = first.device
         self.names = [n for n, p in first.network.named_parameters() if p.requires_grad]
         self._program = self._compile(first.network)
+        # only a method that keeps the features (CBP) is handed its slices
+        self._wants_features = cls.record_training_features is not SupervisedAgent.record_training_features
         self.params: dict[str, torch.Tensor] = {}
         for name in self.names:
             stacked = torch.stack([a.network.get_parameter(name).detach() for a in agents]).requires_grad_()
@@ -274,7 +276,7 @@ class SeedStack:
         self._link_optimizer_state()
         for i, a in enumerate(self.agents):
             a.num_updates += 1
-            if features:
+            if self._wants_features:
                 a.record_training_features({k: v[i].detach() for k, v in features.items()})
             a.after_update(x[i], y[i])
 
