@@ -1,0 +1,35 @@
+"""The benchmark scripts run and end with their ``ratio=`` line (their values are the machine's, not asserted)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_vectorised_seeds_benchmark_runs_and_ends_with_its_ratio():
+    """benchmarks/vectorised_seeds.py compares the two on the same work (it checks the per-step rewards) and ends
+    with ``ratio=`` (its value is the machine's, not asserted)."""
+    script = BENCHMARKS / "vectorised_seeds.py"
+    out = subprocess.run([sys.executable, str(script), "--env", "RandomLabelDigits-v0", "--agents", "base,cbp",
+                          "--seeds", "2", "--samples", "64", "--epochs", "1", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio=\d+\.\d{3}", lines[-1])
+    assert [l.split(":")[0] for l in lines[:-1]] == ["base", "cbp"] and all("identical: True" in l for l in lines[:-1])
+
+
+def test_protocol_times_benchmark_projects_each_run():
+    """benchmarks/protocol_times.py measures each (stream, agent) in its own process and projects the full protocol
+    from its step count; a stream's projected time is ms/step x steps."""
+    script = BENCHMARKS / "protocol_times.py"
+    out = subprocess.run([sys.executable, str(script), "--envs", "RandomLabelDigits-v0", "--agents", "base,l2",
+                          "--steps", "20", "--warmup", "5"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio=\d+\.\d{3}", lines[-1])
+    rows = [l for l in lines if l.startswith("| RandomLabelDigits-v0")]
+    assert [r.split("|")[2].strip() for r in rows] == ["base", "l2"]
+    assert all(r.split("|")[5].strip() == "9,600" for r in rows)  # 30 tasks x 256 samples x 20 epochs / 16
