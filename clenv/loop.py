@@ -293,10 +293,12 @@ def run(env, agent: _Agent, *, seed: int | None = None, progress: bool = True, c
             if terminated or truncated:
                 episodes.append((int(task_of_reward), ep_return, ep_len))
                 ep_return, ep_len = 0.0, 0
-            step = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
-                    "truncated": truncated, "info": next_info, "task_id": task_of_reward, "step": tracker.n}
-            for cb in callbacks:
-                cb.on_step(env, agent, step)
+            if callbacks:
+                step = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs,
+                        "terminated": terminated, "truncated": truncated, "info": next_info, "task_id": task_of_reward,
+                        "step": tracker.n}
+                for cb in callbacks:
+                    cb.on_step(env, agent, step)
             if bar is not None and (tracker.n % 50 == 0 or terminated):
                 bar.update(tracker.n - bar.n)
                 bar.set_postfix_str(f"task {task_of_reward} acc {tracker.running():.3f}", refresh=False)
