@@ -354,8 +354,12 @@ class SupervisedAgent(Agent):
 
     # ------------------------------------------------------------------ data
     def preprocess(self, obs) -> torch.Tensor:
-        """uint8 observation batch -> float tensor in [0, 1] on the agent's device."""
-        return to_unit_float(obs["x"] if isinstance(obs, dict) else obs, self.device)
+        """uint8 observation batch -> float tensor in [0, 1] on the agent's device. A tensor already there (an env
+        with ``output="torch"`` on the agent's device) is not copied through the host. Records whether the batch
+        came as a tensor, which :meth:`to_action` answers in kind (``act`` preprocesses just before it)."""
+        x = obs["x"] if isinstance(obs, dict) else obs
+        self._tensor_batch = isinstance(x, torch.Tensor)
+        return to_unit_float(x, self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a preprocessed batch (override for modulated or multi-head networks)."""
@@ -403,14 +407,20 @@ class SupervisedAgent(Agent):
         self._cache = (obs, x, logits)
         return self.to_action(logits)
 
-    def to_action(self, logits: torch.Tensor) -> np.ndarray:
-        """The env's action for a batch of logits: the logits themselves (``action_type="logits"``) or the labels."""
+    def to_action(self, logits: torch.Tensor) -> np.ndarray | torch.Tensor:
+        """The env's action for a batch of logits: the logits themselves (``action_type="logits"``) or the labels.
+
+        In the kind of the batch last preprocessed (the one ``act`` answers): a tensor on the agent's device when
+        the env served a tensor (``output="torch"``, the default on a GPU; the env checks and scores it on its
+        device, so the action never goes through the host), else a numpy array, as a numpy env expects."""
         pred = logits.detach()
         if self.env_spec["action_type"] == "logits":
-            return pred.float().cpu().numpy()
-        if self.env_spec["action_type"] == "predictions":  # regression: one real output per sample
-            return pred[:, 0].float().cpu().numpy()
-        return pred.argmax(1).cpu().numpy()
+            pred = pred.float()
+        elif self.env_spec["action_type"] == "predictions":  # regression: one real output per sample
+            pred = pred[:, 0].float()
+        else:
+            pred = pred.argmax(1)
+        return pred if getattr(self, "_tensor_batch", False) else pred.cpu().numpy()
 
     @property
     def regression(self) -> bool:
@@ -418,8 +428,11 @@ class SupervisedAgent(Agent):
         return self.env_spec.get("task_type") == "regression"
 
     def targets(self, labels) -> torch.Tensor:
-        """``info["labels"]`` as the loss wants them: int64 classes, or float32 regression targets."""
+        """``info["labels"]`` as the loss wants them: int64 classes, or float32 regression targets, on the agent's
+        device (a tensor already there with that dtype is used as it is: no copy, no host round trip)."""
         dtype = torch.float32 if self.regression else torch.int64
+        if isinstance(labels, torch.Tensor):
+            return labels.to(device=self.device, dtype=dtype)
         return torch.as_tensor(np.asarray(labels), device=self.device, dtype=dtype)
 
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:

@@ -255,7 +255,21 @@ def resume_state(path, env, agent, callbacks=(), *, seed=None, reset_options=Non
             agent.hparams = hparams
         raise CheckpointError(f"checkpoint {checkpoint_path(path)}: the env's state does not load: {err}") from err
     result = RunResult(env_id=saved["env_id"], agent=saved["agent_name"], seed=saved["seed"])
-    return LoopState.from_state_dict(saved["loop"], result, saved["rng"])
+    state = LoopState.from_state_dict(saved["loop"], result, saved["rng"])
+    # The file is read onto the CPU: an env that serves tensors on its device gets its observation back there.
+    device = getattr(u, "device", None)
+    if isinstance(device, torch.device) and getattr(u, "output", None) == "torch":
+        state.obs, state.info = _to_device(state.obs, device), _to_device(state.info, device)
+    return state
+
+
+def _to_device(value, device: torch.device):
+    """``value`` with every tensor in it (at the top or in a dict) moved to ``device``; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def resume(path, env, agent, *, callbacks=(), seed=None, reset_options=None, **run_kwargs) -> RunResult:

@@ -64,6 +64,22 @@ class _Cursor:
     step_in_task: int
 
 
+@dataclass(frozen=True)
+class _EpochTensors:
+    """One epoch's sample order on the env's device: dataset rows, labels, permutation ids and augmentation draws
+    in batch order (``perm_ids`` / ``permutations`` None for a stream without permutations)."""
+    rows: torch.Tensor
+    labels: torch.Tensor
+    perm_ids: torch.Tensor | None
+    permutations: torch.Tensor | None
+    aug: torch.Tensor | None
+
+
+def _host(labels):
+    """Labels as a host (numpy) array: a tensor is copied from its device (checkpoints only, never per step)."""
+    return labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+
+
 class SupervisedStreamEnv(gym.Env):
     """A stream of supervised tasks over one dataset.
 
@@ -85,7 +101,10 @@ class SupervisedStreamEnv(gym.Env):
         recurring_every: one fixed task recurs every n tasks (Appendix D.2).
         joint: cumulative joint training; task k samples with replacement from the union of tasks 0..k.
         test_samples_per_task: held-out samples per task served by :meth:`test_batches`.
-        output: ``"numpy"`` observations (CPU, what the env checker wants) or ``"torch"`` tensors on ``device``.
+        output: ``"numpy"`` arrays on the host (what gymnasium's env checker and vector envs want) or ``"torch"``
+            tensors on ``device`` (observations and ``info["labels"]``). Default (None): numpy on the CPU, torch on
+            any other device, so that a device-resident run's batches go from the stream to the agent without a
+            host round trip (see :meth:`step` for the one transfer a step still makes).
         classes_per_task, samples_per_class, disjoint, labels: class-split options (see ``ClassSplitStream``).
 
     Every argument is checked before any data is loaded, with a ``TypeError`` / ``ValueError`` saying what to pass.
@@ -101,7 +120,7 @@ class SupervisedStreamEnv(gym.Env):
                  batch_size: int = 16, augment: bool = False, device: str = "cpu", task_aware: bool = False,
                  data_root: str | None = None, download: bool | None = None, image_size: int | None = None,
                  action_type: str = "labels", recurring_every: int | None = None, joint: bool = False,
-                 test_samples_per_task: int | None = 1000, output: str = "numpy", **kwargs: Any):
+                 test_samples_per_task: int | None = 1000, output: str | None = None, **kwargs: Any):
         unknown = set(kwargs) - set(_CLASS_SPLIT_KW)
         if unknown:
             raise TypeError(f"unknown keyword argument(s) {sorted(unknown)} for SupervisedStreamEnv; valid: "
@@ -110,8 +129,9 @@ class SupervisedStreamEnv(gym.Env):
             raise TypeError(f"{sorted(kwargs)} only apply to stream='class_split', not {stream!r}")
         if action_type not in ("labels", "logits"):
             raise ValueError(f"action_type must be 'labels' or 'logits', got {action_type!r}")
-        if output not in ("numpy", "torch"):
-            raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
+        if output is not None and output not in ("numpy", "torch"):
+            raise ValueError(f"output must be 'numpy' or 'torch' (or None: numpy on the CPU, torch on another "
+                             f"device), got {output!r}")
         # Everything is checked before the dataset is loaded (which may download it).
         batch_size = require_int("batch_size", batch_size, minimum=1)
         epochs_per_task = require_int("epochs_per_task", epochs_per_task, minimum=1)
@@ -125,6 +145,8 @@ class SupervisedStreamEnv(gym.Env):
             torch_device = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({err})") from None
+        if output is None:  # the configuration records what is served, so eval_env() and checkpoints see it
+            output = "numpy" if torch_device.type == "cpu" else "torch"
         stream_kw = check_stream_kwargs(stream, num_tasks=num_tasks, samples_per_task=samples_per_task, joint=joint,
                                         recurring_every=recurring_every,
                                         test_samples_per_task=test_samples_per_task, **kwargs)
@@ -151,6 +173,9 @@ class SupervisedStreamEnv(gym.Env):
         self.task_aware = bool(task_aware)
         self.action_type = action_type
         self.output = output
+        # Batches are built from per-epoch index tensors on the device (no host-to-device transfer per step) unless
+        # the env is the host-only numpy one, whose numpy fancy indexing path is kept as it always was.
+        self._resident = output == "torch" or torch_device.type != "cpu"
         self.augmentation = Augmentation.for_image_size(self.dataset.image_shape[-1]) if augment else None
         self._steps_override = steps_per_task
         self._train_images = self.dataset.train.images.to(self.device)
@@ -174,6 +199,7 @@ class SupervisedStreamEnv(gym.Env):
         self._step = 0
         self._done = True
         self._epoch_cache: tuple | None = None
+        self._device_epoch: tuple | None = None  # (the epoch's order array, its _EpochTensors) when resident
         self._steps_memo: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------- introspection
@@ -215,17 +241,22 @@ class SupervisedStreamEnv(gym.Env):
         self._cursor = _Cursor(self._first_task, 0)
         self._step = 0
         self._done = False
-        self._epoch_cache = None
+        self._epoch_cache = self._device_epoch = None
         obs, labels = self._batch(self._cursor)
         self._labels = labels
-        info = self._info(self._cursor, True, np.zeros(0, np.int64), -1, 0.0)
+        info = self._info(self._cursor, True, self._no_labels(), -1, 0.0)
         return self._obs(obs, self._cursor.task), info
 
     def step(self, action):
+        """Score ``action`` (predicted labels or logits for the current batch: numpy, a list, or a torch tensor on
+        any device), then serve the next batch and reveal this one's labels in ``info["labels"]``.
+
+        With ``output="torch"`` a tensor action is checked and scored on the env's device: the one device-to-host
+        transfer of the step reads the check's verdict and the number of correct predictions together (the reward
+        is a Python float that the loop and ``info["accuracy"]`` need at once, so it cannot stay lazy)."""
         if self._done:
             raise RuntimeError("the stream has ended (terminated=True); call reset() to start it again")
-        pred = self._validate(action)
-        accuracy = np.count_nonzero(pred == self._labels) / self.batch_size
+        accuracy = self._correct(action) / self.batch_size
         labels, labels_task = self._labels, self._cursor.task
         cur = self._cursor
         if cur.step_in_task + 1 < self.steps_per_task(cur.task):
@@ -238,7 +269,7 @@ class SupervisedStreamEnv(gym.Env):
             self._done = True
             obs = np.zeros(self._x_shape, np.uint8) if self.output == "numpy" else torch.zeros(
                 self._x_shape, dtype=torch.uint8, device=self.device)
-            self._labels = np.zeros(0, np.int64)
+            self._labels = self._no_labels()
             info = self._info(cur, False, labels, labels_task, accuracy)
             info["step_in_task"] = cur.step_in_task + 1
             return self._obs(obs, cur.task), accuracy, True, False, info
@@ -291,7 +322,7 @@ class SupervisedStreamEnv(gym.Env):
         return {"config": dict(self.config), "stream_seed": self.stream_seed,
                 "cursor": (int(self._cursor.task), int(self._cursor.step_in_task)), "step": int(self._step),
                 "first_task": int(self._first_task), "last_task": int(self._last_task), "done": bool(self._done),
-                "labels": np.array(getattr(self, "_labels", np.zeros(0, np.int64)), copy=True),
+                "labels": np.array(_host(getattr(self, "_labels", np.zeros(0, np.int64))), copy=True),
                 "np_random": None if rng is None else rng.bit_generator.state,
                 "np_random_seed": getattr(self, "_np_random_seed", None)}
 
@@ -312,7 +343,7 @@ class SupervisedStreamEnv(gym.Env):
         first, last = int(state["first_task"]), int(state["last_task"])
         if not 0 <= first <= cursor.task <= last < self.num_tasks:
             raise ValueError(f"env state has cursor task {cursor.task} outside tasks {first}..{last}")
-        labels = np.asarray(state["labels"], dtype=np.int64)
+        labels = np.asarray(_host(state["labels"]), dtype=np.int64)
         seed = None if state["stream_seed"] is None else int(state["stream_seed"])
         done = bool(state["done"])
         cache = None
@@ -325,7 +356,7 @@ class SupervisedStreamEnv(gym.Env):
                 cache = self._epoch_cache
             finally:
                 self.stream_seed, self._epoch_cache = prev
-            if not np.array_equal(check, labels):
+            if not np.array_equal(_host(check), labels):
                 raise ValueError("env state does not match this dataset: the batch at the saved position has other "
                                  "labels")
         rng = None
@@ -336,7 +367,7 @@ class SupervisedStreamEnv(gym.Env):
         # Everything is checked: apply.
         self.stream_seed, self._cursor, self._step = seed, cursor, int(state["step"])
         self._first_task, self._last_task, self._done = first, last, done
-        self._labels, self._epoch_cache = labels, cache
+        self._labels, self._epoch_cache = self._served_labels(labels), cache
         if rng is not None:
             self._np_random = rng
             self._np_random_seed = state.get("np_random_seed")
@@ -349,6 +380,15 @@ class SupervisedStreamEnv(gym.Env):
     def _require_seed(self):
         if self.stream_seed is None:
             raise RuntimeError("call reset() first: the stream seed is drawn at reset")
+
+    def _no_labels(self):
+        """The labels of no batch (at reset and after the end), of the kind the env serves."""
+        if self.output == "torch":
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        return np.zeros(0, np.int64)
+
+    def _served_labels(self, labels: np.ndarray):
+        return torch.as_tensor(labels, device=self.device) if self.output == "torch" else labels
 
     def _obs(self, x, task_id: int):
         return {"x": x, "task_id": np.int64(task_id)} if self.task_aware else x
@@ -381,6 +421,22 @@ class SupervisedStreamEnv(gym.Env):
         self._epoch_cache = (key, value)
         return value
 
+    def _on_device(self, t: Task, order: np.ndarray, aug: torch.Tensor | None) -> _EpochTensors:
+        """The epoch's sample order (from :meth:`_epoch`) as tensors on the env's device, moved there once per epoch
+        (a handful of host-to-device copies); every step then slices them, so no step moves anything there."""
+        cached = self._device_epoch
+        if cached is not None and cached[0] is order:  # the same epoch: its order array is the cache's key
+            return cached[1]
+        d = self.device
+        permuted = t.permutations is not None
+        value = _EpochTensors(rows=torch.as_tensor(t.train_indices[order], device=d),
+                              labels=torch.as_tensor(t.train_labels[order].astype(np.int64), device=d),
+                              perm_ids=torch.as_tensor(t.train_perm_ids[order], device=d) if permuted else None,
+                              permutations=torch.as_tensor(t.permutations, device=d) if permuted else None,
+                              aug=None if aug is None else aug.to(d))
+        self._device_epoch = (order, value)
+        return value
+
     def _steps_per_epoch(self, t: Task) -> int:
         # With an explicit step count (or sampling with replacement) the whole task is one "epoch".
         if self._steps_override is not None:
@@ -390,17 +446,25 @@ class SupervisedStreamEnv(gym.Env):
     def _batch(self, cur: _Cursor):
         epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
         t, order, aug = self._epoch(cur.task, epoch)
-        sel = order[j * self.batch_size:(j + 1) * self.batch_size]
-        x = self._index(self._train_images, t.train_indices[sel])
-        if aug is not None:
-            # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter
-            # each task's fixed permutation and destroy the task.
-            x = self.augmentation.apply(x, aug[j * self.batch_size:(j + 1) * self.batch_size])
-        x = self._permute(x, t.train_perm_ids[sel], t)
-        labels = t.train_labels[sel].astype(np.int64)
-        if self.output == "numpy":
-            return x.cpu().numpy(), labels
-        return x, labels
+        dev = self._on_device(t, order, aug) if self._resident else None
+        part = slice(j * self.batch_size, (j + 1) * self.batch_size)
+        sel = order[part]
+        # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter each
+        # task's fixed permutation and destroy the task.
+        if dev is None:
+            x = self._index(self._train_images, t.train_indices[sel])
+            if aug is not None:
+                x = self.augmentation.apply(x, aug[part])
+            x = self._permute(x, t.train_perm_ids[sel], t)
+        else:
+            x = torch.index_select(self._train_images, 0, dev.rows[part])
+            if dev.aug is not None:
+                x = self.augmentation.apply(x, dev.aug[part])
+            x = self._permute(x, t.train_perm_ids[sel], t, None if dev.perm_ids is None else dev.perm_ids[part],
+                              dev.permutations)
+        if self.output == "torch":
+            return x, dev.labels[part]
+        return x.cpu().numpy(), t.train_labels[sel].astype(np.int64)
 
     def _gather(self, images: torch.Tensor, idx: np.ndarray, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
         return self._permute(self._index(images, idx), perm_ids, t)
@@ -413,19 +477,55 @@ class SupervisedStreamEnv(gym.Env):
         return torch.index_select(images, 0, torch.as_tensor(idx, device=images.device))
 
     @staticmethod
-    def _permute(x: torch.Tensor, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
-        """Sample i's pixels reordered by ``t.permutations[perm_ids[i]]`` (-1: left as they are)."""
-        if t.permutations is not None and (perm_ids >= 0).any():
-            perms = torch.as_tensor(t.permutations, device=x.device)
+    def _permute(x: torch.Tensor, perm_ids: np.ndarray, t: Task, ids: torch.Tensor | None = None,
+                 perms: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample i's pixels reordered by ``t.permutations[perm_ids[i]]`` (-1: left as they are). ``ids`` /
+        ``perms``: ``perm_ids`` / ``t.permutations`` already on ``x``'s device (else they are moved there)."""
+        if t.permutations is not None and (perm_ids >= 0).any():  # decided on the host copy: no device sync
+            if perms is None:
+                perms = torch.as_tensor(t.permutations, device=x.device)
+            if ids is None:
+                ids = torch.as_tensor(perm_ids, device=x.device)
             flat = x.reshape(x.shape[0], -1)
-            pix = perms[torch.as_tensor(np.maximum(perm_ids, 0), device=x.device)]
-            permuted = torch.gather(flat, 1, pix)
-            keep = torch.as_tensor(perm_ids < 0, device=x.device)[:, None]
-            x = torch.where(keep, flat, permuted).reshape(x.shape)
+            permuted = torch.gather(flat, 1, perms[ids.clamp(min=0)])
+            x = torch.where((ids < 0)[:, None], flat, permuted).reshape(x.shape)
         return x
 
+    def _correct(self, action) -> int:
+        """The number of correct predictions of ``action`` for the current batch, after checking it against the
+        action space (a ``ValueError`` before any state changes)."""
+        if self.output == "numpy":
+            return int(np.count_nonzero(self._validate(action) == self._labels))
+        if not isinstance(action, torch.Tensor):  # host data: checked on the host, compared on the device
+            pred = torch.as_tensor(self._validate(action), device=self.device)
+            return int((pred == self._labels).sum().item())  # the step's one device-to-host transfer
+        a = action.detach().to(self.device)  # no copy when it is already there
+        b, c = self.batch_size, self.num_classes
+        if self.action_type == "labels":
+            if tuple(a.shape) != (b,):
+                raise ValueError(f"action must be predicted labels of shape ({b},), got shape {tuple(a.shape)}"
+                                 + (" (logits? make the env with action_type='logits')"
+                                    if tuple(a.shape) == (b, c) else ""))
+            if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+                raise ValueError(f"action must be integer class labels, got dtype {a.dtype}")
+            bad, pred = ((a < 0) | (a >= c)).any(), a
+        else:
+            if tuple(a.shape) != (b, c):
+                raise ValueError(f"action must be logits of shape ({b}, {c}), got shape {tuple(a.shape)}")
+            if not a.dtype.is_floating_point:
+                raise ValueError(f"logits must be floating point, got dtype {a.dtype}")
+            bad, pred = ~torch.isfinite(a).all(), a.argmax(1)  # argmax: the first maximum, as numpy's
+        # The step's one device-to-host transfer: the check's verdict and the count, read together.
+        bad, correct = torch.stack((bad.to(torch.int64), (pred == self._labels).sum())).tolist()
+        if bad and self.action_type == "labels":
+            raise ValueError(f"action labels must be in 0..{c - 1}, got values in {int(a.min())}..{int(a.max())}")
+        if bad:
+            raise ValueError("logits contain NaN or inf; the step was rejected and the stream did not advance")
+        return int(correct)
+
     def _validate(self, action) -> np.ndarray:
-        """Check an action against the action space; return predicted labels. Raises before any state changes."""
+        """Check a host action against the action space; return predicted labels. Raises before any state
+        changes."""
         a = action_array(action, self.action_space)
         b, c = self.batch_size, self.num_classes
         if self.action_type == "labels":

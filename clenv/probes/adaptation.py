@@ -103,7 +103,9 @@ class FastAdaptation(Probe):
         learn = getattr(agent, "learn", None)
         if callable(learn) and callable(getattr(agent, "preprocess", None)):
             x = agent_inputs(agent, obs)
-            learn(x, torch.as_tensor(np.asarray(info["labels"]), dtype=torch.int64, device=x.device))
+            labels = info["labels"]  # numpy, or a tensor on the env's device (output="torch"): not via the host
+            learn(x, torch.as_tensor(labels if isinstance(labels, torch.Tensor) else np.asarray(labels),
+                                     dtype=torch.int64, device=x.device))
         else:
             action = agent.act(obs, info)
             agent.observe(obs, action, 0.0, obs, False, False, info)
