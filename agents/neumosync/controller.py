@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from agents.neumosync.kernels import Workspace, folded_ffn, matmul, patch_attention
+
 __all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "LowRankController",
            "Conv1dController", "MLPController", "SparseController", "NoController", "build_controller", "CONTROLLERS"]
 
@@ -82,6 +84,7 @@ class EncoderLayer(nn.Module):
         self.proj = nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
         self.scale = (d // heads) ** -0.5
+        self.workspace = Workspace()  # reused buffers of the fused feed-forward kernel (not module state)
 
     def _ffn(self, h):
         return h + self.ff(self.norm2(h))
@@ -105,33 +108,71 @@ class EncoderLayer(nn.Module):
           D u + (D W2) relu(.) + D b2: the feed-forward output layer is folded into the decoder (one (out, d_ff)
           matrix per batch), so the per-token output GEMM has ``out`` columns instead of d.
         """
+        if decoder is None:
+            return self._neurons_plain(neurons, context)
+        return self._neurons_decoded(neurons, context, decoder)
+
+    def _neurons_plain(self, neurons, context):
         d, h = neurons.shape[-1], self.heads
         qn, kn, vn = _heads(self.qkv(self.norm1(neurons)), 3 * h).split(h, 0)  # (h, N, dh) each
         qn = qn * self.scale
         s_nn = qn @ kn.transpose(-1, -2)  # (h, N, N)
         if context is None:
-            u = (neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None]
-        else:
-            m_nn = s_nn.amax(-1, keepdim=True).detach()
-            e_nn = torch.exp(s_nn - m_nn)
-            num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
-            kvc = F.linear(self.norm1(context), self.qkv.weight[d:], self.qkv.bias[d:])  # (B, P, 2d)
-            kc, vc = _heads(kvc, 2 * h).split(h, 1)  # (B, h, P, dh) each
-            s_nc = qn @ kc.transpose(-1, -2)  # (B, h, N, P)
-            m = torch.maximum(m_nn, s_nc.amax(-1, keepdim=True)).detach()  # (B, h, N, 1)
-            e_nc = torch.exp(s_nc - m)
-            shift = torch.exp(m_nn - m)
-            out = torch.addcmul(e_nc @ vc, shift, num_nn) / torch.addcmul(e_nc.sum(-1, keepdim=True), shift, den_nn)
-            u = neurons + self.proj(_merge(out))  # (B, N, d)
-        if decoder is None:
-            return self._ffn(u)
+            return self._ffn((neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None])
+        m_nn = s_nn.amax(-1, keepdim=True).detach()
+        e_nn = torch.exp(s_nn - m_nn)
+        num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
+        kvc = F.linear(self.norm1(context), self.qkv.weight[d:], self.qkv.bias[d:])  # (B, P, 2d)
+        kc, vc = _heads(kvc, 2 * h).split(h, 1)  # (B, h, P, dh) each
+        s_nc = qn @ kc.transpose(-1, -2)  # (B, h, N, P)
+        m = torch.maximum(m_nn, s_nc.amax(-1, keepdim=True)).detach()  # (B, h, N, 1)
+        e_nc = torch.exp(s_nc - m)
+        shift = torch.exp(m_nn - m)
+        out = torch.addcmul(e_nc @ vc, shift, num_nn) / torch.addcmul(e_nc.sum(-1, keepdim=True), shift, den_nn)
+        return self._ffn(neurons + self.proj(_merge(out)))  # (B, N, d)
+
+    def _neurons_decoded(self, neurons, context, decoder):
+        """:meth:`neurons` with a decoder, written feature-major: tokens are columns, (d, B N), so that every
+        product with a short side (d = 14, heads of 7, 4 outputs) has it as rows, the orientation in which MKL's
+        GEMMs run at full speed here (:func:`agents.neumosync.kernels.oriented_mm`); the feed-forward block and
+        the folded decoder are one tiled kernel (:class:`agents.neumosync.kernels.FoldedFFN`)."""
+        u = self._attention_t(neurons, context)  # (d, B N)
+        b = 1 if context is None else context.shape[0]
+        n = neurons.shape[0]
         lin1, lin2 = self.ff[0], self.ff[2]
-        u2 = u.reshape(-1, d)
-        hidden = torch.relu_(torch.addmm(lin1.bias, self.norm2(u2), lin1.weight.t()))  # (B N, d_ff)
         w_out = decoder.weight @ lin2.weight  # (out, d_ff)
         b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
-        out = torch.addmm(torch.addmm(b_out, u2, decoder.weight.t()), hidden, w_out.t())
-        return out.view(*u.shape[:-1], -1)
+        # D u + relu(norm2(u) W1^T + b1) (D W2)^T + D b2 + b_D, tokens as columns
+        y = torch.addmm(b_out[:, None], decoder.weight, u) + folded_ffn(self.norm2(u.t()), lin1.weight, lin1.bias,
+                                                                         w_out, self.workspace)
+        return y.view(-1, b, n).permute(1, 2, 0)  # (B, N, out)
+
+    def _attention_t(self, neurons, context):
+        """The attention block's residual output at the neuron positions, feature-major: (d, B N)."""
+        n, d = neurons.shape
+        h = self.heads
+        dh = d // h
+        qkv_t = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, self.norm1(neurons).t())  # (3d, N)
+        q_t, k_t, v_t = qkv_t.view(3, h, dh, n).unbind(0)  # (h, dh, N) each
+        q_t = q_t * self.scale
+        s_nn = matmul(q_t.mT, k_t)  # (h, N, N): neuron-neuron scores, shared by every sample
+        m_nn = s_nn.amax(-1).detach()  # (h, N)
+        e_nn = torch.exp(s_nn - m_nn[..., None])
+        num_nn = matmul(v_t, e_nn.mT)  # (h, dh, N)
+        den_nn = e_nn.sum(-1)  # (h, N)
+        if context is None:
+            b = 1
+            out = (num_nn / den_nn[:, None]).reshape(d, n)
+        else:
+            b, p = context.shape[:2]
+            kv_t = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], self.norm1(context).reshape(-1, d).t())
+            k_c, v_c = kv_t.view(2, h, dh, b, p).unbind(0)  # (h, dh, B, P): patch keys and values
+            # the per-sample neuron-patch block, merged with the shared block: (h, B, dh, N)
+            out = patch_attention(q_t, k_c.reshape(h, dh, b * p), v_c.permute(0, 2, 1, 3).reshape(h * b, dh, p),
+                                  m_nn, num_nn, den_nn, self.workspace)
+            out = out.transpose(1, 2).reshape(d, b * n)
+        return (torch.addmm(self.proj.bias[:, None], self.proj.weight, out).view(d, b, n)
+                + neurons.t()[:, None]).view(d, b * n)
 
 
 class CrossAttention(nn.Module):
