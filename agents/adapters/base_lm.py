@@ -38,12 +38,10 @@ weights bit for bit.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agents.adapters.cache import cached_path, load_cached, models_root, save_cached
 from clenv.data.style_corpus import SENTENCES
 from clenv.envs.style_shift import BOS, EOS, PAD, SEP, VOCAB_SIZE
 
@@ -64,12 +63,6 @@ _MAX_COPY_BYTES, _MAX_COPY_WORDS = 30, 6
 _HOLDOUT_EVERY = 20  # paragraph i is held out when i % 20 == 19
 
 
-def models_root() -> Path:
-    """``CLENV_MODELS`` if set, else ``~/.cache/clenv/models``."""
-    env = os.environ.get("CLENV_MODELS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "clenv" / "models"
-
-
 def _full_config(overrides: dict) -> dict:
     unknown = sorted(set(overrides) - set(DEFAULT_CONFIG))
     if unknown:
@@ -80,9 +73,7 @@ def _full_config(overrides: dict) -> dict:
 def base_lm_path(config: dict | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the weights of ``config`` (overrides of :data:`DEFAULT_CONFIG`) are cached (``.safetensors``)."""
     cfg = _full_config(dict(config or {}))
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() if cache_dir is not None else models_root()
-    return root / f"byte-gpt2-L{cfg['n_layer']}-E{cfg['n_embd']}-seed{cfg['seed']}-{digest}.safetensors"
+    return cached_path(f"byte-gpt2-L{cfg['n_layer']}-E{cfg['n_embd']}-seed{cfg['seed']}", cfg, cache_dir)
 
 
 # --------------------------------------------------------------------------------------------- the text
@@ -248,23 +239,6 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="pretraining the base LM", unit="step", file=sys.stderr)
 
 
-def _save(model, record: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    for target, write in ((path, lambda p: save_file(tensors, str(p))),
-                          (path.with_suffix(".json"), lambda p: p.write_text(json.dumps(record, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.")
-        os.close(fd)
-        try:
-            write(Path(tmp))
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
 def pretrained_base_lm(config: dict | None = None, *, cache_dir: str | os.PathLike | None = None,
                        train_if_missing: bool = True, progress: bool = True):
     """The pretrained base LM of ``config`` (overrides of :data:`DEFAULT_CONFIG`; None: the defaults), in eval mode:
@@ -277,14 +251,9 @@ def pretrained_base_lm(config: dict | None = None, *, cache_dir: str | os.PathLi
                                     f"`python -m agents.adapters.base_lm --seed {cfg['seed']}`")
         print(f"clenv: pretraining the adapters' base LM once (cached at {path})", file=sys.stderr)
         model, record = train_base_lm(cfg, progress=progress)
-        _save(model, record, path)
+        save_cached(model, record, path)
         return model
-    from safetensors.torch import load_file
-
-    model = build_base_lm(cfg)
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
-    return model
+    return load_cached(build_base_lm(cfg), path)
 
 
 def main(argv=None) -> int:
@@ -301,7 +270,7 @@ def main(argv=None) -> int:
     path = base_lm_path(cfg, args.cache_dir)
     if args.force or not path.exists():
         model, record = train_base_lm(cfg)
-        _save(model, record, path)
+        save_cached(model, record, path)
     else:
         record = json.loads(path.with_suffix(".json").read_text())
     print(path)
