@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.neumosync.kernels import Workspace, folded_ffn, matmul, patch_attention
+from agents.neumosync.kernels import Workspace, folded_ffn, layer_norm_columns, neuron_attention
 
 __all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "LowRankController",
            "Conv1dController", "MLPController", "SparseController", "NoController", "build_controller", "CONTROLLERS"]
@@ -143,8 +143,8 @@ class EncoderLayer(nn.Module):
         w_out = decoder.weight @ lin2.weight  # (out, d_ff)
         b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
         # D u + relu(norm2(u) W1^T + b1) (D W2)^T + D b2 + b_D, tokens as columns
-        y = torch.addmm(b_out[:, None], decoder.weight, u) + folded_ffn(self.norm2(u.t()), lin1.weight, lin1.bias,
-                                                                         w_out, self.workspace)
+        y = torch.addmm(b_out[:, None], decoder.weight, u) + folded_ffn(layer_norm_columns(u, self.norm2), lin1.weight,
+                                                                         lin1.bias, w_out, self.workspace)
         return y.view(-1, b, n).permute(1, 2, 0)  # (B, N, out)
 
     def _attention_t(self, neurons, context):
@@ -152,25 +152,15 @@ class EncoderLayer(nn.Module):
         n, d = neurons.shape
         h = self.heads
         dh = d // h
-        qkv_t = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, self.norm1(neurons).t())  # (3d, N)
-        q_t, k_t, v_t = qkv_t.view(3, h, dh, n).unbind(0)  # (h, dh, N) each
-        q_t = q_t * self.scale
-        s_nn = matmul(q_t.mT, k_t)  # (h, N, N): neuron-neuron scores, shared by every sample
-        m_nn = s_nn.amax(-1).detach()  # (h, N)
-        e_nn = torch.exp(s_nn - m_nn[..., None])
-        num_nn = matmul(v_t, e_nn.mT)  # (h, dh, N)
-        den_nn = e_nn.sum(-1)  # (h, N)
+        qkv = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, self.norm1(neurons).t())  # (3d, N)
         if context is None:
-            b = 1
-            out = (num_nn / den_nn[:, None]).reshape(d, n)
+            b, kv = 1, None
         else:
-            b, p = context.shape[:2]
-            kv_t = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], self.norm1(context).reshape(-1, d).t())
-            k_c, v_c = kv_t.view(2, h, dh, b, p).unbind(0)  # (h, dh, B, P): patch keys and values
-            # the per-sample neuron-patch block, merged with the shared block: (h, B, dh, N)
-            out = patch_attention(q_t, k_c.reshape(h, dh, b * p), v_c.permute(0, 2, 1, 3).reshape(h * b, dh, p),
-                                  m_nn, num_nn, den_nn, self.workspace)
-            out = out.transpose(1, 2).reshape(d, b * n)
+            b = context.shape[0]
+            kv = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], self.norm1(context).reshape(-1, d).t())
+        # (d, B N): softmax attention of the neurons over [neurons; this sample's patches], heads merged
+        out = neuron_attention(qkv.view(3, h, dh, n), None if kv is None else kv.view(2, h, dh, -1), self.scale, b,
+                               self.workspace)
         return (torch.addmm(self.proj.bias[:, None], self.proj.weight, out).view(d, b, n)
                 + neurons.t()[:, None]).view(d, b * n)
 
