@@ -53,6 +53,18 @@ class PatchEncoder(nn.Module):
     def forward(self, x):
         return self.conv(x).flatten(2).transpose(1, 2) + self.pos
 
+    def tokens_t(self, x):
+        """:meth:`forward` feature-major, (d, B P): the stride-``patch`` convolution as one GEMM against the
+        unfolded patches (non-overlapping, so unfolding is a reshape and one copy), the orientation in which its
+        14-wide output runs at full speed."""
+        k = self.conv.kernel_size[0]
+        b, c, h, w = x.shape
+        gh, gw = h // k, w // k
+        cols = x[:, :, :gh * k, :gw * k].reshape(b, c, gh, k, gw, k).permute(1, 3, 5, 0, 2, 4).reshape(c * k * k, -1)
+        d = self.pos.shape[1]
+        t = torch.addmm(self.conv.bias[:, None], self.conv.weight.view(d, -1), cols)  # (d, B P)
+        return (t.view(d, b, gh * gw) + self.pos.t()[:, None]).view(d, -1)
+
 
 def _heads(t: torch.Tensor, h: int) -> torch.Tensor:
     """(..., L, d) -> (..., h, L, d / h)."""
@@ -136,9 +148,15 @@ class EncoderLayer(nn.Module):
         product with a short side (d = 14, heads of 7, 4 outputs) has it as rows, the orientation in which MKL's
         GEMMs run at full speed here (:func:`agents.neumosync.kernels.oriented_mm`); the feed-forward block and
         the folded decoder are one tiled kernel (:class:`agents.neumosync.kernels.FoldedFFN`)."""
-        u = self._attention_t(neurons, context)  # (d, B N)
-        b = 1 if context is None else context.shape[0]
-        n = neurons.shape[0]
+        context_t = None if context is None else context.reshape(-1, neurons.shape[1]).t()
+        return self.neurons_t(neurons, context_t, 1 if context is None else context.shape[0], decoder)
+
+    def neurons_t(self, neurons: torch.Tensor, context_t: torch.Tensor | None, batch: int,
+                  decoder: nn.Linear) -> torch.Tensor:
+        """:meth:`neurons` with a decoder for feature-major context tokens ``context_t`` (d, B P) (None: no
+        context, ``batch`` 1): (B, N, out)."""
+        u = self._attention_t(neurons, context_t, batch)  # (d, B N)
+        b, n = batch, neurons.shape[0]
         lin1, lin2 = self.ff[0], self.ff[2]
         w_out = decoder.weight @ lin2.weight  # (out, d_ff)
         b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
@@ -147,17 +165,15 @@ class EncoderLayer(nn.Module):
                                                                          lin1.bias, w_out, self.workspace)
         return y.view(-1, b, n).permute(1, 2, 0)  # (B, N, out)
 
-    def _attention_t(self, neurons, context):
+    def _attention_t(self, neurons, context_t, b):
         """The attention block's residual output at the neuron positions, feature-major: (d, B N)."""
         n, d = neurons.shape
         h = self.heads
         dh = d // h
         qkv = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, self.norm1(neurons).t())  # (3d, N)
-        if context is None:
-            b, kv = 1, None
-        else:
-            b = context.shape[0]
-            kv = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], self.norm1(context).reshape(-1, d).t())
+        kv = None
+        if context_t is not None:
+            kv = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], layer_norm_columns(context_t, self.norm1))
         # (d, B N): softmax attention of the neurons over [neurons; this sample's patches], heads merged
         out = neuron_attention(qkv.view(3, h, dh, n), None if kv is None else kv.view(2, h, dh, -1), self.scale, b,
                                self.workspace)
@@ -241,7 +257,9 @@ class TransformerController(_Base):
 
     def forward(self, features, x):
         # Neuron tokens are the same for every sample; only the patch tokens differ.
-        return self.encoder.neurons(self.token(features), self.image_tokens(x), self.decoder)
+        if self.patches is None:
+            return self.encoder.neurons_t(self.token(features), None, 1, self.decoder)
+        return self.encoder.neurons_t(self.token(features), self.patches.tokens_t(x), x.shape[0], self.decoder)
 
 
 class LowRankController(_Base):
