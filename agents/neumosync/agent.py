@@ -15,6 +15,7 @@ EMAs and phi <- beta phi + (1 - beta) theta (Algorithm 1, Appendix J).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,39 @@ def _parse_coefficients(value) -> tuple[str, ...]:
     return names
 
 
+class _CompiledForward:
+    """``torch.compile`` of :meth:`NeuMoSyncNetwork._forward`, built on first use and held outside module state
+    (copies and pickles start without it and compile their own). If compiling or running the compiled forward fails,
+    it warns once, runs the eager forward and stays eager for this network."""
+
+    def __init__(self):
+        self.fn = None
+        self.failed = False
+
+    def __call__(self, net: "NeuMoSyncNetwork", x: torch.Tensor) -> torch.Tensor:
+        if self.failed:
+            return net._forward(x)
+        if self.fn is None:
+            self.fn = torch.compile(net._forward)
+        try:
+            return self.fn(x)
+        except Exception as err:  # a compiler failure, not the model's: the eager forward below re-raises the latter
+            out = net._forward(x)
+            self.failed = True
+            warnings.warn(f"NeuMoSync: torch.compile failed ({type(err).__name__}: {err}); running eager",
+                          RuntimeWarning, stacklevel=3)
+            return out
+
+    def __deepcopy__(self, memo):
+        return _CompiledForward()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
 class NeuMoSyncNetwork(nn.Module):
     """MainNetwork + ConsolidatedNetwork + neuron features + NeuroSync controller, one module.
 
@@ -49,7 +83,7 @@ class NeuMoSyncNetwork(nn.Module):
 
     def __init__(self, backbone: nn.Module, input_shape, controller: str = "transformer", feature_dim: int = 4,
                  coefficients=COEFFICIENTS, global_plasticity: bool = False, feature_ema: float = 0.99,
-                 **controller_options):
+                 fused: bool = True, compile: bool = False, **controller_options):
         super().__init__()
         self.ctx = ModulationContext()
         self.backbone = backbone
@@ -74,6 +108,10 @@ class NeuMoSyncNetwork(nn.Module):
         self.register_buffer("activity", torch.zeros(self.num_neurons, 3))
         self.controller = build_controller(controller, self.num_neurons, int(feature_dim) + 5, input_shape,
                                            query_dim=int(feature_dim) + 2, **controller_options)
+        if hasattr(self.controller, "fused"):
+            self.controller.fused = bool(fused)
+        self.compile = bool(compile)
+        self._compiled = _CompiledForward()
         mask = torch.tensor([c in self.coefficients for c in COEFFICIENTS])
         self.register_buffer("_mask", mask, persistent=False)
         self.register_buffer("_offset", _OFFSET.clone(), persistent=False)
@@ -133,6 +171,11 @@ class NeuMoSyncNetwork(nn.Module):
             self.ctx.alphas, self.ctx.record = None, False
 
     def forward(self, x):
+        if self.compile:
+            return self._compiled(self, x)
+        return self._forward(x)
+
+    def _forward(self, x):
         with self._modulated(x):
             return self.backbone(x)
 
@@ -209,7 +252,7 @@ class NeuMoSyncAgent(SupervisedAgent):
     DEFAULTS = dict(optimizer="adam", lr=1e-3, beta=0.999, controller="auto", input_conditioned=True,
                     d_model=14, d_ff=128, heads=2, patch_size=5, feature_dim=4, coefficients=COEFFICIENTS,
                     global_plasticity=False, reset_controller=False, sparse_fraction="auto", feature_ema=0.99,
-                    mlp_hidden=32, neutral_init=True)
+                    mlp_hidden=32, neutral_init=True, fused=True, compile=False)
 
     @staticmethod
     def default_controller(backbone: str) -> tuple[str, float]:
@@ -242,6 +285,7 @@ class NeuMoSyncAgent(SupervisedAgent):
         return NeuMoSyncNetwork(
             backbone, self.env_spec["input_shape"], controller=h["controller"], feature_dim=h["feature_dim"],
             coefficients=h["coefficients"], global_plasticity=h["global_plasticity"], feature_ema=h["feature_ema"],
+            fused=h["fused"], compile=h["compile"],
             d=h["d_model"], d_ff=h["d_ff"], heads=h["heads"], patch=h["patch_size"],
             input_conditioned=h["input_conditioned"], sparse_fraction=h["sparse_fraction"],
             mlp_hidden=h["mlp_hidden"], seed=h["seed"], neutral_init=h["neutral_init"])

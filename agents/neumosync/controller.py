@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.neumosync.kernels import Workspace, folded_ffn, layer_norm_columns, neuron_attention
+from agents.neumosync.kernels import Workspace, transformer_block
 
 __all__ = ["EncoderLayer", "CrossAttention", "PatchEncoder", "TransformerController", "LowRankController",
            "Conv1dController", "MLPController", "SparseController", "NoController", "build_controller", "CONTROLLERS"]
@@ -107,7 +107,7 @@ class EncoderLayer(nn.Module):
         return self._ffn(tokens + self.proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale))))
 
     def neurons(self, neurons: torch.Tensor, context: torch.Tensor | None,
-                decoder: nn.Linear | None = None) -> torch.Tensor:
+                decoder: nn.Linear | None = None, fused: bool = True) -> torch.Tensor:
         """Outputs at the neuron positions of the sequence [neurons; context]: (N, d), (B, P, d) -> (B, N, d)
         (``(1, N, d)`` without context); with ``decoder``, ``decoder`` applied to them: (B, N, out).
 
@@ -119,18 +119,26 @@ class EncoderLayer(nn.Module):
         - with a linear ``decoder`` D after the residual feed-forward block, D(u + W2 relu(.) + b2) =
           D u + (D W2) relu(.) + D b2: the feed-forward output layer is folded into the decoder (one (out, d_ff)
           matrix per batch), so the per-token output GEMM has ``out`` columns instead of d.
+
+        With a decoder, ``fused`` (default) runs the restructured kernel :class:`agents.neumosync.kernels.
+        TransformerBlock` (:meth:`neurons_t`); ``fused=False`` the same products as plain autograd ops
+        (:meth:`_neurons_reference`).
         """
         if decoder is None:
-            return self._neurons_plain(neurons, context)
-        return self._neurons_decoded(neurons, context, decoder)
+            return self._ffn(self._attend(neurons, context))
+        if not fused:
+            return self._neurons_reference(neurons, context, decoder)
+        context_t = None if context is None else context.reshape(-1, neurons.shape[1]).t()
+        return self.neurons_t(neurons, context_t, 1 if context is None else context.shape[0], decoder)
 
-    def _neurons_plain(self, neurons, context):
+    def _attend(self, neurons, context):
+        """The attention sub-block's residual output at the neuron positions, plain autograd ops: (B or 1, N, d)."""
         d, h = neurons.shape[-1], self.heads
         qn, kn, vn = _heads(self.qkv(self.norm1(neurons)), 3 * h).split(h, 0)  # (h, N, dh) each
         qn = qn * self.scale
         s_nn = qn @ kn.transpose(-1, -2)  # (h, N, N)
         if context is None:
-            return self._ffn((neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None])
+            return (neurons + self.proj(_merge(torch.softmax(s_nn, -1) @ vn)))[None]
         m_nn = s_nn.amax(-1, keepdim=True).detach()
         e_nn = torch.exp(s_nn - m_nn)
         num_nn, den_nn = e_nn @ vn, e_nn.sum(-1, keepdim=True)  # (h, N, dh), (h, N, 1)
@@ -141,44 +149,27 @@ class EncoderLayer(nn.Module):
         e_nc = torch.exp(s_nc - m)
         shift = torch.exp(m_nn - m)
         out = torch.addcmul(e_nc @ vc, shift, num_nn) / torch.addcmul(e_nc.sum(-1, keepdim=True), shift, den_nn)
-        return self._ffn(neurons + self.proj(_merge(out)))  # (B, N, d)
+        return neurons + self.proj(_merge(out))  # (B, N, d)
 
-    def _neurons_decoded(self, neurons, context, decoder):
-        """:meth:`neurons` with a decoder, written feature-major: tokens are columns, (d, B N), so that every
-        product with a short side (d = 14, heads of 7, 4 outputs) has it as rows, the orientation in which MKL's
-        GEMMs run at full speed here (:func:`agents.neumosync.kernels.oriented_mm`); the feed-forward block and
-        the folded decoder are one tiled kernel (:class:`agents.neumosync.kernels.FoldedFFN`)."""
-        context_t = None if context is None else context.reshape(-1, neurons.shape[1]).t()
-        return self.neurons_t(neurons, context_t, 1 if context is None else context.shape[0], decoder)
+    def _neurons_reference(self, neurons, context, decoder):
+        """:meth:`neurons` with a decoder as plain autograd ops, token-major (the kernel's reference)."""
+        u = self._attend(neurons, context)
+        d = u.shape[-1]
+        lin1, lin2 = self.ff[0], self.ff[2]
+        u2 = u.reshape(-1, d)
+        hidden = torch.relu_(torch.addmm(lin1.bias, self.norm2(u2), lin1.weight.t()))  # (B N, d_ff)
+        w_out = decoder.weight @ lin2.weight  # (out, d_ff)
+        b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
+        out = torch.addmm(torch.addmm(b_out, u2, decoder.weight.t()), hidden, w_out.t())
+        return out.view(*u.shape[:-1], -1)
 
     def neurons_t(self, neurons: torch.Tensor, context_t: torch.Tensor | None, batch: int,
                   decoder: nn.Linear) -> torch.Tensor:
         """:meth:`neurons` with a decoder for feature-major context tokens ``context_t`` (d, B P) (None: no
         context, ``batch`` 1): (B, N, out)."""
-        u = self._attention_t(neurons, context_t, batch)  # (d, B N)
-        b, n = batch, neurons.shape[0]
-        lin1, lin2 = self.ff[0], self.ff[2]
-        w_out = decoder.weight @ lin2.weight  # (out, d_ff)
-        b_out = torch.addmv(decoder.bias, decoder.weight, lin2.bias)
-        # D u + relu(norm2(u) W1^T + b1) (D W2)^T + D b2 + b_D, tokens as columns
-        y = torch.addmm(b_out[:, None], decoder.weight, u) + folded_ffn(layer_norm_columns(u, self.norm2), lin1.weight,
-                                                                         lin1.bias, w_out, self.workspace)
-        return y.view(-1, b, n).permute(1, 2, 0)  # (B, N, out)
-
-    def _attention_t(self, neurons, context_t, b):
-        """The attention block's residual output at the neuron positions, feature-major: (d, B N)."""
-        n, d = neurons.shape
-        h = self.heads
-        dh = d // h
-        qkv = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, self.norm1(neurons).t())  # (3d, N)
-        kv = None
-        if context_t is not None:
-            kv = torch.addmm(self.qkv.bias[d:, None], self.qkv.weight[d:], layer_norm_columns(context_t, self.norm1))
-        # (d, B N): softmax attention of the neurons over [neurons; this sample's patches], heads merged
-        out = neuron_attention(qkv.view(3, h, dh, n), None if kv is None else kv.view(2, h, dh, -1), self.scale, b,
-                               self.workspace)
-        return (torch.addmm(self.proj.bias[:, None], self.proj.weight, out).view(d, b, n)
-                + neurons.t()[:, None]).view(d, b * n)
+        n = neurons.shape[0]
+        y = transformer_block(self, decoder, neurons, context_t, batch)  # (out, B N)
+        return y.view(-1, batch, n).permute(1, 2, 0)
 
 
 class CrossAttention(nn.Module):
@@ -255,8 +246,14 @@ class TransformerController(_Base):
         self.encoder = EncoderLayer(d, heads, d_ff)
         self.decoder = nn.Linear(d, 4)
 
+    #: Run the encoder-decoder as the restructured kernel (agents.neumosync.kernels.TransformerBlock); False: the
+    #: same products as plain autograd ops. Not module state (NeuMoSync's ``fused`` hyperparameter sets it).
+    fused = True
+
     def forward(self, features, x):
         # Neuron tokens are the same for every sample; only the patch tokens differ.
+        if not self.fused:
+            return self.encoder.neurons(self.token(features), self.image_tokens(x), self.decoder, fused=False)
         if self.patches is None:
             return self.encoder.neurons_t(self.token(features), None, 1, self.decoder)
         return self.encoder.neurons_t(self.token(features), self.patches.tokens_t(x), x.shape[0], self.decoder)
