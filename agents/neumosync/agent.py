@@ -145,7 +145,8 @@ class NeuMoSyncNetwork(nn.Module):
     def alphas(self, x: torch.Tensor) -> torch.Tensor:
         """Effective coefficients (B or 1, N, 4) in the order (a_SM, a_WC, a_AL, a_ARM); off mechanisms hold their
         neutral value (1, 0, 0, 0)."""
-        raw = self.controller(self.neuron_features(), x)
+        # 'none' reads no features (its table is the coefficients): skip building them
+        raw = self.controller(self.neuron_features() if self.controller.uses_features else None, x)
         if self.global_plasticity:  # G.4: one a_SM and one a_WC for the whole network (per sample)
             raw = torch.cat([raw[..., :2].mean(1, keepdim=True).expand(-1, raw.shape[1], -1), raw[..., 2:]], -1)
         if len(self.coefficients) == len(COEFFICIENTS):

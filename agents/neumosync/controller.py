@@ -193,6 +193,8 @@ class CrossAttention(nn.Module):
 class _Base(nn.Module):
     """Shared pieces: the neuron-token projection and the optional patch encoder."""
 
+    uses_features = True  # forward reads the neuron features
+
     def __init__(self, feature_dim: int, input_shape, d: int, patch: int, input_conditioned: bool):
         super().__init__()
         self.input_conditioned = bool(input_conditioned)
@@ -407,6 +409,7 @@ class NoController(nn.Module):
     """'w/o NeuroSync': each neuron learns its own four coefficients; nothing depends on the input."""
 
     input_conditioned = False
+    uses_features = False
 
     def __init__(self, num_neurons, *_, **__):
         super().__init__()
