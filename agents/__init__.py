@@ -68,6 +68,8 @@ REGISTRY: dict[str, str] = {
     "neurolora_static_gate": "agents.adapters.flylora:NeuroLoRAStaticGateAgent",
     "neurolora_trainable_a": "agents.adapters.flylora:NeuroLoRATrainableAAgent",
     "ewc_lora": "agents.adapters.ewc_lora:EWCLoRAAgent",
+    # 004_49f6201e6e679480.txt: one q / v LoRA adapter per task on a frozen ViT, stored in associative memories.
+    "adapter_memory": "agents.adapters.memory.agent:AdapterMemoryAgent",
 }
 
 

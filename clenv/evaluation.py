@@ -25,6 +25,9 @@ are computed by the loop for every run. Metric names, per probe:
 - ``masks=True``: ``acc`` / ``mse``, ``fm``, ``acc_stored`` / ``mse_stored``, ``fm_stored``, ``*_prior``,
   ``recall_error``, ``mask_overlap``, ``mask_recall`` (:class:`~clenv.probes.MaskRecovery`; its ``acc`` and ``fm``
   replace ``forgetting``'s when both are on);
+- ``adapter_recall=True``: ``faa_gt``, ``faa_til_{m}``, ``d_til_{m}``, ``recall_error_{m}``, ``memory_bytes_{m}``,
+  ``adapter_bytes`` and with ``mts=True`` ``task_acc``, ``faa_mts_{m}``, ``d_mts_{m}`` per memory ``m``
+  (:class:`~clenv.probes.AdapterRecall`, at the run's end);
 - ``agent_traces=True`` (the default): ``agent/{name}`` (:class:`~clenv.probes.AgentTraces`);
 - ``probe_time_s``: seconds spent in probes.
 
@@ -38,8 +41,8 @@ from typing import Any, Iterable
 
 from clenv.loggers import LogFeed
 from clenv.loop import Callback, RunResult
-from clenv.probes import (AgentTraces, ContinualEvaluation, FastAdaptation, HeldOutAccuracy, MaskRecovery,
-                          PlasticityDiagnostics)
+from clenv.probes import (AdapterRecall, AgentTraces, ContinualEvaluation, FastAdaptation, HeldOutAccuracy,
+                          MaskRecovery, PlasticityDiagnostics)
 from clenv.protocols import probe_gamma
 
 __all__ = ["Evaluation", "probe_gamma"]
@@ -60,6 +63,9 @@ class Evaluation(Callback):
             (ReDo ``tau``, srank ``delta``).
         masks: every task under its stored training mask and under a mask recovered from ``support_samples``
             labelled samples (FTN's two protocols), on ``eval_samples`` test samples per task.
+        adapter_recall: at the run's end, every task with its adapter as each of the agent's memories recalls it
+            (task-incremental), and with ``mts`` through the agent's task predictor (multi-task switching), on
+            ``recall_samples`` test samples per task (None: all).
         agent_traces: record the agent's ``trace()`` every ``trace_every`` steps and ``diagnostics()`` per task.
         eval_samples: held-out samples per task for R and ``test_acc``.
         loggers: objects with ``log(scalars: dict, step: int)`` and optionally ``summary(result)`` / ``close()``
@@ -70,7 +76,8 @@ class Evaluation(Callback):
 
     def __init__(self, *, heldout: bool = False, forgetting: bool = False, adaptation: bool = False,
                  stability_every: int | None = None, ngm_compat: bool = False, plasticity: bool = False,
-                 masks: bool = False, support_samples: int = 256,
+                 masks: bool = False, support_samples: int = 256, adapter_recall: bool = False, mts: bool = True,
+                 recall_samples: int | None = None,
                  agent_traces: bool = True, gamma: int | None = None, probe_every: int = 1, probe_samples: int = 256,
                  probe_split: str = "train", eval_samples: int = 500, stability_samples: int = 256,
                  plasticity_samples: int = 500, tau: float = 0.1, delta: float = 0.01, trace_every: int = 1,
@@ -88,6 +95,8 @@ class Evaluation(Callback):
             probes.append(PlasticityDiagnostics(samples=plasticity_samples, tau=tau, delta=delta))
         if masks:
             probes.append(MaskRecovery(samples=eval_samples, support_samples=support_samples))
+        if adapter_recall:
+            probes.append(AdapterRecall(samples=recall_samples, mts=mts))
         if agent_traces:
             probes.append(AgentTraces(trace_every))
         loggers = list(loggers)

@@ -57,6 +57,11 @@ _NGM_SPLIT = dict(num_tasks=5, joint=True, steps_per_task=200, batch_size=128, a
 _NGM_ROTATED = dict(num_tasks=3, joint=True, steps_per_task=400, batch_size=128, augment=False,
                     test_samples_per_task=1000)
 _SPLIT5 = dict(num_tasks=5, classes_per_task=2, epochs_per_task=1, batch_size=64, augment=False)
+# 004_49f6201e6e679480.txt (adapters in associative memories): disjoint class splits with task-local labels, 3 epochs
+# per task (Appendix A.2); the batch size is not in the paper.
+_AM = "adapter memories (004_49f6201e6e679480.txt) Table 1"
+_AM_SPLIT = dict(stream="class_split", disjoint=True, labels="local", epochs_per_task=3, batch_size=64,
+                 augment=False)
 
 ENV_TABLE: tuple[EnvDef, ...] = (
     _sup("RandomLabelMNIST-v0", "random_label_mnist", "mnist", "random_label",
@@ -113,6 +118,34 @@ ENV_TABLE: tuple[EnvDef, ...] = (
     _sup("PermutedDigits-v0", "permuted_mnist", "digits", "permuted",
          "all 1,437 training digits, a pixel permutation per task",
          _DIGITS, gamma=89, num_tasks=30, epochs_per_task=2, batch_size=16, augment=False),
+    # Adapter memories: one adapter per task recalled from a memory (task-incremental / multi-task switching). The
+    # backbone is what other agents get; adapter_memory brings its own ViT (agents/adapters/vit.py).
+    EnvDef("SplitFashionMNIST-5S-v0", SUPERVISED, dict(dataset="fashion_mnist", num_tasks=5, classes_per_task=2,
+                                                       **_AM_SPLIT),
+           "5 tasks of 2 classes, labels 0-1 within each task, 3 epochs", _FMNIST, backbone="mlp", paper=_AM,
+           tags=("forgetting", "memory")),
+    EnvDef("SplitDigits-5S-v0", SUPERVISED, dict(dataset="digits", num_tasks=5, classes_per_task=2,
+                                                 **{**_AM_SPLIT, "batch_size": 16}),
+           "5 tasks of 2 digit classes, labels 0-1 within each task, 3 epochs, batch 16", _DIGITS, backbone="mlp",
+           paper=_AM, tags=("forgetting", "memory")),
+    EnvDef("SplitCIFAR100-20S-v0", SUPERVISED, dict(dataset="cifar100", num_tasks=20, classes_per_task=5,
+                                                    **_AM_SPLIT),
+           "C100-20S: 20 tasks of 5 classes, task-local labels, 3 epochs", _TV, backbone="cnn", paper=_AM,
+           tags=("forgetting", "memory")),
+    EnvDef("SplitCIFAR100-50S-v0", SUPERVISED, dict(dataset="cifar100", num_tasks=50, classes_per_task=2,
+                                                    **_AM_SPLIT),
+           "C100-50S: 50 tasks of 2 classes, task-local labels, 3 epochs", _TV, backbone="cnn", paper=_AM,
+           tags=("forgetting", "memory")),
+    EnvDef("SplitTinyImageNet-50S-v0", SUPERVISED, dict(dataset="tiny_imagenet", num_tasks=50, classes_per_task=4,
+                                                        image_size=64, **_AM_SPLIT),
+           "TINet-50S: 50 tasks of 4 classes at 64x64, task-local labels, 3 epochs",
+           "ImageFolder tree tiny-imagenet-200/ under CLENV_DATA", backbone="cnn", paper=_AM,
+           tags=("forgetting", "memory")),
+    EnvDef("SplitTinyImageNet-100S-v0", SUPERVISED, dict(dataset="tiny_imagenet", num_tasks=100, classes_per_task=2,
+                                                         image_size=64, **_AM_SPLIT),
+           "TINet-100S: 100 tasks of 2 classes at 64x64, task-local labels, 3 epochs",
+           "ImageFolder tree tiny-imagenet-200/ under CLENV_DATA", backbone="cnn", paper=_AM,
+           tags=("forgetting", "memory")),
     # Stability-gap protocols of NGM-SGD (arXiv 2507.14056, shared/specs/methods.md 1.4): joint training, context k
     # sampling with replacement from the union of tasks 1..k, a fixed number of iterations per context.
     _sup("JointSplitMNIST-v0", "ngm_split_mnist", "mnist", "ordered_split",

@@ -8,6 +8,7 @@ list (``clenv.run(env, agent, callbacks=[HeldOutAccuracy(forgetting=True), Conti
 - :class:`PlasticityDiagnostics`: dormant units, ranks, weight norms at every task end.
 - :class:`AgentTraces`: the agent's own ``trace()`` / ``diagnostics()``.
 - :class:`MaskRecovery`: stored-mask and recovered-mask evaluation of mask-routed agents (FTN).
+- :class:`AdapterRecall`: task adapters recalled from associative memories, task-incremental and multi-task switching.
 
 What an agent must provide (duck typing; clenv never imports ``agents``): ``predict(x) -> logits`` in evaluation
 mode without side effects, on inputs from ``preprocess(obs)`` (without it uint8 inputs are scaled to [0, 1]);
@@ -17,6 +18,7 @@ max_samples=)``, ``unwrapped.num_tasks`` and, for adaptation, ``unwrapped.eval_e
 """
 
 from clenv.probes.adaptation import FastAdaptation
+from clenv.probes.adapter_recall import AdapterRecall
 from clenv.probes.base import Probe, accuracy, agent_inputs
 from clenv.probes.heldout import HeldOutAccuracy
 from clenv.probes.masks import MaskRecovery
@@ -25,4 +27,4 @@ from clenv.probes.stability import ContinualEvaluation
 from clenv.probes.traces import AgentTraces
 
 __all__ = ["Probe", "HeldOutAccuracy", "FastAdaptation", "ContinualEvaluation", "PlasticityDiagnostics",
-           "AgentTraces", "MaskRecovery", "accuracy", "agent_inputs"]
+           "AgentTraces", "MaskRecovery", "AdapterRecall", "accuracy", "agent_inputs"]
