@@ -159,6 +159,8 @@ PAPER_HPARAMS.update({
     "concept_shift_regression": {},
     # FTN Experiment 2 and the NeuroLoRA tables on the style stream: the adapter agents' DEFAULTS are the papers'.
     "style_shift_text": {},
+    # Adapter memories (004_49f6201e6e679480.txt Appendix A.2): adapter_memory's DEFAULTS are the paper's settings.
+    "memory_c100_20s": {}, "memory_c100_50s": {}, "memory_tinet_50s": {}, "memory_tinet_100s": {},
 })
 for _family_rows in [PAPER_HPARAMS[k] for k in ("ngm_split_mnist", "ngm_split_cifar10", "ngm_rotated_mnist",
                                                 "ngm_domain_cifar100", "ngm_split_mini_imagenet")]:

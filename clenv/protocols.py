@@ -94,6 +94,20 @@ _BENCH += (
               note="FTN (002_b6d509c9f1140765.txt) Experiment 2: six style transformations of one corpus, generated "
               "from the seed; the adapter agents' DEFAULTS are the paper's settings"),
 )
+_AM = ("adapter memories (004_49f6201e6e679480.txt): 3 epochs per task, task-local labels; the stand-ins are the "
+       "only disjoint 2-class splits of the data here (5 tasks)")
+_AM_FASHION = dict(num_tasks=5, classes_per_task=2)
+_AM_DIGITS = dict(num_tasks=5, classes_per_task=2, batch_size=16, image_size=None)
+_BENCH += (
+    Benchmark("memory_c100_20s", "C100-20S", "SplitCIFAR100-20S-v0", "SplitFashionMNIST-5S-v0",
+              stand_in_kwargs=_AM_FASHION, note=_AM),
+    Benchmark("memory_c100_50s", "C100-50S", "SplitCIFAR100-50S-v0", "SplitFashionMNIST-5S-v0",
+              stand_in_kwargs=_AM_FASHION, note=_AM + "; the same stand-in runs as C100-20S's (reused)"),
+    Benchmark("memory_tinet_50s", "TINet-50S", "SplitTinyImageNet-50S-v0", "SplitDigits-5S-v0",
+              stand_in_kwargs=_AM_DIGITS, note=_AM),
+    Benchmark("memory_tinet_100s", "TINet-100S", "SplitTinyImageNet-100S-v0", "SplitDigits-5S-v0",
+              stand_in_kwargs=_AM_DIGITS, note=_AM + "; the same stand-in runs as TINet-50S's (reused)"),
+)
 BENCHMARKS: dict[str, Benchmark] = {b.key: b for b in _BENCH}
 
 

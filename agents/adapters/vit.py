@@ -193,7 +193,8 @@ def train_vit(config: dict, *, progress: bool = True) -> tuple[CompactViT, dict]
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"pretraining the ViT base on {config['data']}", unit="step", file=sys.stderr)
+        bar = tqdm(total=steps, desc=f"pretraining the ViT base on {config['data']}", unit="step", file=sys.stderr,
+                   disable=None)  # None: only on a terminal (a log would get a line per redraw)
     t0, order, pos, losses = time.perf_counter(), torch.randperm(len(x), generator=g), 0, []
     for step in range(steps):
         if pos + batch > len(x):

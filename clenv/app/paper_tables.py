@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Method", "Cell", "PaperTable", "TABLES", "NGM_TABLE", "FTN_TABLES", "FTN_TABLE4", "NEUROLORA_TABLES",
+           "MEMORY_TABLES", "MEMORY_COLUMNS",
            "FINAL_TASK_METRICS", "MERGE_COLUMNS", "TA_SCALES", "TIES_SCALES", "TIES_DENSITY", "table", "table_ids",
            "normalize_table_id", "parse_rows"]
 
@@ -481,11 +482,50 @@ NEUROLORA_TABLES = (
                "that task alone (Table 2's single-task runs), the Δ below is against the first row", paper="NeuroLoRA",
                seeds=0),
 )
+# ---------------------------------------------------------------------------------------------------- adapter memories
+# 004_49f6201e6e679480.txt Table 1 (line 93-101): one method, the metrics as columns, mean +- std over 3 seeds, percent.
+_AM_BENCHES = ("memory_c100_20s", "memory_c100_50s", "memory_tinet_50s", "memory_tinet_100s")
+MEMORY_COLUMNS = (("faa_gt", "FAA_GT"), ("faa_til_bayespcn", "FAA_TIL(BPCN)"), ("d_til_bayespcn", "D_TIL(BPCN)"),
+                  ("faa_til_hopfield", "FAA_TIL(H)"), ("d_til_hopfield", "D_TIL(H)"), ("task_acc", "MTS Task Acc."),
+                  ("faa_mts_hopfield", "FAA_MTS(H)"), ("d_mts_hopfield", "D_MTS(H)"))
+_AM_T1 = """
+faa_gt	97.29 (0.30)	97.79 (0.20)	91.56 (0.48)	95.09 (0.40)
+faa_til_bayespcn	96.50 (0.64)	97.24 (0.73)	90.46 (0.35)	93.28 (0.35)
+d_til_bayespcn	0.32 (0.12)	0.62 (0.32)	1.16 (0.57)	1.71 (0.20)
+faa_til_hopfield	97.12 (0.44)	97.76 (0.47)	91.82 (0.28)	94.77 (0.48)
+d_til_hopfield	0.0026 (0.01)	0.04 (0.07)	-0.21 (0.10)	-0.30 (0.19)
+task_acc	91.47 (0.21)	91.42 (0.28)	84.42 (0.49)	83.27 (0.18)
+faa_mts_hopfield	91.34 (0.52)	94.28 (0.15)	83.14 (0.16)	88.69 (0.57)
+d_mts_hopfield	5.95 (0.022)	3.50 (3.50)	8.35 (0.53)	6.47 (0.73)
+"""
+
+
+def _memory_cells(text: str) -> tuple[Cell, ...]:
+    cells = []
+    for line in text.strip().splitlines():
+        metric, *values = line.split("\t")
+        for bench, value in zip(_AM_BENCHES, values):
+            mean, spread = value.replace(")", "").split(" (")
+            cells.append(Cell(bench, "Adapter memory", metric, float(mean), float(spread)))
+    return tuple(cells)
+
+
+MEMORY_TABLES = (PaperTable(
+    "memory_table1", "Adapter memories Table 1: TIL / MTS accuracy with adapters recalled from BayesPCN and Hopfield "
+    "memories against the ground truth", "memory",
+    tuple((b, m, h) for b in _AM_BENCHES for m, h in MEMORY_COLUMNS), (_m("Adapter memory", "adapter_memory"),),
+    _memory_cells(_AM_T1),
+    note="rank-8 LoRA on query and value plus a task head per task on a frozen ViT, written to the exact store "
+    "(FAA_GT), a Modern Hopfield memory (beta 25) and BayesPCN at each task end; D = FAA_GT - FAA (recalled); MTS: "
+    "a task-predictor adapter picks the key; the paper adapts an ImageNet ViT on CIFAR-100 / Tiny-ImageNet, ours "
+    "the in-repo ViT pretrained on another dataset (agents/adapters/vit.py)", paper="adapter memories", seeds=3),)
+
 #: The merging protocol's coefficient grids, each picked by the mean support-split accuracy over the tasks.
 TA_SCALES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TIES_SCALES = (0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8)
 TIES_DENSITY = 0.2
-TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE, *FTN_TABLES, *NEUROLORA_TABLES)}
+TABLES: dict[str, PaperTable] = {t.id: t for t in (*_TABLES, NGM_TABLE, *FTN_TABLES, *NEUROLORA_TABLES,
+                                                    *MEMORY_TABLES)}
 
 
 def normalize_table_id(text: str) -> str:

@@ -174,6 +174,8 @@ def _evaluation(table: papers.PaperTable, gamma: int | None, probe_every: int) -
         return {"masks": True}
     if table.probes == "merging":  # the single-task runs: their own task's held-out accuracy (test_acc)
         return {"heldout": True}
+    if table.probes == "memory":  # adapters recalled from memories, TIL and MTS, at the run's end
+        return {"adapter_recall": True}
     return {}
 
 
