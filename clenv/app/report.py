@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clenv.app.paper_tables import MERGE_COLUMNS
+from clenv.app.paper_tables import MEMORY_COLUMNS, MERGE_COLUMNS
 from clenv.app.spec import canonical, group_identity, identity_key
 from clenv.results import atomic_write_bytes, find_runs, load_run
 
@@ -70,6 +70,8 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
       ("mse_stored", "MSE stored"), ("ce_stored", "CE stored"), ("fm_stored", "FM stored"),
       ("recall_error", "recall error"), ("mask_overlap", "mask overlap"), ("mask_recall", "mask recall"))),
     (MERGE_TABLE, MERGE_COLUMNS),
+    ("Adapters recalled from associative memories (TIL / MTS, accuracies in %, D in points)",
+     MEMORY_COLUMNS + (("recall_error_hopfield", "recall err (H)"), ("recall_error_bayespcn", "recall err (BPCN)"))),
     ("Plasticity diagnostics at the last task end",
      (("dormant_ratio", "dormant ratio"), ("dead_fraction", "dead fraction"), ("feature_rank", "feature rank"),
       ("weight_magnitude", "weight magnitude"), ("zero_grad_fraction", "zero-grad fraction"))),
@@ -78,9 +80,10 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
      (("avg_task_return", "all tasks"), ("task_return_last25", "last 25%"), ("task_return_last10", "last 10%"))),
 )
 
-_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_")
+_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_", "recall_error_", "memory_bytes_")
 _NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "ngm_avg_sg_delta", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
-                "zero_grad_fraction", "gamma", "probe_time_s", "merge_ta_scale", "merge_ties_scale"}
+                "zero_grad_fraction", "gamma", "probe_time_s", "merge_ta_scale", "merge_ties_scale",
+                "adapter_bytes"}
 
 
 def is_percent(name: str) -> bool:
