@@ -210,6 +210,8 @@ def test_refuses_streams_it_cannot_adapt_to_and_bad_memories():
         agents.make("adapter_memory", _env(), memories=("hopfield",), **SMALL)
     with pytest.raises(TypeError, match="adapter_memory"):
         clenv.run(_env(), agents.make("base", _env()), seed=0, progress=False, callbacks=[AdapterRecall()])
+    with pytest.raises(ValueError, match="hides task ids"):
+        agents.make("adapter_memory", _env(), **SMALL).on_task_switch(None)
 
 
 def test_checkpointed_agent_round_trips_its_memories(run, base):

@@ -192,6 +192,9 @@ class AdapterMemoryAgent(SupervisedAgent):
         net.head.reset(g)
 
     def on_task_switch(self, task_id) -> None:
+        if task_id is None:
+            raise ValueError(f"{self.NAME} keys each task's adapter by its task id, but the stream hides task ids "
+                             f"(task_id None at a switch); run it on a stream that reports them")
         self.commit_task()
         super().on_task_switch(task_id)
         if self.num_updates or self.stored_tasks:
