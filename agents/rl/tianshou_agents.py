@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import types
 from typing import Any
 
@@ -26,7 +27,47 @@ import torch
 
 from agents.base import Agent, resolve_hparams, seeded
 
-__all__ = ["TianshouAgent", "TianshouDQNAgent", "TianshouPPOAgent", "tianshou_venv"]
+__all__ = ["TianshouAgent", "TianshouDQNAgent", "TianshouPPOAgent", "tianshou_venv", "progress_wanted",
+           "episode_returns"]
+
+
+def progress_wanted() -> bool:
+    """Whether tianshou's progress bars should show: only when they draw on a terminal. tqdm writes to stderr;
+    into a file or a pipe every redraw would land as a line of cursor codes."""
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
+def episode_returns(buffer) -> list[tuple[int, float, int]]:
+    """``(task_id, return, length)`` of every finished episode in a tianshou replay buffer filled from a clenv
+    stream (e.g. the training collector's buffer after ``run_training``), in the order each sub-buffer stored them;
+    ``task_id`` is the task of the episode's last reward, as in ``RunResult.records["episodes"]``.
+
+    The buffer must hold the episodes: once it wraps around, the oldest (cut) episode is left out."""
+    indices = buffer.sample_indices(0)  # every stored transition, oldest first within each sub-buffer
+    if len(indices) == 0:
+        return []
+    if "labels_task_id" not in buffer.info:
+        raise ValueError("the buffer's transitions have no clenv info (labels_task_id); fill it from a clenv stream")
+    rew = np.asarray(buffer.rew)[indices]
+    done = np.asarray(buffer.done)[indices].astype(bool)
+    task = np.asarray(buffer.info["labels_task_id"])[indices]
+    # A VectorReplayBuffer keeps one contiguous block per env; a plain ReplayBuffer is one block.
+    subs = list(getattr(buffer, "buffers", [buffer]))
+    edges = np.asarray(getattr(buffer, "subbuffer_edges", [0, buffer.maxsize]))
+    block = np.searchsorted(edges, indices, side="right") - 1
+    wrapped = [len(b) >= b.maxsize for b in subs]
+    episodes, ret, length, start = [], 0.0, 0, True
+    for i in range(len(indices)):
+        if i and block[i] != block[i - 1]:
+            ret, length, start = 0.0, 0, True  # a new env's block: an unfinished episode does not carry over
+        ret += float(rew[i])
+        length += 1
+        if done[i]:
+            if not (start and wrapped[block[i]]):  # the first episode of a wrapped block may have lost its beginning
+                episodes.append((int(task[i]), ret, length))
+            ret, length, start = 0.0, 0, False
+    return episodes
 
 
 def tianshou_venv(env_fns, subprocess: bool = False):
@@ -122,6 +163,31 @@ class TianshouAgent(Agent):
     def on_task_switch(self, task_id) -> None:
         self.task_id = task_id
 
+    def trainer_params(self, training_collector, *, max_epochs: int, epoch_num_steps: int, **overrides):
+        """tianshou trainer parameters that train ``self.algorithm`` the way ``clenv.run`` trains this agent (see
+        the subclasses), with ``test_collector=None`` and progress bars only on a terminal
+        (:func:`progress_wanted`). ``overrides`` are any other ``*TrainerParams`` fields and win."""
+        self._check_collector(training_collector)
+        kw = dict(training_collector=training_collector, max_epochs=int(max_epochs),
+                  epoch_num_steps=int(epoch_num_steps), test_collector=None, show_progress=progress_wanted(),
+                  **self._trainer_defaults())
+        # The collector steps every env at once: a collection of n steps should be a multiple of the env count.
+        n_envs = int(getattr(training_collector, "env_num", 1))
+        kw["collection_step_num_env_steps"] = -(-kw["collection_step_num_env_steps"] // n_envs) * n_envs
+        kw.update(overrides)
+        return self._trainer_params_class()(**kw)
+
+    def _trainer_defaults(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _check_collector(self, collector) -> None:
+        if getattr(collector, "policy", None) not in (self.algorithm, self.policy):
+            raise ValueError("the training collector collects with another policy; build it as "
+                             "Collector(agent.algorithm, venv, buffer, exploration_noise=True)")
+
+    def _trainer_params_class(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
     @property
     def intervention_stats(self) -> dict[str, float]:
         return dict(self.intervention.stats) if self.intervention is not None else {}
@@ -178,9 +244,37 @@ class TianshouDQNAgent(TianshouAgent):
 
     @property
     def epsilon(self) -> float:
+        return self.epsilon_at(self.num_env_steps - self._eps_origin)
+
+    def epsilon_at(self, steps: int) -> float:
+        """The exploration rate ``steps`` env steps into the linear decay."""
         h = self.hparams
-        frac = min(1.0, (self.num_env_steps - self._eps_origin) / max(1, h["eps_decay_steps"]))
+        frac = min(1.0, max(0, int(steps)) / max(1, h["eps_decay_steps"]))
         return float(h["eps_start"] + frac * (h["eps_end"] - h["eps_start"]))
+
+    def _check_collector(self, collector) -> None:
+        super()._check_collector(collector)
+        if not getattr(collector, "exploration_noise", False):
+            # Measured: without it, 4 x 2,000 steps of ContinualCartPole ended at returns of 7-12 (no learning).
+            raise ValueError("the training collector adds no exploration, so tianshou's DQN policy acts greedily "
+                             "and never explores; build it with Collector(..., exploration_noise=True)")
+
+    def _trainer_params_class(self):
+        from tianshou.trainer import OffPolicyTrainerParams
+
+        return OffPolicyTrainerParams
+
+    def _trainer_defaults(self) -> dict:
+        """The agent's batch size, one gradient step per ``train_every`` env steps (collected 10 at a time), and a
+        ``training_fn`` that sets the policy's epsilon from the agent's decay at the trainer's env step (tianshou's
+        policy explores only through ``eps_training``, 0 otherwise). ``start_steps`` and ``eps_reset_on_task`` have
+        no trainer counterpart: the trainer updates from its first collection and does not see task switches."""
+        def training_fn(epoch: int, env_step: int) -> None:
+            self.policy.set_eps_training(self.epsilon_at(env_step))
+
+        h = self.hparams
+        return dict(batch_size=int(h["batch_size"]), collection_step_num_env_steps=10,
+                    update_step_num_gradient_steps_per_sample=1.0 / int(h["train_every"]), training_fn=training_fn)
 
     @torch.no_grad()
     def q_values(self, obs) -> np.ndarray:
@@ -240,6 +334,18 @@ class TianshouPPOAgent(TianshouAgent):
                              advantage_normalization=h["advantage_normalization"])
         self.buffer = ReplayBuffer(int(h["rollout_steps"]))
         self._gen = torch.Generator().manual_seed(int(h["seed"]) + 2)
+
+    def _trainer_params_class(self):
+        from tianshou.trainer import OnPolicyTrainerParams
+
+        return OnPolicyTrainerParams
+
+    def _trainer_defaults(self) -> dict:
+        """One update of ``repeat`` epochs over every ``rollout_steps`` collected steps, minibatches of ``batch_size``
+        (the on-policy trainer empties the buffer after each update, as ``observe`` does)."""
+        h = self.hparams
+        return dict(batch_size=int(h["batch_size"]), collection_step_num_env_steps=int(h["rollout_steps"]),
+                    update_step_num_repetitions=int(h["repeat"]))
 
     @torch.no_grad()
     def action_logits(self, obs) -> torch.Tensor:

@@ -38,6 +38,10 @@ def _summary(results: list) -> str:
     return format_table("Online accuracy (%)", _SUMMARY, aggregate(results), env) or ""
 
 
+def _is_online_accuracy(name: str) -> bool:
+    return name in ("avg_online_acc", "final_task_online_acc") or name.startswith("online_acc_last")
+
+
 def _print_table(header, rows, file=None):
     file = file or sys.stdout
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -112,8 +116,11 @@ def cmd_run(args) -> int:
         _print_table(["task", "online acc %"], [[str(result.task_ids[i]), f"{tasks[i] * 100:.2f}"] for i in show])
     print()
     print(_summary([result]))
+    rl = "avg_task_return" in result.metrics
     for key, value in sorted(result.metrics.items()):
-        if isinstance(value, (int, float)):
+        # An RL stream's per-step reward is not an accuracy (CartPole's is always 1): its online-accuracy
+        # metrics say nothing, so RL runs list the return metrics only.
+        if isinstance(value, (int, float)) and not (rl and _is_online_accuracy(key)):
             print(f"  {key} = {value:.4g}")
     if path is not None:
         print(f"results: {path}")
@@ -132,6 +139,11 @@ def cmd_compare(args) -> int:
 
     def said(resolved, result, path) -> None:
         s = resolved.spec
+        m = result.metrics
+        if "avg_task_return" in m:
+            print(f"  {s.agent} seed {s.seed}: mean return {m['avg_task_return']:.1f}, last 25% tasks "
+                  f"{m['task_return_last25']:.1f} ({result.wall_time:.1f} s)", flush=True)
+            return
         print(f"  {s.agent} seed {s.seed}: avg online acc {result.average_accuracy * 100:.2f}%, "
               f"last 25% tasks {result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)",
               flush=True)
