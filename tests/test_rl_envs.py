@@ -8,10 +8,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import clenv
-from clenv.envs.rl import RL_INFO_KEYS, ContinualCartPoleEnv, TaskSequenceEnv
+from clenv.envs.rl import RL_INFO_KEYS, ContinualCartPoleEnv, PermutedCartPole, TaskSequenceEnv
 from clenv.envs.wrappers import TaskObservationPerturbation
 
-RL_IDS = ["ContinualCartPole-v0", "ContinualAcrobot-v0", "ContinualMountainCar-v0", "TaskSequence-v0"]
+RL_IDS = clenv.env_ids("rl")  # every registered RL id, the protocol ids included
+
+
+def test_the_rl_ids_are_the_registered_streams():
+    assert {"ContinualCartPole-v0", "ContinualAcrobot-v0", "ContinualMountainCar-v0", "TaskSequence-v0"} <= set(RL_IDS)
 
 
 def _drive(env, seed, actions_seed=0, max_steps=10_000):
@@ -340,3 +344,38 @@ def test_rl_task_lookup_refuses_non_integers():
     assert env.task(np.int64(1)) == env.task(1)
     with pytest.raises(TypeError, match="task_id"):
         env.task(0.75)
+
+
+# ------------------------------------------------------------------ revisits
+def test_cartpole_distinct_tasks_revisit_the_same_physics():
+    env = ContinualCartPoleEnv(num_tasks=7, steps_per_task=30, distinct_tasks=3)
+    env.reset(seed=4)
+    params = [env.task(k) for k in range(7)]
+    assert params[0] != params[1] != params[2] != params[0]
+    for k in range(3, 7):
+        assert params[k] == params[k % 3] and env.distinct_task(k) == k % 3
+    free = ContinualCartPoleEnv(num_tasks=7, steps_per_task=30)
+    free.reset(seed=4)
+    assert [free.task(k) for k in range(3)] == params[:3]  # the first visits are the unrevisited stream's tasks
+    assert free.task(3) != params[0] and free.distinct_task(5) == 5
+    with pytest.raises(ValueError, match="distinct_tasks"):
+        ContinualCartPoleEnv(distinct_tasks=0)
+
+
+def test_permuted_cartpole_maps_each_revisit_like_its_first_visit():
+    env = PermutedCartPole(num_tasks=6, steps_per_task=40, distinct_tasks=2)
+    recs = _drive(env, seed=1)
+    raw = env.unwrapped
+    perm0, perm1 = env.transform(0), env.transform(1)
+    assert not np.array_equal(perm0[0], perm1[0]) or not np.allclose(perm0[1], perm1[1])
+    for k in range(6):
+        got = env.transform(k)
+        want = perm0 if k % 2 == 0 else perm1
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert env.get_wrapper_attr("distinct_task")(k) == k % 2
+    assert raw.num_tasks == 6 and recs[-1][2]["stream_done"]
+    # The observation really is the declared map of the inner CartPole state.
+    inner_obs = np.asarray(raw._inner.unwrapped.state, dtype=np.float64)
+    perm, a, b = env.transform(5)
+    np.testing.assert_allclose(recs[-1][1], np.clip(inner_obs[perm] * a + b, env.observation_space.low,
+                                                    env.observation_space.high), rtol=1e-5, atol=1e-5)

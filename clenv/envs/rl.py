@@ -30,10 +30,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from clenv.envs.wrappers import TaskObservationPerturbation
 from clenv.streams import check_reset, require_int, require_real, start_stream, task_rng
 
 __all__ = ["ContinualRLEnv", "ContinualCartPoleEnv", "TaskSequenceEnv", "ContinualAcrobot", "ContinualMountainCar",
-           "RL_INFO_KEYS", "check_action"]
+           "PermutedCartPole", "RevisitingObservationPerturbation", "RL_INFO_KEYS", "check_action"]
 
 #: The keys every RL ``info`` carries: the supervised ``INFO_KEYS`` plus ``stream_done``.
 RL_INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task",
@@ -131,6 +132,11 @@ class ContinualRLEnv(gym.Env):
     def _task_params(self, task_id: int, rng: np.random.Generator) -> dict[str, Any]:
         return {}
 
+    def distinct_task(self, task_id: int) -> int:
+        """The task that task ``task_id`` is a visit of (itself unless the stream revisits tasks); results group
+        revisits by it (``env.get_wrapper_attr("distinct_task")`` finds a wrapper's override)."""
+        return int(task_id)
+
     def eval_env(self) -> "ContinualRLEnv":
         """A new env with the same configuration and stream seed; ``reset(options={"task_id": k})`` replays task k."""
         if self.stream_seed is None:
@@ -213,14 +219,18 @@ class ContinualCartPoleEnv(ContinualRLEnv):
         num_tasks, steps_per_task, max_episode_steps: see :class:`ContinualRLEnv` (CartPole-v1's 500 by default).
         spread: the factor bounding each parameter around its default (>= 1; 1 gives plain CartPole every task).
         vary: which parameters change, a subset of ``("gravity", "length", "masspole", "force_mag")``.
+        distinct_tasks: when set, task k has the physics of task ``k % distinct_tasks``, so every task after the
+            first ``distinct_tasks`` revisits one (``revisit_of(k)``); None: every task is new.
     """
 
     DEFAULTS = {"gravity": 9.8, "length": 0.5, "masspole": 0.1, "force_mag": 10.0}
 
     def __init__(self, num_tasks: int = 10, steps_per_task: int = 10_000, *, max_episode_steps: int | None = 500,
-                 spread: float = 2.0, vary: Sequence[str] = ("gravity", "length", "masspole", "force_mag")):
+                 spread: float = 2.0, vary: Sequence[str] = ("gravity", "length", "masspole", "force_mag"),
+                 distinct_tasks: int | None = None):
         super().__init__(num_tasks=num_tasks, steps_per_task=steps_per_task, max_episode_steps=max_episode_steps)
         spread = require_real("spread", spread, minimum=1.0)
+        self.distinct_tasks = require_int("distinct_tasks", distinct_tasks, minimum=1, optional=True)
         if isinstance(vary, str) or not all(isinstance(v, str) for v in vary):
             raise TypeError(f"vary must be a list of parameter names such as ['gravity'], got {vary!r}")
         unknown = set(vary) - set(self.DEFAULTS)
@@ -233,17 +243,25 @@ class ContinualCartPoleEnv(ContinualRLEnv):
         self.spread = float(spread)
         self.vary = tuple(vary)
         self.config = dict(num_tasks=self.num_tasks, steps_per_task=self.steps_per_task,
-                           max_episode_steps=self.max_episode_steps, spread=self.spread, vary=list(self.vary))
+                           max_episode_steps=self.max_episode_steps, spread=self.spread, vary=list(self.vary),
+                           distinct_tasks=self.distinct_tasks)
         probe = CartPoleEnv()
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
 
     def _task_params(self, task_id, rng):
+        if self.distinct_tasks is not None and task_id >= self.distinct_tasks:
+            # A revisit: task k has the physics of task k % distinct_tasks (drawn from that task's own stream).
+            base = task_id % self.distinct_tasks
+            return self._task_params(base, task_rng(self.stream_seed, base))
         log_s = np.log(self.spread)
         # Draw all four every task so that changing `vary` does not shift the others' values.
         draws = rng.uniform(-log_s, log_s, size=len(self.DEFAULTS))
         return {k: (float(v * np.exp(d)) if k in self.vary else float(v))
                 for (k, v), d in zip(self.DEFAULTS.items(), draws)}
+
+    def distinct_task(self, task_id: int) -> int:
+        return int(task_id) if self.distinct_tasks is None else int(task_id) % self.distinct_tasks
 
     def _make_task_env(self, task_id, rng):
         env = self._cartpole_cls()
@@ -338,3 +356,31 @@ def ContinualMountainCar(num_tasks: int = 10, steps_per_task: int = 50_000, *, m
     """MountainCar-v0 with a new observation perturbation per task (affine by default: with two dimensions a
     permutation has only one non-identity choice)."""
     return _perturbed_sequence("MountainCar-v0", num_tasks, steps_per_task, mode, max_episode_steps, **perturb)
+
+
+class RevisitingObservationPerturbation(TaskObservationPerturbation):
+    """:class:`clenv.envs.wrappers.TaskObservationPerturbation` whose task k uses the map of task
+    ``k % distinct_tasks``: the stream revisits each of ``distinct_tasks`` input maps in turn."""
+
+    def __init__(self, env: gym.Env, distinct_tasks: int, **kwargs):
+        super().__init__(env, **kwargs)
+        self.distinct_tasks = require_int("distinct_tasks", distinct_tasks, minimum=1)
+
+    def transform(self, task_id: int):
+        return super().transform(int(task_id) % self.distinct_tasks)
+
+    def distinct_task(self, task_id: int) -> int:
+        return int(task_id) % self.distinct_tasks
+
+
+def PermutedCartPole(num_tasks: int = 12, steps_per_task: int = 6000, *, distinct_tasks: int = 3,
+                     mode: str = "permute_affine", spread: float = 1.0, max_episode_steps: int | None = 500,
+                     **perturb) -> gym.Env:
+    """CartPole seen through ``distinct_tasks`` input maps (a permutation of the 4 observation dimensions, with
+    ``mode="permute_affine"`` also a random sign, scale and offset per dimension), visited in turn
+    (task k uses map ``k % distinct_tasks``), so every task after the first ``distinct_tasks`` is a revisit.
+    ``spread > 1`` also switches the physics per distinct task (:class:`ContinualCartPoleEnv`); ``perturb`` goes to
+    :class:`clenv.envs.wrappers.TaskObservationPerturbation` (``scale``, ``shift``, ``noise_std``)."""
+    base = ContinualCartPoleEnv(num_tasks=num_tasks, steps_per_task=steps_per_task,
+                                max_episode_steps=max_episode_steps, spread=spread, distinct_tasks=distinct_tasks)
+    return RevisitingObservationPerturbation(base, distinct_tasks, mode=mode, **perturb)
