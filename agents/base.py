@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
+from agents.common.schedules import SCHEDULES, schedule_factor
 from clenv.data.scaling import to_unit_float
 
 __all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams",
@@ -258,6 +259,20 @@ def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **hparams}
 
 
+def _steps_per_task(u) -> list[int] | None:
+    """Each task's steps as the env states them (``steps_per_task(k)`` or an int for every task), None when it does
+    not: what a learning-rate schedule spans."""
+    steps, n = getattr(u, "steps_per_task", None), int(getattr(u, "num_tasks", 1) or 1)
+    try:
+        if callable(steps):
+            return [int(steps(k)) for k in range(n)]
+        if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+            return [int(steps)] * n
+    except (RuntimeError, ValueError, TypeError):  # an env that can only say after reset()
+        return None
+    return None
+
+
 def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float, betas) -> torch.optim.Optimizer:
     # The networks here are small, so per-tensor Python loops dominate a step: SGD uses the foreach kernels, Adam the
     # fused one (3x cheaper than foreach for NeuMoSync's 26 tensors on CPU).
@@ -276,7 +291,11 @@ class SupervisedAgent(Agent):
     Hyperparameters (``DEFAULTS``): ``backbone`` (None: the env's paper backbone), ``activation``, ``hidden``,
     ``layernorm``, ``optimizer`` (sgd / adam / adamw), ``lr``, ``momentum``, ``weight_decay``, ``betas``,
     ``max_grad_norm`` (None: no clipping; else the global gradient norm is clipped to it before every optimiser step,
-    after ``before_update``), ``seed`` (network initialisation), ``device`` (None: the env's).
+    after ``before_update``), ``lr_schedule`` (None: constant; ``"cosine"``: :func:`agents.common.schedules.
+    schedule_factor` on every parameter group's rate, down to ``lr_final`` / ``lr`` of it, after a linear warm-up over
+    the ``lr_warmup`` share of the steps), ``lr_schedule_scope`` (``"task"``: the schedule restarts at every task and
+    spans its steps; ``"stream"``: one schedule over the whole stream), ``seed`` (network initialisation), ``device``
+    (None: the env's).
     """
 
     NAME = "base"
@@ -284,7 +303,8 @@ class SupervisedAgent(Agent):
     #: method class that supports it says so in its own body (see ``agents.seed_stack.supports_seed_stacking``).
     SEED_STACKING = True
     DEFAULTS = dict(backbone=None, activation="relu", hidden=(100, 100), layernorm=False, optimizer="sgd", lr=1e-2,
-                    momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=None, seed=0, device=None)
+                    momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999), max_grad_norm=None, lr_schedule=None,
+                    lr_final=0.0, lr_warmup=0.0, lr_schedule_scope="task", seed=0, device=None)
 
     def __init__(self, env, **hparams):
         self.hparams = resolve_hparams(type(self), hparams)
@@ -292,6 +312,7 @@ class SupervisedAgent(Agent):
         clip = self.hparams["max_grad_norm"]
         if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0):
             raise ValueError(f"max_grad_norm must be a positive number or None (no clipping), got {clip!r}")
+        self._check_schedule()
         # ``env`` may be an env or the ``env_spec`` dict of another agent (how fresh() rebuilds without the env).
         self.env_spec = dict(env) if isinstance(env, dict) else self.read_env(env)
         self.device = torch.device(self.hparams["device"] or self.env_spec["device"])
@@ -301,6 +322,7 @@ class SupervisedAgent(Agent):
         self.optimizer = self.build_optimizer()
         self.task_id: int | None = None
         self.num_updates = 0
+        self.schedule_step = 0  # steps into the learning-rate schedule (its task's, or the stream's)
         self.auxiliary = False  # True inside auxiliary_forward(): the forward pass is not the training step's
         self._cache: tuple[Any, torch.Tensor, torch.Tensor] | None = None
 
@@ -321,6 +343,7 @@ class SupervisedAgent(Agent):
             num = int(u.action_space.nvec[0]) if hasattr(u.action_space, "nvec") else int(u.action_space.shape[-1])
         row = protocol(env)
         return {"input_shape": tuple(x_space.shape[1:]), "num_outputs": int(num),
+                "steps_per_task": _steps_per_task(u),
                 "action_type": getattr(u, "action_type", "labels"),
                 "backbone": row.backbone if row and row.backbone else "mlp",
                 "task_aware": bool(getattr(u, "task_aware", False)),
@@ -329,6 +352,42 @@ class SupervisedAgent(Agent):
 
     def construction_env(self) -> dict:
         return dict(self.env_spec)
+
+    def _check_schedule(self) -> None:
+        h = self.hparams
+        if h["lr_schedule"] not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {h['lr_schedule']!r}")
+        if h["lr_schedule_scope"] not in ("task", "stream"):
+            raise ValueError(f"lr_schedule_scope must be 'task' or 'stream', got {h['lr_schedule_scope']!r}")
+        for name in ("lr_final", "lr_warmup"):
+            v = h[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if not h["lr_warmup"] < 1:
+            raise ValueError(f"lr_warmup is a share of the schedule's steps in [0, 1), got {h['lr_warmup']!r}")
+
+    def schedule_steps(self) -> int:
+        """The length of the learning-rate schedule: the running task's steps (``lr_schedule_scope="task"``) or the
+        stream's, from the env's ``steps_per_task`` (1 when the env does not say)."""
+        steps = self.env_spec.get("steps_per_task")
+        if not steps:
+            return 1
+        if self.hparams["lr_schedule_scope"] == "stream":
+            return int(sum(steps))
+        t = self.task_id if isinstance(self.task_id, int) and 0 <= self.task_id < len(steps) else 0
+        return int(steps[t])
+
+    def apply_lr_schedule(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Set every parameter group's rate (of ``optimizer``, default the agent's) for the step about to be taken:
+        its starting rate (``initial_lr``, the rate it was built with) times the schedule's factor; the final factor
+        is ``lr_final / lr``."""
+        h = self.hparams
+        if h["lr_schedule"] is None:
+            return
+        factor = schedule_factor(h["lr_schedule"], self.schedule_step, self.schedule_steps(),
+                                 final=float(h["lr_final"]) / float(h["lr"]), warmup=float(h["lr_warmup"]))
+        for group in (optimizer or self.optimizer).param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
     def backbone_options(self) -> dict:
         h = self.hparams
@@ -461,8 +520,10 @@ class SupervisedAgent(Agent):
         if self.hparams["max_grad_norm"] is not None:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                            float(self.hparams["max_grad_norm"]))
+        self.apply_lr_schedule()
         self.optimizer.step()
         self.num_updates += 1
+        self.schedule_step += 1
         self.after_update(x, y)
         return loss.detach()
 
@@ -499,11 +560,14 @@ class SupervisedAgent(Agent):
 
     def on_task_switch(self, task_id) -> None:
         self.task_id = task_id
+        if self.hparams["lr_schedule_scope"] == "task":
+            self.schedule_step = 0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {**super().state_dict(), "network": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates, "task_id": self.task_id}
+                "optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates, "task_id": self.task_id,
+                "schedule_step": self.schedule_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.matching_streams(state)  # refuse foreign generators before anything changes
@@ -513,6 +577,7 @@ class SupervisedAgent(Agent):
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.num_updates = state.get("num_updates", 0)
         self.task_id = state.get("task_id")
+        self.schedule_step = state.get("schedule_step", 0)
         super().load_state_dict(state)  # the generators, last: nothing above may replace one after it is set
 
     def clone(self) -> "SupervisedAgent":

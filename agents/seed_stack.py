@@ -272,10 +272,12 @@ class SeedStack:
         clip = first.hparams["max_grad_norm"]
         if clip is not None:
             self._clip_per_seed(float(clip))
+        first.apply_lr_schedule(self.optimizer)  # the seeds share the schedule and its position
         self.optimizer.step()
         self._link_optimizer_state()
         for i, a in enumerate(self.agents):
             a.num_updates += 1
+            a.schedule_step += 1
             if self._wants_features:
                 a.record_training_features({k: v[i].detach() for k, v in features.items()})
             a.after_update(x[i], y[i])

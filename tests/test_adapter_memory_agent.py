@@ -14,7 +14,8 @@ import agents
 import clenv
 from agents.adapters.layer import adapted_layers
 from agents.adapters.memory import adapter_layout, adapter_vector
-from agents.adapters.memory.agent import AdapterMemoryAgent, cosine_lr
+from agents.adapters.memory.agent import AdapterMemoryAgent
+from agents.common.schedules import schedule_factor
 from agents.adapters.vit import CompactViT, pretrained_vit, vit_config, vit_path
 from clenv.probes import AdapterRecall
 from tests.disk_formats import write_cifar, write_image_folder
@@ -142,13 +143,13 @@ def test_learning_rate_decays_within_each_task_from_5e_3_to_1e_4():
     env = _env()
     agent = agents.make("adapter_memory", env, **SMALL)
     lrs = []
-    original = agent.before_update
+    original = agent.apply_lr_schedule
 
-    def record():
-        original()
+    def record(optimizer=None):
+        original(optimizer)
         lrs.append((agent.task_id, agent.optimizer.param_groups[0]["lr"]))
 
-    agent.before_update = record
+    agent.apply_lr_schedule = record
     clenv.run(env, agent, seed=0, progress=False)
     steps = env.unwrapped.steps_per_task(0)
     assert steps == 36  # 200 images // 16 = 12 full batches per epoch, 3 epochs
@@ -158,7 +159,7 @@ def test_learning_rate_decays_within_each_task_from_5e_3_to_1e_4():
     assert all(a >= b for a, b in zip(task0, task0[1:]))
     task1 = [lr for t, lr in lrs if t == 1]
     assert task1[0] == pytest.approx(5e-3)  # the schedule restarts with the task
-    assert cosine_lr(5, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert schedule_factor("cosine", 5, 11) == pytest.approx(0.5)
 
 
 def test_same_seed_same_numbers(base):

@@ -43,8 +43,9 @@ from agents.adapters.memory.hopfield import HopfieldMemory
 from agents.adapters.memory.layout import (adapter_layout, adapter_vector, install_adapter_vector, read_adapter,
                                            write_adapter)
 from agents.base import SupervisedAgent, _optimizer, seeded
+from agents.common.schedules import schedule_factor
 
-__all__ = ["AdapterMemoryAgent", "TaskHead", "MEMORY_KINDS", "build_memory", "cosine_lr"]
+__all__ = ["AdapterMemoryAgent", "TaskHead", "MEMORY_KINDS", "build_memory"]
 
 #: The memories an agent can write to, by name.
 MEMORY_KINDS = ("exact", "hopfield", "bayespcn")
@@ -59,12 +60,6 @@ def build_memory(kind: str, *, beta: float = 25.0, seed: int = 0):
     if kind == "bayespcn":
         return BayesPCNMemory(seed=seed)
     raise ValueError(f"unknown memory {kind!r}; expected one of {MEMORY_KINDS}")
-
-
-def cosine_lr(step: int, total: int, start: float, end: float) -> float:
-    """A cosine decay from ``start`` at step 0 to ``end`` at step ``total`` (held at ``end`` after it)."""
-    frac = min(1.0, step / max(1, total))
-    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * frac))
 
 
 class TaskHead(nn.Module):
@@ -97,15 +92,17 @@ class AdapterMemoryAgent(SupervisedAgent):
     :func:`agents.adapters.vit.pretrained_vit` of the stream's dataset, trained once when missing; ``"random"``; or an
     ``nn.Module`` with ``features(x)`` and a ``dim`` attribute, deep-copied), ``base_seed`` (the pretraining seed),
     ``base_dim``, ``base_depth``, ``base_heads``, ``base_mlp_dim`` (the ViT's size), ``target_modules``, ``rank``,
-    ``alpha`` (None: alpha = rank), ``lr_end`` (the within-task decay's end), ``memories`` (a subset of
+    ``alpha`` (None: alpha = rank), ``memories`` (a subset of
     :data:`MEMORY_KINDS`), ``beta`` (Hopfield), ``predictor_epochs``, ``predictor_lr``, ``predictor_lr_end``,
     ``predictor_batch_size`` (the task predictor's training).
+    The within-task decay is the base agent's ``lr_schedule="cosine"`` with ``lr_schedule_scope="task"`` down to
+    ``lr_final``.
     """
 
     NAME = "adapter_memory"
     DEFAULTS = dict(base_model="pretrained", base_seed=0, base_dim=64, base_depth=4, base_heads=4, base_mlp_dim=128,
-                    target_modules=("query", "value"), rank=8, alpha=None, optimizer="adamw", lr=5e-3, lr_end=1e-4,
-                    weight_decay=0.1, memories=MEMORY_KINDS, beta=25.0, predictor_epochs=10, predictor_lr=2e-3,
+                    target_modules=("query", "value"), rank=8, alpha=None, optimizer="adamw", lr=5e-3,
+                    lr_schedule="cosine", lr_final=1e-4, lr_schedule_scope="task", weight_decay=0.1, memories=MEMORY_KINDS, beta=25.0, predictor_epochs=10, predictor_lr=2e-3,
                     predictor_lr_end=1e-4, predictor_batch_size=64)
 
     def __init__(self, env, **hparams):
@@ -123,7 +120,6 @@ class AdapterMemoryAgent(SupervisedAgent):
         self.layout = adapter_layout(self.network)
         self.predictor: nn.Module | None = None
         self.predictor_tasks: list[int] = []
-        self._task_step = 0
         self._committed = True  # nothing trained yet
 
     # ------------------------------------------------------------------ construction
@@ -136,8 +132,6 @@ class AdapterMemoryAgent(SupervisedAgent):
                              f"such as SplitFashionMNIST-5S-v0), got task_type={spec['task_type']!r}, "
                              f"action_type={spec['action_type']!r}, input shape {spec['input_shape']}")
         spec["dataset"] = str((getattr(u, "config", None) or {}).get("dataset", ""))
-        steps = getattr(u, "steps_per_task", None)
-        spec["steps_per_task"] = ([int(steps(t)) for t in range(spec["num_tasks"])] if callable(steps) else None)
         return spec
 
     def build_base(self) -> nn.Module:
@@ -200,24 +194,7 @@ class AdapterMemoryAgent(SupervisedAgent):
         if self.num_updates or self.stored_tasks:
             self.reset_adapter()
         self.reset_optimizer()
-        self._task_step = 0
         self._committed = False
-
-    def _task_steps(self) -> int:
-        steps = self.env_spec.get("steps_per_task")
-        t = self.task_id if isinstance(self.task_id, int) else 0
-        return int(steps[t]) if steps and 0 <= t < len(steps) else 1
-
-    def before_update(self) -> None:
-        super().before_update()
-        lr = cosine_lr(self._task_step, self._task_steps() - 1, float(self.hparams["lr"]),
-                       float(self.hparams["lr_end"]))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def after_update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().after_update(x, y)
-        self._task_step += 1
 
     # ------------------------------------------------------------------ memories
     def commit_task(self) -> bool:
@@ -316,7 +293,8 @@ class AdapterMemoryAgent(SupervisedAgent):
             order = torch.randperm(len(xs), generator=g).to(self.device)
             for i in range(per_epoch):
                 idx = order[i * batch:(i + 1) * batch]
-                lr = cosine_lr(step, total - 1, float(h["predictor_lr"]), float(h["predictor_lr_end"]))
+                lr = float(h["predictor_lr"]) * schedule_factor(
+                    "cosine", step, total, final=float(h["predictor_lr_end"]) / float(h["predictor_lr"]))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 loss = nn.functional.cross_entropy(net(xs[idx]), ys[idx])
@@ -344,7 +322,7 @@ class AdapterMemoryAgent(SupervisedAgent):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "memories": copy.deepcopy(self.memories),
                 "keys": {t: k.clone() for t, k in self.keys.items()}, "stored_tasks": list(self.stored_tasks),
-                "task_step": self._task_step, "committed": self._committed,
+                "committed": self._committed,
                 "predictor": copy.deepcopy(self.predictor), "predictor_tasks": list(self.predictor_tasks)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -352,6 +330,6 @@ class AdapterMemoryAgent(SupervisedAgent):
         self.memories = copy.deepcopy(state["memories"])
         self.keys = {int(t): k.clone() for t, k in state["keys"].items()}
         self.stored_tasks = [int(t) for t in state["stored_tasks"]]
-        self._task_step, self._committed = int(state["task_step"]), bool(state["committed"])
+        self._committed = bool(state["committed"])
         self.predictor = copy.deepcopy(state["predictor"])
         self.predictor_tasks = list(state["predictor_tasks"])
