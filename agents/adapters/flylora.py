@@ -300,8 +300,9 @@ class FlyLoRAAgent(AdapterAgent):
     Hyperparameters beyond :class:`AdapterAgent`'s (whose ``components`` must stay 1): ``k``, ``density``,
     ``a_init``, ``bias_u``, ``gate`` ("none" | "static" | "context"), ``gate_hidden`` (d_h), ``gate_lr`` (None: lr;
     the gate's parameters are the optimiser's second param group), ``trainable_a``, ``orth_lambda`` (lambda of eq. 8;
-    the loss enters through :meth:`regularizer`). The learning rate is constant: the base agent has no schedule, so
-    NeuroLoRA's cosine schedule with 3% warm-up is not reproduced.
+    the loss enters through :meth:`regularizer`). The learning rate is constant by default, as the tables in
+    docs/adapters.md were measured; NeuroLoRA's cosine schedule with 3% warm-up is ``lr_schedule="cosine",
+    lr_warmup=0.03`` (the base agent's schedule, on both parameter groups in proportion).
     """
 
     NAME = "flylora"
