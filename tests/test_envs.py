@@ -74,6 +74,10 @@ def test_env_checker_passes_on_torchvision_formats(env_id, disk_root, monkeypatc
         kw["num_tasks"] = 2  # 4 classes written: 2 binary tasks
     if d.kwargs["dataset"] == "cifar10" and d.kwargs["stream"] == "class_split":
         kw["batch_size"] = 16
+    if "memory" in d.tags:  # the adapter-memory splits: batch 64 of few written images; 4 Tiny-ImageNet classes
+        kw["batch_size"] = 2
+        if d.kwargs["dataset"] == "tiny_imagenet":
+            kw["num_tasks"] = 4 // d.kwargs["classes_per_task"]
     if d.kwargs["dataset"] == "mini_imagenet" and d.kwargs["stream"] == "class_split":
         kw.update(num_tasks=3, classes_per_task=1, samples_per_class=8, batch_size=4)  # 3 classes of 10 written
     env = gym.make(env_id, **kw)
