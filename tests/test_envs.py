@@ -535,3 +535,16 @@ def test_task_steps_is_the_rule_the_env_uses():
         task_steps(64, 16, 1.5)
     with pytest.raises(ValueError, match="steps_per_task"):
         task_steps(64, 16, 1, steps_per_task=0)
+
+
+def test_task_image_cache_serves_the_same_bytes(monkeypatch):
+    import clenv.envs.supervised as sup
+
+    def stream():
+        env = small(stream="permuted", samples_per_task=64, num_tasks=2, epochs_per_task=2)
+        return [o for o, *_ in rollout(env, 5, 10)]
+
+    cached = stream()
+    monkeypatch.setattr(sup, "TASK_CACHE_BYTES", 0)  # every batch gathered from the whole dataset, as before
+    direct = stream()
+    assert len(cached) == len(direct) == 11 and all(np.array_equal(a, b) for a, b in zip(cached, direct))
