@@ -35,7 +35,8 @@ Contracts:
   and options); one without is assumed stateless. Every probe of :mod:`clenv.probes` and :class:`clenv.Evaluation` has
   state, so a run with every probe resumes exactly.
 - **Envs**: ``env.unwrapped`` needs ``state_dict()`` / ``load_state_dict()``; wrappers must be stateless across
-  steps. Continual RL envs do not implement it yet.
+  steps. The continual RL envs (:class:`clenv.envs.rl.ContinualRLEnv`) save their stream position and a copy of
+  the running inner env, so RL runs (tianshou agents with their replay buffers) resume exactly too.
 
 Loading checks the format, the checksum, the env id and configuration (``data_root`` / ``download`` may differ), the
 agent's class, name and hyperparameters, the seed and the callbacks, and raises :class:`CheckpointError` naming the

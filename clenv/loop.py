@@ -21,7 +21,7 @@ from clenv.metrics.online import online_metrics, window_size, window_accuracy
 from clenv.seeding import set_global_rng_state
 
 __all__ = ["run", "run_seeds", "Callback", "RunResult", "TaskTracker", "LoopState", "agent_name", "apply_seed_rule", "stateful",
-           "return_metrics"]
+           "return_metrics", "revisit_metrics"]
 
 
 class Callback:
@@ -483,6 +483,7 @@ def _finish(result: RunResult, tracker: TaskTracker, episodes: list, env, agent,
         result.metrics["avg_online_mse"] = -result.metrics["avg_online_acc"]
     if result.episodes > 1:  # an episodic (RL) stream: the per-task mean episode return is what matters
         result.metrics.update(return_metrics(result.task_return))
+        _fill_revisits(result, env)
     for cb in callbacks:
         cb.on_task_end(env, agent, current_task, result)
     for cb in callbacks:
@@ -515,6 +516,51 @@ def return_metrics(task_return, windows=(0.1, 0.25, 1.0)) -> dict[str, float]:
         mean = float(np.nanmean(last)) if np.isfinite(last).any() else float("nan")
         out[f"task_return_last{int(round(f * 100))}"] = mean
     return out
+
+
+def _fill_revisits(result: RunResult, env) -> None:
+    """For streams that revisit tasks (``distinct_task(k) != k``): the revisit table and its metrics."""
+    try:
+        distinct = env.get_wrapper_attr("distinct_task") if hasattr(env, "get_wrapper_attr") else env.distinct_task
+    except AttributeError:
+        return
+    ids = [distinct(t) for t in result.task_ids]
+    if ids == list(result.task_ids):
+        return
+    table, metrics = revisit_metrics(result.task_return, ids)
+    result.records["revisits"] = table
+    result.metrics.update(metrics)
+
+
+def revisit_metrics(task_return, distinct_ids) -> tuple[list[dict], dict[str, float]]:
+    """The RL analogue of the forgetting matrix: every task's return next to the first visit of the same distinct
+    task. Returns rows ``{"task", "distinct", "visit", "return", "change"}`` (``change`` = return - first visit's)
+    and ``first_visit_return`` (mean over distinct tasks), ``revisit_return`` (mean over revisits),
+    ``revisit_return_change`` (mean change over revisits) and ``last_visit_return_change`` (the mean change of
+    each distinct task's last visit). NaN returns (no finished episode) are skipped."""
+    r = np.asarray(task_return, dtype=np.float64)
+    first: dict[int, float] = {}
+    visits: dict[int, int] = {}
+    table = []
+    for k, (ret, d) in enumerate(zip(r, distinct_ids)):
+        d = int(d)
+        v = visits.get(d, 0)
+        visits[d] = v + 1
+        if v == 0:
+            first[d] = float(ret)
+        table.append({"task": k, "distinct": d, "visit": v, "return": float(ret),
+                      "change": float(ret - first[d])})
+    later = [row for row in table if row["visit"] > 0 and np.isfinite(row["change"])]
+    last = {row["distinct"]: row for row in later}  # the last visit of each distinct task
+
+    def mean(xs):
+        xs = [x for x in xs if np.isfinite(x)]
+        return float(np.mean(xs)) if xs else float("nan")
+
+    return table, {"first_visit_return": mean(first.values()),
+                   "revisit_return": mean(row["return"] for row in later),
+                   "revisit_return_change": mean(row["change"] for row in later),
+                   "last_visit_return_change": mean(row["change"] for row in last.values())}
 
 
 def _stream_length(unwrapped) -> int:

@@ -211,6 +211,12 @@ ENV_TABLE: tuple[EnvDef, ...] = (
            dict(tasks=["CartPole-v1"], steps_per_task=10_000),
            "any list of gymnasium ids (with kwargs) as the tasks of one stream", "gymnasium (built in)",
            backbone="mlp", tags=("rl",)),
+    # The RL plasticity protocol (docs/rl.md): two input maps of CartPole, each visited 4 times.
+    EnvDef("PermutedCartPole-v0", "clenv.envs.rl:PermutedCartPole",
+           dict(num_tasks=8, steps_per_task=12_000, distinct_tasks=2, mode="permute_affine", spread=1.0),
+           "CartPole through 2 observation maps (permutation, sign, scale, offset) visited in turn, 8 tasks x "
+           "12,000 steps: return on revisits against the first visit; about 2.5 min per DQN run on 2 cores",
+           "gymnasium (built in)", backbone="mlp", tags=("rl", "plasticity")),
 )
 
 

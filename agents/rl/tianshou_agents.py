@@ -188,6 +188,13 @@ class TianshouAgent(Agent):
     def _trainer_params_class(self):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def run_callbacks(self) -> list:
+        """Callbacks every ``clenv run`` / ``compare`` / ``sweep`` of this agent gets: the networks' plasticity
+        diagnostics at each task end (:class:`agents.rl.diagnostics.RLDiagnostics`), which ``clenv report`` shows."""
+        from agents.rl.diagnostics import RLDiagnostics
+
+        return [RLDiagnostics()]
+
     @property
     def intervention_stats(self) -> dict[str, float]:
         return dict(self.intervention.stats) if self.intervention is not None else {}

@@ -77,7 +77,8 @@ def learning_curves(groups: dict, path) -> Path | None:
     plt = _plt()
     by_env: dict[str, list] = {}
     for label, runs in groups.items():
-        runs = [r for r in runs if r.task_accuracy]
+        # RL streams' per-step reward is no accuracy (rl_returns plots their returns)
+        runs = [r for r in runs if r.task_accuracy and "avg_task_return" not in r.metrics]
         if runs:
             by_env.setdefault(runs[0].env_id or "env", []).append((label, runs))
     if not by_env:
@@ -242,7 +243,7 @@ def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
     for ax, key in zip(axes.ravel(), keys):
         for label, runs in items:
             series = [np.array([d.get(key, np.nan) if d.get(key) is not None else np.nan
-                                for d in r.records["diagnostics"]], dtype=np.float64) for r in runs]
+                                for d in _first_network(r.records["diagnostics"])], dtype=np.float64) for r in runs]
             data = _stack(series)
             _band(ax, np.arange(data.shape[1]), data, label)
         ax.set(title=key, xlabel="task")
@@ -251,6 +252,63 @@ def diagnostics_over_tasks(groups: dict, path, keys=_DIAG) -> Path | None:
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(keys):]:
         ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def _first_network(rows: list[dict]) -> list[dict]:
+    """RL diagnostics name their network (PPO: actor and critic rows per task): keep the first one's rows."""
+    first = rows[0].get("network") if rows else None
+    return [d for d in rows if d.get("network") == first]
+
+
+def _task_returns(run) -> np.ndarray:
+    """Per-task mean episode return; a loaded result recomputes it from ``records["episodes"]`` (task, return,
+    length), as the loop did."""
+    if run.task_return:
+        return np.asarray(run.task_return, dtype=np.float64)
+    by_task: dict[int, list[float]] = {}
+    for task, ret, _ in run.records.get("episodes") or []:
+        by_task.setdefault(int(task), []).append(float(ret))
+    return np.array([np.mean(by_task[t]) if t in by_task else np.nan for t in run.task_ids], dtype=np.float64)
+
+
+def rl_returns(groups: dict, path) -> Path | None:
+    """RL runs: per-task mean episode return (left) and, for streams that revisit tasks, each revisit's return
+    minus its first visit's by visit number (right); mean +/- std over seeds, one line per configuration."""
+    plt = _plt()
+    items = [(label, [r for r in runs if "avg_task_return" in r.metrics and r.records.get("episodes")])
+             for label, runs in groups.items()]
+    items = [(label, runs) for label, runs in items if runs]
+    if not items:
+        return None
+    revisits = any(r.records.get("revisits") for _, runs in items for r in runs)
+    fig, axes = plt.subplots(1, 2 if revisits else 1, figsize=(11 if revisits else 5.5, 4), squeeze=False,
+                             layout="constrained")
+    ax = axes[0, 0]
+    for label, runs in items:
+        data = _stack([_task_returns(r) for r in runs])
+        _band(ax, np.arange(data.shape[1]), data, f"{label} (n={len(runs)})")
+    ax.set(xlabel="task (stream order)", ylabel="mean episode return")
+    _integer_ticks(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if revisits:
+        bx = axes[0, 1]
+        for label, runs in items:
+            per_run = []
+            for r in runs:
+                rows = r.records.get("revisits") or []
+                visits = sorted({row["visit"] for row in rows if row["visit"] > 0})
+                per_run.append(np.array([np.nanmean([row["change"] if row["change"] is not None else np.nan
+                                                     for row in rows if row["visit"] == v]) for v in visits]))
+            data = _stack(per_run)
+            if data.size:
+                _band(bx, np.arange(1, data.shape[1] + 1), data, label)
+        bx.axhline(0, color="k", lw=0.8)
+        bx.set(xlabel="visit (1 = first revisit)", ylabel="return - first visit's return")
+        _integer_ticks(bx)
+        bx.grid(alpha=0.3)
+        bx.legend(fontsize=7)
     return save_figure(fig, path)
 
 

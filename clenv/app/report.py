@@ -12,6 +12,7 @@ Tables follow the papers' layouts, one table per env with one row per configurat
 - stability gap: min-ACC, WC-ACC, avg-SG, the NGM-SGD script's versions and its avg-SG on the seed-mean curve with
   delta-method error bars (the authors' error bars);
 - plasticity diagnostics at the last task end;
+- RL: mean episode return per task, and the return on revisited tasks against their first visit;
 - mask routing (FTN Tables 1, 2 and 3, as fractions; per-token CE on language streams): mask-recovery and stored-mask
   scores, recall error, mask overlap, Table 4's decomposition against FixedMask (training-time overlap, recall error)
   and Table 5's pairwise overlap of the stored masks;
@@ -23,7 +24,8 @@ appears only when some run has its own metrics (the online columns a probe table
 Writes ``report.md``, ``metrics.csv`` (every metric: mean, std, n) and ``learning_curves.png``,
 ``accuracy_matrix.png``, ``stability_gap.png``, ``first_task_stability.png`` (task 0 around each switch with the
 agent's gain trace, NGM-SGD's figure), ``diagnostics.png``, ``mask_tiling.png`` (FTN Figures 1 / 4),
-``task_curves.png`` (FTN Figure 3: each task's score after training through task i, mask-recovery protocol) into
+``task_curves.png`` (FTN Figure 3: each task's score after training through task i, mask-recovery protocol),
+``rl_returns.png`` (RL: per-task mean episode return, and each revisit's return against its first visit) into
 ``--out`` (default ``./report``), and prints the tables.
 """
 
@@ -78,9 +80,13 @@ TABLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Held-out test accuracy (%)", (("test_acc", "test acc"), ("avg_online_acc", "avg online acc"))),
     ("Mean episode return per task (RL streams)",
      (("avg_task_return", "all tasks"), ("task_return_last25", "last 25%"), ("task_return_last10", "last 10%"))),
+    ("Return on revisited tasks against their first visit (RL streams that revisit tasks)",
+     (("first_visit_return", "first visits"), ("revisit_return", "revisits"),
+      ("revisit_return_change", "revisit - first"), ("last_visit_return_change", "last visit - first"))),
 )
 
-_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_", "recall_error_", "memory_bytes_")
+_NOT_PERCENT_PREFIX = ("sg_", "ngm_sg_", "agent/", "task_return_", "recall_error_", "memory_bytes_", "revisit_return",
+                       "first_visit_return", "last_visit_return")
 _NOT_PERCENT = {"avg_task_return", "avg_sg", "ngm_avg_sg", "ngm_avg_sg_delta", "dormant_ratio", "dead_fraction", "feature_rank", "weight_magnitude",
                 "zero_grad_fraction", "gamma", "probe_time_s", "merge_ta_scale", "merge_ties_scale",
                 "adapter_bytes"}
@@ -320,6 +326,7 @@ def report_main(argv=None) -> int:
         for fn, name in ((plots.learning_curves, "learning_curves.png"), (plots.accuracy_matrices,
                          "accuracy_matrix.png"), (plots.stability_curves, "stability_gap.png"),
                          (plots.diagnostics_over_tasks, "diagnostics.png"),
+                         (plots.rl_returns, "rl_returns.png"),
                          (plots.agent_traces, "agent_traces.png"),
                          (plots.first_task_around_switches, "first_task_stability.png"),
                          (plots.mask_tiling, "mask_tiling.png"), (plots.task_curves, "task_curves.png")):

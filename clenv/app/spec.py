@@ -309,7 +309,8 @@ def run_resolved(resolved: ResolvedRun, *, out=None, progress: bool = False, che
         torch.set_num_threads(int(threads))
     env = resolved.env
     agent = resolved.build_agent()
-    callbacks, ck_dir = [], None
+    # An agent may name callbacks its runs should always have (the RL agents: their networks' diagnostics per task).
+    callbacks, ck_dir = list(getattr(agent, "run_callbacks", lambda: [])()), None
     if checkpoint_every and out is not None:
         ck_dir = Path(out) / ".checkpoints" / resolved.key
         callbacks.append(clenv.Checkpoint(ck_dir, every=checkpoint_every))

@@ -23,6 +23,7 @@ Envs:
 
 from __future__ import annotations
 
+import copy
 import numbers
 from typing import Any, Sequence
 
@@ -201,6 +202,50 @@ class ContinualRLEnv(gym.Env):
             self._inner = None
             self._inner_task = -1
         super().close()
+
+    # ------------------------------------------------------------------ checkpoints
+    _STATE_KEYS = ("config", "stream_seed", "first_task", "last_task", "task", "step", "step_in_task",
+                   "episode_steps", "stream_over", "episode_over", "inner_task", "inner", "np_random")
+
+    def state_dict(self) -> dict:
+        """The stream position mid-episode, for :class:`clenv.Checkpoint`: the configuration (checked on load),
+        stream seed, task cursor and counters, ``np_random`` (it seeds the next episodes) and a copy of the running
+        inner env (its physics state, step counters and own generator)."""
+        rng = self._np_random
+        return {"config": copy.deepcopy(getattr(self, "config", {})), "stream_seed": self.stream_seed,
+                "first_task": self._first_task, "last_task": self._last_task, "task": self._task, "step": self._step,
+                "step_in_task": self._step_in_task, "episode_steps": self._episode_steps,
+                "stream_over": self._stream_over, "episode_over": self._episode_over, "inner_task": self._inner_task,
+                "inner": copy.deepcopy(self._inner),
+                "np_random": None if rng is None else copy.deepcopy(rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`. Raises ``ValueError`` and changes nothing when the state is not a
+        continual RL env's or was saved under another configuration."""
+        missing = set(self._STATE_KEYS) - set(state)
+        if missing:
+            raise ValueError(f"not a continual RL env state: missing {sorted(missing)}")
+        ours, theirs = getattr(self, "config", {}), dict(state["config"])
+        if ours != theirs:
+            diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<unset>") != theirs.get(k, "<unset>"))
+            raise ValueError("env state was saved with another configuration: "
+                             + ", ".join(f"{k}={theirs.get(k, '<unset>')!r} (this env: {ours.get(k, '<unset>')!r})"
+                                         for k in diff))
+        if not 0 <= int(state["first_task"]) <= int(state["task"]) <= int(state["last_task"]) < self.num_tasks:
+            raise ValueError(f"env state has task {state['task']} outside tasks {state['first_task']}.."
+                             f"{state['last_task']} of a {self.num_tasks}-task stream")
+        if self._inner is not None and self._inner is not state["inner"]:
+            self._inner.close()
+        self.stream_seed = state["stream_seed"]
+        self._first_task, self._last_task = int(state["first_task"]), int(state["last_task"])
+        self._task, self._step, self._step_in_task = int(state["task"]), int(state["step"]), int(state["step_in_task"])
+        self._episode_steps, self._inner_task = int(state["episode_steps"]), int(state["inner_task"])
+        self._stream_over, self._episode_over = bool(state["stream_over"]), bool(state["episode_over"])
+        self._inner = copy.deepcopy(state["inner"])  # a copy: the saved state must stay as saved
+        if state["np_random"] is not None:
+            bit_generator = getattr(np.random, state["np_random"]["bit_generator"])()
+            bit_generator.state = copy.deepcopy(state["np_random"])
+            self.np_random = np.random.Generator(bit_generator)
 
     # ------------------------------------------------------------------ internals
     def _info(self, switch: bool, reward_task: int, stream_done: bool) -> dict:
