@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "scratch": "agents.scratch:ScratchAgent",
     "tianshou_dqn": "agents.rl.tianshou_agents:TianshouDQNAgent",
     "tianshou_ppo": "agents.rl.tianshou_agents:TianshouPPOAgent",
+    "sb3_dqn": "agents.rl.sb3_agents:SB3DQNAgent",
+    "sb3_ppo": "agents.rl.sb3_agents:SB3PPOAgent",
     "neumosync": "agents.neumosync:NeuMoSyncAgent",
     "l2": "agents.l2:L2Agent",
     "l2init": "agents.l2init:L2InitAgent",

@@ -28,7 +28,7 @@ def test_no_registered_agent_overrides_a_private_method_of_the_base():
     base = {n for klass in (Agent, SupervisedAgent) for n in vars(klass)
             if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))}
     for name in agents.available():
-        if name.startswith("tianshou"):
+        if name.startswith(("tianshou", "sb3")):  # RL agents: tests/test_tianshou.py, test_sb3.py
             continue
         cls = agents.agent_class(name)
         for klass in cls.__mro__:

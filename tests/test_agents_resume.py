@@ -35,7 +35,7 @@ FIRING = {
 # kill-and-resume is checked on StyleShiftText-v0 in tests/test_adapters_agents.py and tests/test_flylora.py.
 LANGUAGE = {"lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank", "flylora", "neurolora",
             "neurolora_no_orth", "neurolora_no_gate", "neurolora_static_gate", "neurolora_trainable_a", "ewc_lora"}
-SUPERVISED = [n for n in agents.available() if not n.startswith("tianshou") and n not in LANGUAGE]
+SUPERVISED = [n for n in agents.available() if not n.startswith(("tianshou", "sb3")) and n not in LANGUAGE]
 EXTRA = {"neumosync[sparse]": ("neumosync", dict(controller="sparse", sparse_fraction=0.5)),
          "cbp+er": ("cbp+er", {**FIRING["cbp"], **FIRING["er"]}),
          "neumosync+agem": ("neumosync+agem", FIRING["agem"])}

@@ -305,7 +305,7 @@ LANGUAGE_AGENTS = ("lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_ba
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in agents.available() if not n.startswith("tianshou")
+@pytest.mark.parametrize("name", [n for n in agents.available() if not n.startswith(("tianshou", "sb3"))
                                   and n not in SLOW_AGENTS + LANGUAGE_AGENTS] + ["cbp+er"])
 def test_every_supervised_agent_resumes_exactly(tmp_path, name):
     """The agent contract: state_dict() holds all state that affects later steps (replay, Fisher, EMAs, ...)."""
