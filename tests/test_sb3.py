@@ -141,3 +141,24 @@ def test_killed_and_resumed_sb3_run_ends_identical(tmp_path, name, kw):
     assert again.records["episodes"] == full.records["episodes"]
     for p, q in zip(agent.model.policy.parameters(), resumed.model.policy.parameters()):
         assert torch.equal(p, q)
+
+
+def test_sb3_agents_work_without_tianshou():
+    # tianshou is another optional extra: the SB3 agents, their interventions and diagnostics must not need it.
+    code = """
+import builtins, sys
+real = builtins.__import__
+def block(name, *a, **k):
+    if name.split(".")[0] == "tianshou":
+        raise ImportError("tianshou blocked")
+    return real(name, *a, **k)
+builtins.__import__ = block
+import gymnasium as gym, clenv, agents
+from agents.rl.diagnostics import RLDiagnostics
+env = gym.make("ContinualCartPole-v0", num_tasks=2, steps_per_task=60)
+agent = agents.make("sb3_dqn", env, intervention="redo", intervention_kwargs={"every": 5}, learning_starts=20)
+result = clenv.run(env, agent, seed=0, progress=False, callbacks=[RLDiagnostics(samples=20)])
+assert agent.intervention_stats["redo_calls"] > 0 and len(result.records["diagnostics"]) == 2
+assert "tianshou" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,8 +3,8 @@
 :class:`RLDiagnostics` is a :class:`clenv.Callback`: at the end of each task it runs
 :func:`clenv.metrics.plasticity.network_diagnostics` (dormant ratio, dead fraction, feature rank, weight magnitude,
 per layer and pooled) on the agent's Q network (DQN) or actor and critic (PPO), fed the last ``samples``
-observations from the agent's replay buffer (its own buffer, so ``clenv.run`` runs; with ``samples`` at most
-``steps_per_task`` they are the ending task's) (the states the network was just trained on). Results go
+observations the agent stored (``agent.recent_observations(samples)``: its replay or rollout buffer; with
+``samples`` at most ``steps_per_task`` they are the ending task's) (the states the network was just trained on). Results go
 to ``result.records["diagnostics"]`` as ``{"task", "step", "network", ...}`` rows, as the supervised
 ``PlasticityDiagnostics`` probe writes them, so ``clenv report`` reads both.
 """
@@ -48,15 +48,13 @@ class RLDiagnostics(Callback):
         self.rows = []
 
     def _observations(self, agent) -> torch.Tensor | None:
-        buf = getattr(agent, "buffer", None)
-        if buf is None or len(buf) == 0:
-            return None
         # The newest transitions: the agent just trained on them, and (samples <= steps_per_task) all belong to
-        # the ending task.
-        idx = buf.sample_indices(0)[-self.samples:]
-        if len(idx) < 2:
+        # the ending task. Agents say which through recent_observations(n) (tianshou and SB3 buffers differ).
+        recent = getattr(agent, "recent_observations", None)
+        x = recent(self.samples) if callable(recent) else None
+        if x is None or len(x) < 2:
             return None
-        return torch.as_tensor(np.asarray(buf.obs)[idx], dtype=torch.float32)
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32)
 
     def on_task_end(self, env, agent, task_id: int, result) -> None:
         nets = {"q" if hasattr(agent, "q_values") else "actor": getattr(agent, "network", None),

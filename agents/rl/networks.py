@@ -8,25 +8,15 @@ update-time info is misaligned with ``obs_next``, see the spec).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 from tianshou.utils.net.common import AbstractDiscreteActor, ModuleWithVectorOutput
 
-from agents.backbones import build_backbone
+from agents.rl.common import build_rl_backbone
 
 __all__ = ["build_rl_backbone", "QNet", "DiscreteActorNet", "CriticNet"]
-
-
-def build_rl_backbone(obs_dim: int, num_outputs: int, *, hidden=(64, 64), activation: str = "relu",
-                      layernorm: bool = False, network: Callable[[tuple, int], nn.Module] | None = None) -> nn.Module:
-    """An MLP backbone for vector observations, or ``network((obs_dim,), num_outputs)`` when given (e.g. a
-    NeuMoSync-modulated network)."""
-    if network is not None:
-        return network((int(obs_dim),), int(num_outputs))
-    return build_backbone("mlp", (int(obs_dim),), int(num_outputs), hidden=hidden, activation=activation,
-                          layernorm=layernorm)
 
 
 def _as_input(module: nn.Module, obs) -> torch.Tensor:

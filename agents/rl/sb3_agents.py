@@ -48,7 +48,7 @@ def BackboneExtractor(observation_space, features_dim: int, hidden=(64, 64), act
     included): with SB3's own head replaced by ``nn.Identity`` the extractor *is* the Q network / actor / critic."""
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-    from agents.rl.networks import build_rl_backbone
+    from agents.rl.common import build_rl_backbone
 
     class _Extractor(BaseFeaturesExtractor):
         def __init__(self):
@@ -201,6 +201,13 @@ class SB3Agent(Agent):
 
     def on_task_switch(self, task_id) -> None:
         self.task_id = task_id
+
+    def recent_observations(self, n: int) -> np.ndarray:
+        """The newest ``n`` (at most) observations in the model's replay / rollout buffer, oldest first."""
+        buf = self._buffer()
+        size = buf.buffer_size if buf.full else buf.pos
+        order = (np.arange(size) + (buf.pos if buf.full else 0)) % max(buf.buffer_size, 1)
+        return buf.observations[order[-int(n):], 0]
 
     def run_callbacks(self) -> list:
         """The networks' diagnostics at each task end (:class:`agents.rl.diagnostics.RLDiagnostics`)."""

@@ -188,6 +188,11 @@ class TianshouAgent(Agent):
     def _trainer_params_class(self):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def recent_observations(self, n: int) -> np.ndarray:
+        """The newest ``n`` (at most) observations in the agent's buffer, oldest first."""
+        idx = self.buffer.sample_indices(0)[-int(n):] if len(self.buffer) else np.zeros(0, int)
+        return np.asarray(self.buffer.obs)[idx]
+
     def run_callbacks(self) -> list:
         """Callbacks every ``clenv run`` / ``compare`` / ``sweep`` of this agent gets: the networks' plasticity
         diagnostics at each task end (:class:`agents.rl.diagnostics.RLDiagnostics`), which ``clenv report`` shows."""
