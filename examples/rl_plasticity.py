@@ -26,9 +26,11 @@ import agents
 import clenv
 from agents.rl.diagnostics import RLDiagnostics
 
-#: The protocol's DQN: a 32-32 ReLU Q network (small, so that lost units matter), a gradient step every 4 env steps,
-#: exploration decayed once over the first 2,000 steps; the rest are the agent's defaults.
-DQN = dict(hidden=(32, 32), train_every=4, eps_decay_steps=2000)
+#: The protocol's DQN: a 32-32 ReLU Q network (small, so that lost units matter), a gradient step every 4 env steps
+#: after 500 stored, exploration decayed once over the first 2,000 steps; the rest are each agent's defaults
+#: (sb3_dqn is SB3's DQN: no double Q, Huber loss, gradient clipping; tianshou_dqn: double Q, MSE).
+DQN = {"tianshou_dqn": dict(hidden=(32, 32), train_every=4, start_steps=500, eps_decay_steps=2000),
+       "sb3_dqn": dict(hidden=(32, 32), train_freq=4, learning_starts=500, eps_decay_steps=2000)}
 METHODS = {
     "dqn": {},
     "dqn+redo": {"intervention": "redo"},
@@ -40,17 +42,22 @@ COLUMNS = (("task_return_last25", "last 25% of tasks"), ("first_visit_return", "
            ("last_visit_return_change", "last visit - first"), ("dormant_ratio", "dormant (end)"))
 
 
-def run_one(env_id: str, env_kwargs: dict, method: str, seed: int) -> dict:
+def run_one(env_id: str, env_kwargs: dict, method: str, seed: int, agent_name: str = "tianshou_dqn") -> dict:
     env = gym.make(env_id, **env_kwargs)
-    agent = agents.make("tianshou_dqn", env, seed=seed, **DQN, **METHODS[method])
+    agent = agents.make(agent_name, env, seed=seed, **DQN[agent_name], **METHODS[method])
     t = time.perf_counter()
     result = clenv.run(env, agent, seed=seed, progress=False, callbacks=[RLDiagnostics(samples=1000)])
-    return {"method": method, "seed": seed, "env": env_id, "env_kwargs": env_kwargs,
+    return {"agent": agent_name, "method": method, "seed": seed, "env": env_id, "env_kwargs": env_kwargs,
             "wall_time": time.perf_counter() - t, "task_return": result.task_return,
             "metrics": {k: float(v) for k, v in result.metrics.items() if "online" not in k},
             "revisits": result.records.get("revisits", []), "diagnostics": result.records.get("diagnostics", []),
             "episodes": [list(e) for e in result.records["episodes"]],
             "intervention_stats": agent.intervention_stats}
+
+
+def _same(run: dict, args, env_kwargs: dict) -> bool:
+    return (run.get("agent", "tianshou_dqn") == args.agent and run["env"] == args.env
+            and run["env_kwargs"] == env_kwargs)
 
 
 def load(path: Path) -> list[dict]:
@@ -104,6 +111,7 @@ def figure(runs: list[dict], path: Path) -> None:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="PermutedCartPole-v0")
+    ap.add_argument("--agent", choices=list(DQN), default="tianshou_dqn")
     ap.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an env kwarg (JSON value), e.g. steps_per_task=6000")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
@@ -124,17 +132,17 @@ def main(argv=None) -> list[dict]:
         # Seeds outermost: a sweep cut short still has every method at the seeds it reached.
         for seed in args.seeds:
             for method in args.methods:
-                if any(r["method"] == method and r["seed"] == seed and r["env"] == args.env
-                       and r["env_kwargs"] == env_kwargs for r in runs):
+                if any(_same(r, args, env_kwargs) and r["method"] == method and r["seed"] == seed for r in runs):
                     continue
-                run = run_one(args.env, env_kwargs, method, seed)
+                run = run_one(args.env, env_kwargs, method, seed, args.agent)
                 runs.append(run)
                 with args.out.open("a") as f:
                     f.write(json.dumps(run) + "\n")
                 print(f"{method:20s} seed {seed}: " + " ".join(f"{x:5.0f}" for x in run["task_return"])
                       + f"  ({run['wall_time']:.0f} s, {run['intervention_stats']})", flush=True)
-    runs = [r for r in runs if r["env"] == args.env and r["env_kwargs"] == env_kwargs]
-    print(f"\n{args.env} {env_kwargs or '(registered defaults)'}: mean (std) over seeds\n" + table(runs))
+    runs = [r for r in runs if _same(r, args, env_kwargs)]
+    print(f"\n{args.agent} on {args.env} {env_kwargs or '(registered defaults)'}: mean (std) over seeds\n"
+          + table(runs))
     if args.figure is not None and runs:
         figure(runs, args.figure)
     return runs

@@ -162,3 +162,24 @@ def test_rl_redo_returns_example_learns():
     rand = _random_return(2, 5000)
     for name, per_seed in rows.items():
         _assert_learned(per_seed[0][-1], rand, f"examples/rl_redo_returns.py {name}")
+
+
+@pytest.mark.parametrize("agent", ["tianshou_dqn", "sb3_dqn"])
+def test_rl_plasticity_example_runs_resumes_and_draws(tmp_path, agent, capsys):
+    if agent == "sb3_dqn":
+        pytest.importorskip("stable_baselines3")
+    from examples import rl_plasticity
+
+    out, fig = tmp_path / "runs.jsonl", tmp_path / "fig.png"
+    argv = ["--agent", agent, "--env-set", "num_tasks=4", "--env-set", "steps_per_task=80", "--seeds", "0", "1",
+            "--methods", "dqn", "dqn+redo", "--out", str(out), "--figure", str(fig)]
+    runs = rl_plasticity.main(argv)
+    assert len(runs) == 4 and fig.stat().st_size > 1000
+    for r in runs:
+        assert [x["distinct"] for x in r["revisits"]] == [0, 1, 0, 1] and len(r["diagnostics"]) == 4
+        assert r["metrics"]["revisit_return_change"] == pytest.approx(
+            np.mean([r["task_return"][2] - r["task_return"][0], r["task_return"][3] - r["task_return"][1]]))
+    capsys.readouterr()
+    again = rl_plasticity.main(argv)  # every run is in the file: nothing reruns
+    assert "seed" not in capsys.readouterr().out.split("mean (std)")[0]
+    assert [r["task_return"] for r in again] == [r["task_return"] for r in runs]
