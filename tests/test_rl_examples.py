@@ -40,7 +40,7 @@ def _assert_learned(last_task_return: float, random_return: float, what: str) ->
 def _docs_blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
     found = [b for b in blocks if "ContinualCartPole-v0" in b]
-    assert len(found) == 2, "docs/rl.md should have the clenv.run and the tianshou trainer CartPole snippets"
+    assert len(found) == 3, "docs/rl.md should have the clenv.run, tianshou trainer and make_vec CartPole snippets"
     return found
 
 
@@ -103,12 +103,14 @@ def test_episode_returns_match_the_collectors_own_episode_statistics():
 
 def test_docs_snippets_and_examples_run_at_a_tiny_size():
     ns: dict = {}
-    first, second = _docs_blocks()
+    first, second, vector = _docs_blocks()
     exec(_sized(first, {"steps_per_task=5000": "steps_per_task=60",
                         "clenv.run(env, agent, seed=0)": "clenv.run(env, agent, seed=0, progress=False)"}), ns)
     exec(_sized(second, {"steps_per_task=5000": "steps_per_task=60", "epoch_num_steps=5000": "epoch_num_steps=60"}),
          ns)
     assert len(ns["result"].task_return) == 4 and len(ns["episodes"]) > 4
+    exec(_sized(vector, {"steps_per_task=5000": "steps_per_task=60"}), ns)
+    assert ns["venv"].num_envs == 4 and len({str(e.unwrapped.task(2)) for e in ns["venv"].envs}) == 1
     out = rl_cartpole.main(["--num-tasks", "2", "--steps-per-task", "80", "--intervention", "none", "--no-progress"])
     assert set(out) == {"random", "tianshou_dqn+none", "tianshou_ppo+none", "trainer"}
     rows = rl_redo_returns.main(["--seeds", "0", "--num-tasks", "2", "--steps-per-task", "80"])
