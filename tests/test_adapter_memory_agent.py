@@ -279,3 +279,23 @@ def test_example_runs_and_refuses_a_wrong_layout(capsys):
     out = capsys.readouterr().out
     assert "refused: the adapter vector has" in out and "FAA_GT" in out
     assert m["d_mts_exact"] == pytest.approx(m["faa_gt"] - m["faa_mts_exact"], abs=1e-12)
+
+
+def test_killed_and_resumed_run_ends_identical(tmp_path):
+    from tests.test_checkpoint import assert_same
+
+    def fresh():
+        env = _env(samples_per_class=48)  # 6 steps per task, 30 in all
+        return env, agents.make("adapter_memory", env, **SMALL)
+
+    env, agent = fresh()
+    full = clenv.run(env, agent, seed=2, progress=False, callbacks=[AdapterRecall(mts=False, samples=100)])
+    env, agent = fresh()
+    clenv.run(env, agent, seed=2, progress=False, total_steps=14,  # killed in task 2, after two writes
+              callbacks=[clenv.Checkpoint(tmp_path, every=4), AdapterRecall(mts=False, samples=100)])
+    env, agent = fresh()
+    resumed = clenv.resume(tmp_path, env, agent, seed=2, progress=False,
+                           callbacks=[AdapterRecall(mts=False, samples=100)])
+    assert_same(resumed, full)
+    assert resumed.metrics["faa_gt"] == full.metrics["faa_gt"]
+    assert resumed.metrics["recall_error_bayespcn"] == full.metrics["recall_error_bayespcn"]

@@ -301,7 +301,7 @@ SLOW_AGENTS = ("maml",)  # meta-trains at construction; minutes on this stream
 # tests/test_flylora.py.
 LANGUAGE_AGENTS = ("lora", "lora_naive", "lora_fixed_mask", "lora_ftn", "lora_bank", "flylora", "neurolora",
                    "neurolora_no_orth", "neurolora_no_gate", "neurolora_static_gate", "neurolora_trainable_a",
-                   "ewc_lora")
+                   "ewc_lora", "adapter_memory")  # adapter_memory: its own ViT; tests/test_adapter_memory_agent.py
 
 
 @pytest.mark.slow
