@@ -3,7 +3,6 @@ task or the whole stream), its state in checkpoints, and the seed stack stepping
 
 import gymnasium as gym
 import pytest
-import torch
 
 import agents
 import clenv

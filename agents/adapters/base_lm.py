@@ -38,7 +38,6 @@ weights bit for bit.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.adapters.cache import cached_path, load_cached, models_root, save_cached
+from agents.adapters.cache import cached_model, cached_path, models_root, train_or_show
 from clenv.data.style_corpus import SENTENCES
 from clenv.envs.style_shift import BOS, EOS, PAD, SEP, VOCAB_SIZE
 
@@ -244,16 +243,10 @@ def pretrained_base_lm(config: dict | None = None, *, cache_dir: str | os.PathLi
     """The pretrained base LM of ``config`` (overrides of :data:`DEFAULT_CONFIG`; None: the defaults), in eval mode:
     loaded from the cache, or trained and cached first (``train_if_missing``; else ``FileNotFoundError``)."""
     cfg = _full_config(dict(config or {}))
-    path = base_lm_path(cfg, cache_dir)
-    if not path.exists():
-        if not train_if_missing:
-            raise FileNotFoundError(f"no pretrained base LM at {path}; train it with "
-                                    f"`python -m agents.adapters.base_lm --seed {cfg['seed']}`")
-        print(f"clenv: pretraining the adapters' base LM once (cached at {path})", file=sys.stderr)
-        model, record = train_base_lm(cfg, progress=progress)
-        save_cached(model, record, path)
-        return model
-    return load_cached(build_base_lm(cfg), path)
+    return cached_model(base_lm_path(cfg, cache_dir), lambda: build_base_lm(cfg),
+                        lambda: train_base_lm(cfg, progress=progress), what="adapters' base LM",
+                        command=f"python -m agents.adapters.base_lm --seed {cfg['seed']}",
+                        train_if_missing=train_if_missing)
 
 
 def main(argv=None) -> int:
@@ -267,15 +260,7 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     cfg = {"seed": args.seed, "steps": args.steps}
-    path = base_lm_path(cfg, args.cache_dir)
-    if args.force or not path.exists():
-        model, record = train_base_lm(cfg)
-        save_cached(model, record, path)
-    else:
-        record = json.loads(path.with_suffix(".json").read_text())
-    print(path)
-    print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
-    return 0
+    return train_or_show(base_lm_path(cfg, args.cache_dir), lambda: train_base_lm(cfg), force=args.force)
 
 
 if __name__ == "__main__":  # pragma: no cover

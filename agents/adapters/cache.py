@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["models_root", "cached_path", "save_cached", "load_cached"]
+__all__ = ["models_root", "cached_path", "save_cached", "load_cached", "cached_model", "train_or_show"]
 
 
 def models_root() -> Path:
@@ -56,3 +58,31 @@ def load_cached(model: nn.Module, path: Path) -> nn.Module:
     model.load_state_dict(load_file(str(path)))
     model.eval()
     return model
+
+
+def cached_model(path: Path, build: Callable[[], nn.Module], train: Callable[[], tuple[nn.Module, dict]], *,
+                 what: str, command: str, train_if_missing: bool = True) -> nn.Module:
+    """The model cached at ``path`` (``build()`` then its weights, eval mode), or, when the cache lacks it,
+    ``train()`` (model, record) saved there first; with ``train_if_missing=False`` a missing cache is a
+    ``FileNotFoundError`` that names ``command``, the way to train it ahead of time."""
+    if path.exists():
+        return load_cached(build(), path)
+    if not train_if_missing:
+        raise FileNotFoundError(f"no pretrained {what} at {path}; train it with `{command}`")
+    print(f"clenv: pretraining the {what} once (cached at {path})", file=sys.stderr)
+    model, record = train()
+    save_cached(model, record, path)
+    return model
+
+
+def train_or_show(path: Path, train: Callable[[], tuple[nn.Module, dict]], *, force: bool = False) -> int:
+    """What ``python -m agents.adapters.<base>`` does: train and cache the model unless the cache has it (or
+    ``force``), then print the path and the training record (without the configuration). Returns 0."""
+    if force or not path.exists():
+        model, record = train()
+        save_cached(model, record, path)
+    else:
+        record = json.loads(path.with_suffix(".json").read_text())
+    print(path)
+    print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
+    return 0

@@ -24,7 +24,6 @@ ahead of time with ``python -m agents.adapters.vit --task-dataset fashion_mnist`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.adapters.cache import cached_path, load_cached, save_cached
+from agents.adapters.cache import cached_model, cached_path, train_or_show
 
 __all__ = ["CompactViT", "PRETRAINING_DATA", "DEFAULT_CONFIG", "vit_config", "build_vit", "train_vit", "vit_path",
            "pretrained_vit"]
@@ -226,16 +225,10 @@ def pretrained_vit(task_dataset: str, image_shape, overrides: dict | None = None
     """The pretrained base for tasks on ``task_dataset`` (eval mode; its ``head`` is the pretraining dataset's):
     loaded from the cache, or trained and cached first (``train_if_missing``; else ``FileNotFoundError``)."""
     cfg = vit_config(task_dataset, image_shape, overrides)
-    path = vit_path(cfg, cache_dir)
-    if not path.exists():
-        if not train_if_missing:
-            raise FileNotFoundError(f"no pretrained ViT base at {path}; train it with "
-                                    f"`python -m agents.adapters.vit --task-dataset {task_dataset}`")
-        print(f"clenv: pretraining the ViT base on {cfg['data']} once (cached at {path})", file=sys.stderr)
-        model, record = train_vit(cfg, progress=progress)
-        save_cached(model, record, path)
-        return model
-    return load_cached(build_vit(cfg), path)
+    return cached_model(vit_path(cfg, cache_dir), lambda: build_vit(cfg), lambda: train_vit(cfg, progress=progress),
+                        what=f"ViT base on {cfg['data']}",
+                        command=f"python -m agents.adapters.vit --task-dataset {task_dataset}",
+                        train_if_missing=train_if_missing)
 
 
 _SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar100": (3, 32, 32), "tiny_imagenet": (3, 64, 64)}
@@ -254,15 +247,7 @@ def main(argv=None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     cfg = vit_config(args.task_dataset, _SHAPES[args.task_dataset], {"seed": args.seed, "steps": args.steps})
-    path = vit_path(cfg, args.cache_dir)
-    if args.force or not path.exists():
-        model, record = train_vit(cfg)
-        save_cached(model, record, path)
-    else:
-        record = json.loads(path.with_suffix(".json").read_text())
-    print(path)
-    print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
-    return 0
+    return train_or_show(vit_path(cfg, args.cache_dir), lambda: train_vit(cfg), force=args.force)
 
 
 if __name__ == "__main__":  # pragma: no cover
