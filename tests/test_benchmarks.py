@@ -3,6 +3,8 @@
 import re
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -33,3 +35,19 @@ def test_protocol_times_benchmark_projects_each_run():
     rows = [l for l in lines if l.startswith("| RandomLabelDigits-v0")]
     assert [r.split("|")[2].strip() for r in rows] == ["base", "l2"]
     assert all(r.split("|")[5].strip() == "9,600" for r in rows)  # 30 tasks x 256 samples x 20 epochs / 16
+
+
+@pytest.mark.slow  # about a minute: it trains five adapters and evaluates them at every N
+def test_adapter_recall_capacity_benchmark_runs_and_its_independent_keys_lose_nothing(tmp_path):
+    """benchmarks/adapter_recall_capacity.py at a tiny size (a random base): the exact-key case has D = 0 at every N,
+    and the figure is written."""
+    script = BENCHMARKS / "adapter_recall_capacity.py"
+    fig = tmp_path / "capacity.png"
+    out = subprocess.run([sys.executable, str(script), "--samples-per-class", "32", "--max-n", "20",
+                          "--bayespcn-max-n", "5", "--base-model", "random", "--out", str(fig)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [l.split() for l in out.stdout.splitlines() if l.startswith(("independent", "shared"))]
+    assert [int(r[2]) for r in rows if r[:2] == ["independent", "hopfield"]] == [5, 10, 20]
+    assert all(float(r[3]) == 0.0 for r in rows if r[:2] == ["independent", "hopfield"])
+    assert fig.exists() and out.stdout.strip().splitlines()[-1].startswith("d_")
