@@ -215,7 +215,7 @@ ENV_TABLE: tuple[EnvDef, ...] = (
     EnvDef("PermutedCartPole-v0", "clenv.envs.rl:PermutedCartPole",
            dict(num_tasks=8, steps_per_task=12_000, distinct_tasks=2, mode="permute_affine", spread=1.0),
            "CartPole through 2 observation maps (permutation, sign, scale, offset) visited in turn, 8 tasks x "
-           "12,000 steps: return on revisits against the first visit; about 2.5 min per DQN run on 2 cores",
+           "12,000 steps: return on revisits against the first visit; about 3 min per DQN run on 2 cores",
            "gymnasium (built in)", backbone="mlp", tags=("rl", "plasticity")),
 )
 
