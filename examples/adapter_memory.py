@@ -26,6 +26,7 @@ def main(argv=None) -> dict:
     p.add_argument("--samples-per-class", type=int, default=None, help="default: every training image")
     p.add_argument("--predictor-epochs", type=int, default=10, help="the task predictor's epochs (the paper: 10)")
     p.add_argument("--base-model", default="pretrained", help="'pretrained' (default) or 'random'")
+    p.add_argument("--recall-samples", type=int, default=None, help="test images per task (default: all)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -33,7 +34,8 @@ def main(argv=None) -> dict:
     kw = {} if args.samples_per_class is None else {"samples_per_class": args.samples_per_class}
     env = gym.make("SplitFashionMNIST-5S-v0", **kw)
     agent = agents.make("adapter_memory", env, base_model=args.base_model, predictor_epochs=args.predictor_epochs)
-    result = clenv.run(env, agent, seed=args.seed, evaluation=clenv.Evaluation(adapter_recall=True))
+    result = clenv.run(env, agent, seed=args.seed, evaluation=clenv.Evaluation(adapter_recall=True,
+                                                                             recall_samples=args.recall_samples))
     m, rec = result.metrics, result.records["adapter_recall"]
 
     print(f"\n{'task':<6}" + "".join(f"{name:>11}" for name in rec["memories"]) + f"{'MTS (H)':>11}{'task acc':>10}")

@@ -275,7 +275,8 @@ def test_vit_refuses_images_of_another_shape():
 def test_example_runs_and_refuses_a_wrong_layout(capsys):
     from examples.adapter_memory import main
 
-    m = main(["--samples-per-class", "64", "--predictor-epochs", "1", "--base-model", "random"])
+    m = main(["--samples-per-class", "64", "--predictor-epochs", "1", "--base-model", "random",
+              "--recall-samples", "200"])
     out = capsys.readouterr().out
     assert "refused: the adapter vector has" in out and "FAA_GT" in out
     assert m["d_mts_exact"] == pytest.approx(m["faa_gt"] - m["faa_mts_exact"], abs=1e-12)
