@@ -135,16 +135,12 @@ class SB3Agent(Agent):
                     intervention=None, intervention_kwargs=None, seed=0, device="cpu")
 
     def __init__(self, env, **hparams):
-        from gymnasium import spaces
+        from agents.rl.common import check_rl_spaces
 
         _sb3()
         self.hparams = resolve_hparams(type(self), hparams)
         self.seed_explicit = "seed" in hparams
-        obs_space, act_space = env.observation_space, env.action_space
-        if not isinstance(act_space, spaces.Discrete):
-            raise TypeError(f"{self.NAME} needs a Discrete action space, got {act_space}")
-        if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-            raise TypeError(f"{self.NAME} needs a 1-D Box observation space (a vector), got {obs_space}")
+        obs_space, act_space = check_rl_spaces(self.NAME, env)
         self.observation_space, self.action_space = obs_space, act_space
         self.num_actions = int(act_space.n)
         seed = int(self.hparams["seed"])
