@@ -37,7 +37,6 @@ weights bit for bit.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.adapters.cache import cached_model, cached_path, models_root, train_or_show
+from agents.adapters.cache import base_parser, cached_model, cached_path, models_root, parse_base_args, train_or_show
 from clenv.data.style_corpus import SENTENCES
 from clenv.envs.style_shift import BOS, EOS, PAD, SEP, VOCAB_SIZE
 
@@ -250,15 +249,9 @@ def pretrained_base_lm(config: dict | None = None, *, cache_dir: str | os.PathLi
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.adapters.base_lm",
-                                     description="Pretrain (or show) the adapter agents' byte-level base LM.")
-    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
-    parser.add_argument("--steps", type=int, default=DEFAULT_CONFIG["steps"])
-    parser.add_argument("--cache-dir", default=None, help="default: $CLENV_MODELS or ~/.cache/clenv/models")
-    parser.add_argument("--force", action="store_true", help="retrain even when the cache has it")
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    args = parse_base_args(base_parser("python -m agents.adapters.base_lm",
+                                       "Pretrain (or show) the adapter agents' byte-level base LM.", DEFAULT_CONFIG),
+                           argv)
     cfg = {"seed": args.seed, "steps": args.steps}
     return train_or_show(base_lm_path(cfg, args.cache_dir), lambda: train_base_lm(cfg), force=args.force)
 

@@ -7,6 +7,7 @@ configuration and the training record. Both are written atomically (a temporary 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["models_root", "cached_path", "save_cached", "load_cached", "cached_model", "train_or_show"]
+__all__ = ["models_root", "cached_path", "save_cached", "load_cached", "cached_model", "train_or_show", "base_parser", "parse_base_args"]
 
 
 def models_root() -> Path:
@@ -86,3 +87,21 @@ def train_or_show(path: Path, train: Callable[[], tuple[nn.Module, dict]], *, fo
     print(path)
     print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=2))
     return 0
+
+
+def base_parser(prog: str, description: str, config: dict) -> argparse.ArgumentParser:
+    """The bases' command line: ``--seed``, ``--steps`` (defaults from ``config``), ``--cache-dir``, ``--force``; a
+    base adds its own options and parses with :func:`parse_base_args`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--seed", type=int, default=config["seed"])
+    parser.add_argument("--steps", type=int, default=config["steps"])
+    parser.add_argument("--cache-dir", default=None, help="default: $CLENV_MODELS or ~/.cache/clenv/models")
+    parser.add_argument("--force", action="store_true", help="retrain even when the cache has it")
+    return parser
+
+
+def parse_base_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    return args

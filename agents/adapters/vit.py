@@ -23,7 +23,6 @@ ahead of time with ``python -m agents.adapters.vit --task-dataset fashion_mnist`
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.adapters.cache import cached_model, cached_path, train_or_show
+from agents.adapters.cache import base_parser, cached_model, cached_path, parse_base_args, train_or_show
 
 __all__ = ["CompactViT", "PRETRAINING_DATA", "DEFAULT_CONFIG", "vit_config", "build_vit", "train_vit", "vit_path",
            "pretrained_vit"]
@@ -235,17 +234,11 @@ _SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar100": (3, 32
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.adapters.vit",
-                                     description="Pretrain (or show) the adapter-memory agents' ViT base.")
+    parser = base_parser("python -m agents.adapters.vit", "Pretrain (or show) the adapter-memory agents' ViT base.",
+                         DEFAULT_CONFIG)
     parser.add_argument("--task-dataset", choices=sorted(PRETRAINING_DATA), default="fashion_mnist",
                         help="the dataset of the tasks the base will be adapted to (it is pretrained on another)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
-    parser.add_argument("--steps", type=int, default=DEFAULT_CONFIG["steps"])
-    parser.add_argument("--cache-dir", default=None, help="default: $CLENV_MODELS or ~/.cache/clenv/models")
-    parser.add_argument("--force", action="store_true", help="retrain even when the cache has it")
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    args = parse_base_args(parser, argv)
     cfg = vit_config(args.task_dataset, _SHAPES[args.task_dataset], {"seed": args.seed, "steps": args.steps})
     return train_or_show(vit_path(cfg, args.cache_dir), lambda: train_vit(cfg), force=args.force)
 

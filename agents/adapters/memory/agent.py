@@ -172,13 +172,11 @@ class AdapterMemoryAgent(SupervisedAgent):
         return self._adapt(base, self.num_outputs, self.adapter_generator)
 
     # ------------------------------------------------------------------ training
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
-
-    def reset_adapter(self, network: nn.Module | None = None) -> None:
-        """A fresh adapter: every LoRA layer's A redrawn (peft's initialisation) and B = 0, a new head."""
+    def reset_adapter(self, network: nn.Module | None = None, generator: torch.Generator | None = None) -> None:
+        """A fresh adapter: every LoRA layer's A redrawn (peft's initialisation) and B = 0, a new head (drawn from
+        ``generator``, default the agent's adapter generator)."""
         net = self.network if network is None else network
-        g = self.adapter_generator
+        g = self.adapter_generator if generator is None else generator
         with torch.no_grad():
             for layer in adapted_layers(net).values():
                 nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5), generator=g)
@@ -271,12 +269,7 @@ class AdapterMemoryAgent(SupervisedAgent):
         # the predictor's own head over the tasks and a fresh adapter (its LoRA layers are the copies')
         with seeded(int(h["seed"]) + 7919):
             net.head = TaskHead(net.head.linear.in_features, len(tasks)).to(self.device)
-        saved_gen = self.adapter_generator
-        self.adapter_generator = g
-        try:
-            self.reset_adapter(net)
-        finally:
-            self.adapter_generator = saved_gen
+        self.reset_adapter(net, g)
         params = [p for p in net.parameters() if p.requires_grad]
         opt = _optimizer("adamw", params, float(h["predictor_lr"]), 0.0, float(h["weight_decay"]), h["betas"])
         batch = int(h["predictor_batch_size"])
