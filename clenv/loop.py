@@ -497,13 +497,18 @@ def _overrides(cb, name: str) -> bool:
     return impl is not None and impl is not getattr(Callback, name, None)
 
 
-def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> None:
-    """Per-task mean episode return (episodes grouped by the task their last step belongs to)."""
-    result.records["episodes"] = list(episodes)
+def task_returns(episodes, task_ids) -> list[float]:
+    """Per-task mean episode return for the tasks ``task_ids``, from ``(task_id, return, length)`` episodes grouped
+    by the task their last step belongs to (NaN for a task in which no episode ended)."""
     by_task: dict[int, list[float]] = {}
     for task, ret, _ in episodes:
-        by_task.setdefault(task, []).append(ret)
-    result.task_return = [float(np.mean(by_task[t])) if t in by_task else float("nan") for t in result.task_ids]
+        by_task.setdefault(int(task), []).append(float(ret))
+    return [float(np.mean(by_task[t])) if t in by_task else float("nan") for t in task_ids]
+
+
+def _fill_returns(result: RunResult, episodes: list[tuple[int, float, int]]) -> None:
+    result.records["episodes"] = list(episodes)
+    result.task_return = task_returns(episodes, result.task_ids)
 
 
 def return_metrics(task_return, windows=(0.1, 0.25, 1.0)) -> dict[str, float]:

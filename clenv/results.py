@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from clenv.loop import RunResult
+from clenv.loop import RunResult, task_returns
 
 __all__ = ["FORMAT", "save_run", "load_run", "run_dir", "package_versions", "find_runs", "atomic_write_bytes"]
 
@@ -180,7 +180,10 @@ def load_run(directory: str | os.PathLike) -> RunResult:
                      steps=summary["steps"], episodes=summary["episodes"], wall_time=summary["wall_time"],
                      step_reward=arrays["step_reward"], step_task=arrays["step_task"],
                      metrics={k: float("nan") if v is None else float(v) for k, v in doc["metrics"].items()},
-                     records=records, config=config)
+                     records=records, config=config,
+                     # derived, as the loop derives it: RL runs' per-task returns from their episodes
+                     task_return=task_returns(records["episodes"], tasks["task_ids"]) if records.get("episodes")
+                     else [])
 
 
 def find_runs(paths) -> list[Path]:

@@ -51,3 +51,20 @@ def test_adapter_recall_capacity_benchmark_runs_and_its_independent_keys_lose_no
     assert [int(r[2]) for r in rows if r[:2] == ["independent", "hopfield"]] == [5, 10, 20]
     assert all(float(r[3]) == 0.0 for r in rows if r[:2] == ["independent", "hopfield"])
     assert fig.exists() and out.stdout.strip().splitlines()[-1].startswith("d_")
+
+
+def test_loop_overhead_benchmark_checks_the_same_work_and_ends_with_its_ratio():
+    """benchmarks/loop_overhead.py runs clenv.run, the hand-written loop and (when installed) Avalanche's Naive on
+    the same batches; it stops with an error if their per-step accuracies differ, so a clean exit means the
+    contenders did the same work. Ends with ``ratio=`` (its value is the machine's, not asserted)."""
+    import importlib.util
+
+    script = BENCHMARKS / "loop_overhead.py"
+    out = subprocess.run([sys.executable, str(script), "--env", "RandomLabelDigits-v0", "--samples", "64",
+                          "--epochs", "1", "--repeats", "1", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"ratio=\d+\.\d{3}", lines[-1]) and re.fullmatch(r"cpu_ratio=\d+\.\d{3}", lines[-2])
+    has_avalanche = importlib.util.find_spec("avalanche") is not None
+    assert any(l.startswith("avalanche_over_clenv=") for l in lines) == has_avalanche

@@ -353,7 +353,7 @@ def test_permuted_stream_augments_the_image_then_permutes_it():
     env = small(stream="permuted", num_tasks=2, augment=True, samples_per_task=64)
     obs, _ = env.reset(seed=0)
     t = env.task(0)
-    _, order, params = env._epoch(0, 0)  # the sample order and augmentation draws of task 0's first epoch
+    _, order, params, _ = env._epoch(0, 0)  # the sample order and augmentation draws of task 0's first epoch
     for j in range(2):
         sel = order[j * 16:(j + 1) * 16]
         image = env.dataset.train.images[t.train_indices[sel]]
@@ -369,7 +369,7 @@ def test_permuted_stream_without_augmentation_is_unchanged_by_the_order():
     env = small(stream="permuted", num_tasks=2, samples_per_task=64)
     obs, _ = env.reset(seed=0)
     t = env.task(0)
-    _, order, _ = env._epoch(0, 0)
+    _, order, _, _ = env._epoch(0, 0)
     raw = env.dataset.train.images[t.train_indices[order[:16]]].numpy()
     np.testing.assert_array_equal(_unpermute(obs, t.permutations[0]), raw)
 
@@ -537,14 +537,29 @@ def test_task_steps_is_the_rule_the_env_uses():
         task_steps(64, 16, 1, steps_per_task=0)
 
 
-def test_task_image_cache_serves_the_same_bytes(monkeypatch):
+@pytest.mark.parametrize("kind", [dict(stream="permuted"), dict(stream="random_label"),
+                                  dict(stream="random_label", augment=True)])
+def test_epoch_image_cache_serves_the_same_bytes(monkeypatch, kind):
+    """Batches sliced from the epoch's gathered images equal batches gathered from the whole dataset (with
+    permutations and augmentation applied after), labels included, across a task and an epoch boundary; each batch
+    served is a copy that shares no memory with the cache."""
     import clenv.envs.supervised as sup
 
     def stream():
-        env = small(stream="permuted", samples_per_task=64, num_tasks=2, epochs_per_task=2)
-        return [o for o, *_ in rollout(env, 5, 10)]
+        env = small(samples_per_task=64, num_tasks=2, epochs_per_task=2, **kind)
+        obs, info = env.reset(seed=5)
+        out = [(obs, None)]
+        for _ in range(10):
+            obs, _, _, _, info = env.step(np.zeros(env.action_space.shape, env.action_space.dtype))
+            out.append((obs, info["labels"]))
+        return env, out
 
-    cached = stream()
-    monkeypatch.setattr(sup, "TASK_CACHE_BYTES", 0)  # every batch gathered from the whole dataset, as before
-    direct = stream()
-    assert len(cached) == len(direct) == 11 and all(np.array_equal(a, b) for a, b in zip(cached, direct))
+    env, cached = stream()
+    served = env.unwrapped._epoch_cache[1][3]
+    assert served is not None and not any(np.shares_memory(o, served[0]) for o, _ in cached)
+    monkeypatch.setattr(sup, "EPOCH_CACHE_BYTES", 0)  # every batch gathered from the whole dataset, as before
+    env, direct = stream()
+    assert env.unwrapped._epoch_cache[1][3] is None
+    assert len(cached) == len(direct) == 11
+    for (a, la), (b, lb) in zip(cached, direct):
+        assert np.array_equal(a, b) and (la is None or (np.array_equal(la, lb) and la.dtype == lb.dtype == np.int64))

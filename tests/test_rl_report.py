@@ -46,6 +46,25 @@ def test_a_revisiting_stream_run_records_revisits_and_a_plain_one_does_not():
     assert "revisits" not in plain.records and "revisit_return_change" not in plain.metrics
 
 
+def test_a_saved_rl_run_loads_with_its_per_task_returns(tmp_path):
+    """The per-task returns are derived from the saved episodes as the loop derives them: a loaded result has the
+    same ``task_return`` as the run (NaN where no episode ended in a task)."""
+
+    class Fixed:
+        def act(self, obs, info):
+            return int(np.random.default_rng(int(abs(obs[0]) * 1e6)).integers(2))
+
+        def observe(self, *a):
+            pass
+
+    r = clenv.run(gym.make("PermutedCartPole-v0", num_tasks=4, steps_per_task=50), Fixed(), seed=0, progress=False)
+    r.task_return[1] = float("nan")  # as if no episode had ended in task 1
+    r.records["episodes"] = [e for e in r.records["episodes"] if e[0] != 1]
+    loaded = clenv.results.load_run(clenv.results.save_run(r, tmp_path / "run"))
+    assert len(loaded.task_return) == 4 and math.isnan(loaded.task_return[1])
+    assert np.allclose(loaded.task_return, r.task_return, equal_nan=True, rtol=0, atol=0)
+
+
 def test_rl_diagnostics_per_task_and_report(tmp_path, capsys):
     pytest.importorskip("tianshou")
     from clenv.app.cli import main

@@ -261,17 +261,6 @@ def _first_network(rows: list[dict]) -> list[dict]:
     return [d for d in rows if d.get("network") == first]
 
 
-def _task_returns(run) -> np.ndarray:
-    """Per-task mean episode return; a loaded result recomputes it from ``records["episodes"]`` (task, return,
-    length), as the loop did."""
-    if run.task_return:
-        return np.asarray(run.task_return, dtype=np.float64)
-    by_task: dict[int, list[float]] = {}
-    for task, ret, _ in run.records.get("episodes") or []:
-        by_task.setdefault(int(task), []).append(float(ret))
-    return np.array([np.mean(by_task[t]) if t in by_task else np.nan for t in run.task_ids], dtype=np.float64)
-
-
 def rl_returns(groups: dict, path) -> Path | None:
     """RL runs: per-task mean episode return (left) and, for streams that revisit tasks, each revisit's return
     minus its first visit's by visit number (right); mean +/- std over seeds, one line per configuration."""
@@ -286,7 +275,7 @@ def rl_returns(groups: dict, path) -> Path | None:
                              layout="constrained")
     ax = axes[0, 0]
     for label, runs in items:
-        data = _stack([_task_returns(r) for r in runs])
+        data = _stack([np.asarray(r.task_return, dtype=np.float64) for r in runs])
         _band(ax, np.arange(data.shape[1]), data, f"{label} (n={len(runs)})")
     ax.set(xlabel="task (stream order)", ylabel="mean episode return")
     _integer_ticks(ax)

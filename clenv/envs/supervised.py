@@ -29,8 +29,9 @@ __all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps", "action_array"]
 #: The keys every ``info`` dict carries, at reset and at every step.
 INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
 
-#: A task's training images up to this size are gathered once into one contiguous array (``_task_rows``).
-TASK_CACHE_BYTES = 64 * 2**20
+#: An epoch's training images up to this size are gathered once, in the order the epoch serves them, into one
+#: contiguous array (``_epoch``); each batch is then a slice of it.
+EPOCH_CACHE_BYTES = 64 * 2**20
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
 
 
@@ -202,7 +203,6 @@ class SupervisedStreamEnv(gym.Env):
         self._done = True
         self._epoch_cache: tuple | None = None
         self._device_epoch: tuple | None = None  # (the epoch's order array, its _EpochTensors) when resident
-        self._task_cache: tuple | None = None  # ((stream seed, task), the task's images contiguous, or None)
         self._steps_memo: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------- introspection
@@ -420,7 +420,13 @@ class SupervisedStreamEnv(gym.Env):
         if self.augmentation is not None:
             g = torch.Generator().manual_seed(int(task_rng(self.stream_seed, task_id, 2000 + epoch).integers(2**62)))
             aug = self.augmentation.draw(n, g)
-        value = (t, order, aug)
+        # The epoch's images and labels in serving order, gathered once: a batch is then a contiguous slice of a few
+        # MB that stay in cache instead of a gather scattered over the whole dataset (most of a step's cost on a
+        # 60,000-image set). The same bytes either way.
+        images, served = self._train_images, None
+        if not self._resident and images.device.type == "cpu" and n * images[0].numel() <= EPOCH_CACHE_BYTES:
+            served = (images.numpy()[t.train_indices[order]], t.train_labels[order].astype(np.int64))
+        value = (t, order, aug, served)
         self._epoch_cache = (key, value)
         return value
 
@@ -448,16 +454,16 @@ class SupervisedStreamEnv(gym.Env):
 
     def _batch(self, cur: _Cursor):
         epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
-        t, order, aug = self._epoch(cur.task, epoch)
+        t, order, aug, served = self._epoch(cur.task, epoch)
         dev = self._on_device(t, order, aug) if self._resident else None
         part = slice(j * self.batch_size, (j + 1) * self.batch_size)
         sel = order[part]
         # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter each
         # task's fixed permutation and destroy the task.
         if dev is None:
-            rows = self._task_rows(cur.task, t)
-            x = torch.from_numpy(rows[sel]) if rows is not None else self._index(self._train_images,
-                                                                                 t.train_indices[sel])
+            # a copy of the slice: the batch served is the caller's own, and keeps no epoch array alive
+            x = torch.from_numpy(served[0][part].copy()) if served is not None else self._index(
+                self._train_images, t.train_indices[sel])
             if aug is not None:
                 x = self.augmentation.apply(x, aug[part])
             x = self._permute(x, t.train_perm_ids[sel], t)
@@ -469,24 +475,7 @@ class SupervisedStreamEnv(gym.Env):
                               dev.permutations)
         if self.output == "torch":
             return x, dev.labels[part]
-        return x.cpu().numpy(), t.train_labels[sel].astype(np.int64)
-
-    def _task_rows(self, task_id: int, t: Task) -> np.ndarray | None:
-        """The task's training images gathered once into one contiguous host array (None above
-        :data:`TASK_CACHE_BYTES` or on a device): a batch then gathers from a few MB that stay in cache instead of
-        scattering over the whole dataset, which on a 60,000-image set was most of the step's cost. The same
-        bytes either way."""
-        key = (self.stream_seed, task_id)
-        cached = self._task_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        images = self._train_images
-        if images.device.type != "cpu" or t.train_indices.size * images[0].numel() > TASK_CACHE_BYTES:
-            rows = None
-        else:
-            rows = images.numpy()[t.train_indices]
-        self._task_cache = (key, rows)
-        return rows
+        return x.cpu().numpy(), served[1][part].copy() if served is not None else t.train_labels[sel].astype(np.int64)
 
     def _gather(self, images: torch.Tensor, idx: np.ndarray, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
         return self._permute(self._index(images, idx), perm_ids, t)
