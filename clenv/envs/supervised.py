@@ -455,13 +455,15 @@ class SupervisedStreamEnv(gym.Env):
     def _batch(self, cur: _Cursor):
         epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
         t, order, aug, served = self._epoch(cur.task, epoch)
-        dev = self._on_device(t, order, aug) if self._resident else None
         part = slice(j * self.batch_size, (j + 1) * self.batch_size)
+        # Copies of the slices: the batch served is the caller's own, and keeps no epoch array alive.
+        if served is not None and aug is None and t.permutations is None:
+            return served[0][part].copy(), served[1][part].copy()  # nothing to apply: no torch round trip
+        dev = self._on_device(t, order, aug) if self._resident else None
         sel = order[part]
         # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter each
         # task's fixed permutation and destroy the task.
         if dev is None:
-            # a copy of the slice: the batch served is the caller's own, and keeps no epoch array alive
             x = torch.from_numpy(served[0][part].copy()) if served is not None else self._index(
                 self._train_images, t.train_indices[sel])
             if aug is not None:
