@@ -472,14 +472,16 @@ class SupervisedAgent(Agent):
         In the kind of the batch last preprocessed (the one ``act`` answers): a tensor on the agent's device when
         the env served a tensor (``output="torch"``, the default on a GPU; the env checks and scores it on its
         device, so the action never goes through the host), else a numpy array, as a numpy env expects."""
-        pred = logits.detach()
-        if self.env_spec["action_type"] == "logits":
-            pred = pred.float()
-        elif self.env_spec["action_type"] == "predictions":  # regression: one real output per sample
-            pred = pred[:, 0].float()
+        kind = self.env_spec["action_type"]
+        if kind == "logits":
+            pred = logits.detach().float()
+        elif kind == "predictions":  # regression: one real output per sample
+            pred = logits.detach()[:, 0].float()
         else:
-            pred = pred.argmax(1)
-        return pred if getattr(self, "_tensor_batch", False) else pred.cpu().numpy()
+            pred = logits.argmax(1)  # argmax carries no graph: no detach needed
+        if getattr(self, "_tensor_batch", False):
+            return pred
+        return pred.numpy() if pred.device.type == "cpu" else pred.cpu().numpy()
 
     @property
     def regression(self) -> bool:
@@ -492,6 +494,9 @@ class SupervisedAgent(Agent):
         dtype = torch.float32 if self.regression else torch.int64
         if isinstance(labels, torch.Tensor):
             return labels.to(device=self.device, dtype=dtype)
+        if type(labels) is np.ndarray and labels.dtype == np.int64 and dtype == torch.int64 \
+                and self.device.type == "cpu":
+            return torch.from_numpy(labels)  # the env's labels as they are: no copy, the simplest conversion
         return torch.as_tensor(np.asarray(labels), device=self.device, dtype=dtype)
 
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:

@@ -117,7 +117,8 @@ def test_the_instrument_sees_the_numpy_outputs_round_trips():
     result, _, per_step = instrumented_run("numpy")
     assert per_step.kinds == (np.ndarray, np.ndarray, np.ndarray)
     for _, events in per_step.steps:
-        assert ("numpy_in", "as_tensor", (16, 1, 8, 8)) in events  # the agent takes the batch from the host
+        # the agent takes the batch from the host (torch.from_numpy, or as_tensor for other host data)
+        assert any(e[0] == "numpy_in" and e[2] == (16, 1, 8, 8) for e in events), events
         assert ("read", "numpy", (16,)) in events  # and gives its action back there
 
 

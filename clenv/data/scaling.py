@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["to_unit_float"]
@@ -9,5 +10,9 @@ __all__ = ["to_unit_float"]
 
 def to_unit_float(x, device=None) -> torch.Tensor:
     """``x`` as a float tensor (on ``device``): uint8 pixels divided by 255, anything else cast."""
-    x = torch.as_tensor(x, device=device)
+    on_host = device is None or (device.type if isinstance(device, torch.device) else torch.device(device).type) == "cpu"
+    if on_host and type(x) is np.ndarray and x.flags.c_contiguous and x.flags.writeable and x.dtype.kind in "uif":
+        x = torch.from_numpy(x)  # the common host batch: the simplest conversion (no copy, as as_tensor)
+    else:
+        x = torch.as_tensor(x, device=device)
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()

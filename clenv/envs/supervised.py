@@ -32,6 +32,7 @@ INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "
 #: An epoch's training images up to this size are gathered once, in the order the epoch serves them, into one
 #: contiguous array (``_epoch``); each batch is then a slice of it.
 EPOCH_CACHE_BYTES = 64 * 2**20
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # the same-width view of a signed label array
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
 
 
@@ -548,7 +549,7 @@ class SupervisedStreamEnv(gym.Env):
             if a.dtype.kind not in "iu":
                 raise ValueError(f"action must be integer class labels, got dtype {a.dtype}")
             # one pass: as unsigned, a negative label is huge, so a single comparison catches both ends
-            u = a.view(f"u{a.itemsize}") if a.dtype.kind == "i" else a
+            u = a.view(_UNSIGNED[a.itemsize]) if a.dtype.kind == "i" else a
             if (u >= c).any():
                 raise ValueError(f"action labels must be in 0..{c - 1}, got values in {a.min()}..{a.max()}")
             return a
