@@ -119,8 +119,11 @@ def test_trimming_the_unscored_tail_changes_no_scored_logit_and_no_update():
     for _ in range(3):
         lt, lf = trim.learn(x, y), full.learn(x, y)
         torch.testing.assert_close(lt, lf, rtol=0, atol=1e-5)
+    # Adam divides by sqrt(v): a gradient entry near zero turns a float32 rounding difference into a visible step
+    # difference (1.3e-6 measured on an AVX-512 machine). A real difference in the update (a cut position that was
+    # scored, another token count) moves entries by about a step, lr = 5e-4, 50x this tolerance.
     for (n, a), b in zip(trim.network.named_parameters(), full.network.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=n)
 
 
 def test_a_users_own_base_model_is_frozen_and_adapted():
