@@ -256,8 +256,16 @@ def test_task_aware_observation_carries_the_task_id():
     (np.zeros(16, np.float64), "integer"),
     (np.full(16, 10), r"0\.\.9"),
     (np.full(16, -1), r"0\.\.9"),
+    (np.r_[np.zeros(15, np.int64), 10], r"0\.\.9"),
+    (np.r_[np.zeros(15, np.int64), -(2 ** 63)], r"0\.\.9"),
+    (np.full(16, 2 ** 64 - 1, np.uint64), r"0\.\.9"),
 ])
-def test_bad_actions_are_rejected_and_the_stream_does_not_advance(action, message):
+@pytest.mark.parametrize("scoring", ["python", "numpy"])
+def test_bad_actions_are_rejected_and_the_stream_does_not_advance(action, message, scoring, monkeypatch):
+    import clenv.envs.supervised as sup
+
+    if scoring == "numpy":  # batches above the threshold are checked with numpy
+        monkeypatch.setattr(sup, "PYTHON_SCORING_MAX_BATCH", 0)
     env, ref = small(), small()
     env.reset(seed=0), ref.reset(seed=0)
     with pytest.raises(ValueError, match=message):
@@ -266,6 +274,27 @@ def test_bad_actions_are_rejected_and_the_stream_does_not_advance(action, messag
     a, b = env.step(good), ref.step(good)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[4]["step"] == b[4]["step"] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.uint64])
+def test_python_and_numpy_scoring_count_the_same_correct_labels(dtype, monkeypatch):
+    """Small batches are scored as Python ints, larger ones with numpy: the same reward for every action dtype."""
+    import clenv.envs.supervised as sup
+
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 10, 16).astype(dtype) for _ in range(6)]
+    rewards = {}
+    for limit in (256, 0):
+        monkeypatch.setattr(sup, "PYTHON_SCORING_MAX_BATCH", limit)
+        env = small(num_tasks=2)
+        env.reset(seed=3)
+        out = []
+        for a in actions:
+            labels = env._labels.copy()
+            out.append(env.step(a)[1])
+            assert out[-1] == np.count_nonzero(a.astype(np.int64) == labels) / 16
+        rewards[limit] = out
+    assert rewards[256] == rewards[0] and len(set(rewards[0])) > 1
 
 
 def test_logit_actions_validate_nan_and_shape():
@@ -353,7 +382,7 @@ def test_permuted_stream_augments_the_image_then_permutes_it():
     env = small(stream="permuted", num_tasks=2, augment=True, samples_per_task=64)
     obs, _ = env.reset(seed=0)
     t = env.task(0)
-    _, order, params, _ = env._epoch(0, 0)  # the sample order and augmentation draws of task 0's first epoch
+    _, order, params, *_ = env._epoch(0, 0)  # the sample order and augmentation draws of task 0's first epoch
     for j in range(2):
         sel = order[j * 16:(j + 1) * 16]
         image = env.dataset.train.images[t.train_indices[sel]]
@@ -369,7 +398,7 @@ def test_permuted_stream_without_augmentation_is_unchanged_by_the_order():
     env = small(stream="permuted", num_tasks=2, samples_per_task=64)
     obs, _ = env.reset(seed=0)
     t = env.task(0)
-    _, order, _, _ = env._epoch(0, 0)
+    _, order, *_ = env._epoch(0, 0)
     raw = env.dataset.train.images[t.train_indices[order[:16]]].numpy()
     np.testing.assert_array_equal(_unpermute(obs, t.permutations[0]), raw)
 
@@ -555,11 +584,14 @@ def test_epoch_image_cache_serves_the_same_bytes(monkeypatch, kind):
         return env, out
 
     env, cached = stream()
-    served = env.unwrapped._epoch_cache[1][3]
-    assert served is not None and not any(np.shares_memory(o, served[0]) for o, _ in cached)
+    ready, rows = env.unwrapped._epoch_cache[1][3:]
+    if kind == dict(stream="random_label"):  # nothing to apply: the epoch is cut into batches that own their data
+        assert rows is None and all(o.base is None and l.base is None for o, l in cached[1:])
+    else:  # sliced from the gathered rows, then copied
+        assert ready is None and not any(np.shares_memory(o, rows[0]) for o, _ in cached)
     monkeypatch.setattr(sup, "EPOCH_CACHE_BYTES", 0)  # every batch gathered from the whole dataset, as before
     env, direct = stream()
-    assert env.unwrapped._epoch_cache[1][3] is None
+    assert env.unwrapped._epoch_cache[1][3:] == (None, None)
     assert len(cached) == len(direct) == 11
     for (a, la), (b, lb) in zip(cached, direct):
         assert np.array_equal(a, b) and (la is None or (np.array_equal(la, lb) and la.dtype == lb.dtype == np.int64))

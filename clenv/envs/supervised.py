@@ -8,6 +8,7 @@ so the agent can learn from them in ``observe``. The returned observation is the
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -32,6 +33,8 @@ INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "
 #: An epoch's training images up to this size are gathered once, in the order the epoch serves them, into one
 #: contiguous array (``_epoch``); each batch is then a slice of it.
 EPOCH_CACHE_BYTES = 64 * 2**20
+#: Batches of up to this many labels are checked and scored in Python (see ``_validate``), larger ones in numpy.
+PYTHON_SCORING_MAX_BATCH = 256
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # the same-width view of a signed label array
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
 
@@ -421,14 +424,21 @@ class SupervisedStreamEnv(gym.Env):
         if self.augmentation is not None:
             g = torch.Generator().manual_seed(int(task_rng(self.stream_seed, task_id, 2000 + epoch).integers(2**62)))
             aug = self.augmentation.draw(n, g)
-        # The epoch's images and labels in serving order, gathered once: a batch is then a contiguous slice of a few
-        # MB that stay in cache instead of a gather scattered over the whole dataset (most of a step's cost on a
-        # 60,000-image set). The same bytes either way.
-        images, served = self._train_images, None
+        # The epoch's images and labels in serving order, gathered once instead of a gather per batch scattered over
+        # the whole dataset (most of a step's cost on a 60,000-image set). With nothing to apply to a batch
+        # (no augmentation, no permutation) the epoch is cut into its batches right away, each its own array, so a
+        # step serves one with no array operation at all; otherwise a batch is a slice of the gathered rows. The
+        # same bytes either way.
+        images, ready, rows = self._train_images, None, None
         if not self._resident and images.device.type == "cpu" and n * images[0].numel() <= EPOCH_CACHE_BYTES:
-            served = (images.numpy()[t.train_indices[order]], t.train_labels[order].astype(np.int64))
-        value = (t, order, aug, served)
-        self._epoch_cache = (key, value)
+            x, y = images.numpy()[t.train_indices[order]], t.train_labels[order].astype(np.int64)
+            if aug is None and t.permutations is None:
+                b = self.batch_size
+                ready = ([x[i:i + b].copy() for i in range(0, n, b)], [y[i:i + b].copy() for i in range(0, n, b)])
+            else:
+                rows = (x, y)
+        value = (t, order, aug, ready, rows)
+        self._epoch_cache = (key, value, per_epoch)
         return value
 
     def _on_device(self, t: Task, order: np.ndarray, aug: torch.Tensor | None) -> _EpochTensors:
@@ -454,18 +464,21 @@ class SupervisedStreamEnv(gym.Env):
         return t.num_train // self.batch_size
 
     def _batch(self, cur: _Cursor):
-        epoch, j = divmod(cur.step_in_task, self._steps_per_epoch(self.stream.task(self.stream_seed, cur.task)))
-        t, order, aug, served = self._epoch(cur.task, epoch)
+        cache = self._epoch_cache  # (task, epoch), the epoch, steps per epoch: mid-task, the steps are known
+        per_epoch = cache[2] if cache is not None and cache[0][0] == cur.task else self._steps_per_epoch(
+            self.stream.task(self.stream_seed, cur.task))
+        epoch, j = divmod(cur.step_in_task, per_epoch)
+        t, order, aug, ready, rows = self._epoch(cur.task, epoch)
+        if ready is not None:  # each batch is served once per epoch, so it is the caller's to keep or change
+            return ready[0][j], ready[1][j]
         part = slice(j * self.batch_size, (j + 1) * self.batch_size)
-        # Copies of the slices: the batch served is the caller's own, and keeps no epoch array alive.
-        if served is not None and aug is None and t.permutations is None:
-            return served[0][part].copy(), served[1][part].copy()  # nothing to apply: no torch round trip
         dev = self._on_device(t, order, aug) if self._resident else None
         sel = order[part]
         # Augment the image, then permute: a crop, flip or rotation of already-permuted pixels would scatter each
         # task's fixed permutation and destroy the task.
         if dev is None:
-            x = torch.from_numpy(served[0][part].copy()) if served is not None else self._index(
+            # a copy of the slice: the batch served keeps no epoch array alive
+            x = torch.from_numpy(rows[0][part].copy()) if rows is not None else self._index(
                 self._train_images, t.train_indices[sel])
             if aug is not None:
                 x = self.augmentation.apply(x, aug[part])
@@ -478,7 +491,7 @@ class SupervisedStreamEnv(gym.Env):
                               dev.permutations)
         if self.output == "torch":
             return x, dev.labels[part]
-        return x.cpu().numpy(), served[1][part].copy() if served is not None else t.train_labels[sel].astype(np.int64)
+        return x.cpu().numpy(), rows[1][part].copy() if rows is not None else t.train_labels[sel].astype(np.int64)
 
     def _gather(self, images: torch.Tensor, idx: np.ndarray, perm_ids: np.ndarray, t: Task) -> torch.Tensor:
         return self._permute(self._index(images, idx), perm_ids, t)
@@ -509,7 +522,10 @@ class SupervisedStreamEnv(gym.Env):
         """The number of correct predictions of ``action`` for the current batch, after checking it against the
         action space (a ``ValueError`` before any state changes)."""
         if self.output == "numpy":
-            return int(np.count_nonzero(self._validate(action) == self._labels))
+            pred = self._validate(action)
+            if type(pred) is list:
+                return sum(map(operator.eq, pred, self._labels.tolist()))
+            return int(np.count_nonzero(pred == self._labels))
         if not isinstance(action, torch.Tensor):  # host data: checked on the host, compared on the device
             pred = torch.as_tensor(self._validate(action), device=self.device)
             return int((pred == self._labels).sum().item())  # the step's one device-to-host transfer
@@ -538,8 +554,8 @@ class SupervisedStreamEnv(gym.Env):
         return int(correct)
 
     def _validate(self, action) -> np.ndarray:
-        """Check a host action against the action space; return predicted labels. Raises before any state
-        changes."""
+        """Check a host action against the action space; return the predicted labels (a list of ints for batches of
+        up to :data:`PYTHON_SCORING_MAX_BATCH`, else an array). Raises before any state changes."""
         a = action_array(action, self.action_space)
         b, c = self.batch_size, self.num_classes
         if self.action_type == "labels":
@@ -548,6 +564,13 @@ class SupervisedStreamEnv(gym.Env):
                                  + (" (logits? make the env with action_type='logits')" if a.shape == (b, c) else ""))
             if a.dtype.kind not in "iu":
                 raise ValueError(f"action must be integer class labels, got dtype {a.dtype}")
+            if b <= PYTHON_SCORING_MAX_BATCH:
+                # A few labels: checked and scored as Python ints. After a training step has run, each numpy ufunc
+                # call costs several microseconds to bring its code back into cache; these builtins are warm.
+                pred = a.tolist()
+                if min(pred) < 0 or max(pred) >= c:
+                    raise ValueError(f"action labels must be in 0..{c - 1}, got values in {min(pred)}..{max(pred)}")
+                return pred
             # one pass: as unsigned, a negative label is huge, so a single comparison catches both ends
             u = a.view(_UNSIGNED[a.itemsize]) if a.dtype.kind == "i" else a
             if (u >= c).any():
