@@ -10,6 +10,7 @@ supervised stream is one episode.
 
 from __future__ import annotations
 
+import array
 import copy
 import time
 from dataclasses import dataclass, field
@@ -91,19 +92,19 @@ class RunResult:
 class TaskTracker:
     """Accumulates per-step rewards into per-task means; shared by the loop and anyone replaying records."""
 
-    def __init__(self, capacity: int = 1024):
-        self._reward = np.zeros(capacity, np.float32)
-        self._task = np.zeros(capacity, np.int32)
+    def __init__(self):
+        # array.array appends: a step's record is two C appends (float32 and int32, as the result stores them)
+        # instead of two numpy item assignments, which cost more per step after a training step has run
+        self._reward = array.array("f")
+        self._task = array.array("i")
         self.n = 0
         self.order: list[int] = []
         self._sums: list[float] = []
         self._counts: list[int] = []
 
     def add(self, task_id: int, reward: float) -> None:
-        if self.n == self._reward.size:
-            self._reward = np.resize(self._reward, 2 * self.n)
-            self._task = np.resize(self._task, 2 * self.n)
-        self._reward[self.n], self._task[self.n] = reward, task_id
+        self._reward.append(reward)
+        self._task.append(task_id)
         self.n += 1
         if not self.order or self.order[-1] != task_id:
             self.order.append(task_id)
@@ -119,19 +120,19 @@ class TaskTracker:
         result.task_ids = list(self.order)
         result.task_accuracy = [s / c for s, c in zip(self._sums, self._counts)]
         result.task_steps = list(self._counts)
-        result.step_reward = self._reward[:self.n].copy()
-        result.step_task = self._task[:self.n].copy()
+        result.step_reward = np.array(self._reward, dtype=np.float32)
+        result.step_task = np.array(self._task, dtype=np.int32)
         result.steps = self.n
 
     def state_dict(self) -> dict:
-        return {"reward": self._reward[:self.n].copy(), "task": self._task[:self.n].copy(), "order": list(self.order),
+        return {"reward": np.array(self._reward, dtype=np.float32), "task": np.array(self._task, dtype=np.int32),
+                "order": list(self.order),
                 "sums": list(self._sums), "counts": list(self._counts)}
 
     def load_state_dict(self, state: dict) -> None:
-        n = len(state["reward"])
-        self._reward = np.zeros(max(1024, 2 * n), np.float32)
-        self._task = np.zeros(max(1024, 2 * n), np.int32)
-        self._reward[:n], self._task[:n], self.n = state["reward"], state["task"], n
+        self._reward = array.array("f", np.asarray(state["reward"], dtype=np.float32).tobytes())
+        self._task = array.array("i", np.asarray(state["task"], dtype=np.int32).tobytes())
+        self.n = len(self._reward)
         self.order, self._sums, self._counts = list(state["order"]), list(state["sums"]), list(state["counts"])
 
 
