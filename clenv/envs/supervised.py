@@ -30,8 +30,8 @@ __all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps", "action_array"]
 #: The keys every ``info`` dict carries, at reset and at every step.
 INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
 
-#: An epoch's training images up to this size are gathered once, in the order the epoch serves them, into one
-#: contiguous array (``_epoch``); each batch is then a slice of it.
+#: An epoch's training images up to this size are gathered once, in the order the epoch serves them (``_epoch``):
+#: cut into ready batches when nothing is applied to them, else kept as rows that each batch slices.
 EPOCH_CACHE_BYTES = 64 * 2**20
 #: Batches of up to this many labels are checked and scored in Python (see ``_validate``), larger ones in numpy.
 PYTHON_SCORING_MAX_BATCH = 256
@@ -553,7 +553,7 @@ class SupervisedStreamEnv(gym.Env):
             raise ValueError("logits contain NaN or inf; the step was rejected and the stream did not advance")
         return int(correct)
 
-    def _validate(self, action) -> np.ndarray:
+    def _validate(self, action) -> np.ndarray | list[int]:
         """Check a host action against the action space; return the predicted labels (a list of ints for batches of
         up to :data:`PYTHON_SCORING_MAX_BATCH`, else an array). Raises before any state changes."""
         a = action_array(action, self.action_space)
