@@ -258,6 +258,23 @@ def test_reproduce_and_report_print_ftns_tables_decomposition_overlaps_and_tilin
     assert (tmp_path / "report" / "mask_tiling.png").stat().st_size > 1000
 
 
+def test_mask_tiling_leaves_out_unrouted_runs(tmp_path):
+    """All-ones masks (NoMask, LoRA-Naive) would draw uniformly white tiles: such runs get no row, and a report of
+    only such runs gets no figure."""
+    from types import SimpleNamespace
+
+    from clenv.app.plots import mask_tiling
+
+    def run(masks, seed=0):
+        return SimpleNamespace(seed=seed, records={"masks_stored": np.asarray(masks, np.float32), "mask_grid": 4})
+
+    ones = run(np.ones((3, 16)))
+    routed = run(np.eye(3, 16))
+    assert mask_tiling({"no_mask": [ones]}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    path = mask_tiling({"no_mask": [ones], "ftn_slow": [routed]}, tmp_path / "tiles.png")
+    assert path is not None and path.stat().st_size > 1000
+
+
 def test_the_example_runs(tmp_path, capsys):
     import importlib.util
     from pathlib import Path

@@ -133,10 +133,15 @@ def mask_rgb(masks: np.ndarray, side: int) -> np.ndarray:
 
 def mask_tiling(groups: dict, path, max_seeds: int = 8) -> Path | None:
     """One row per label, one tile per seed (up to ``max_seeds``): the stored masks (``records["masks_stored"]``)
-    on the ``records["mask_grid"]`` grid as RGB overlays, one colour per task."""
+    on the ``records["mask_grid"]`` grid as RGB overlays, one colour per task. Runs whose every mask is all ones
+    (NoMask, EWC, LoRA-Naive: no routing) are left out; their tiles would be uniformly white."""
     plt = _plt()
-    items = [(label, [r for r in runs if "masks_stored" in r.records and "mask_grid" in r.records][:max_seeds])
-             for label, runs in groups.items()]
+
+    def routed(r) -> bool:
+        return "masks_stored" in r.records and "mask_grid" in r.records and not np.all(
+            np.asarray(r.records["masks_stored"]) > 0.5)
+
+    items = [(label, [r for r in runs if routed(r)][:max_seeds]) for label, runs in groups.items()]
     items = [(label, rs) for label, rs in items if rs]
     if not items:
         return None
