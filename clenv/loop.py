@@ -97,7 +97,6 @@ class TaskTracker:
         # instead of two numpy item assignments, which cost more per step after a training step has run
         self._reward = array.array("f")
         self._task = array.array("i")
-        self.n = 0
         self.order: list[int] = []
         self._sums: list[float] = []
         self._counts: list[int] = []
@@ -105,13 +104,17 @@ class TaskTracker:
     def add(self, task_id: int, reward: float) -> None:
         self._reward.append(reward)
         self._task.append(task_id)
-        self.n += 1
         if not self.order or self.order[-1] != task_id:
             self.order.append(task_id)
             self._sums.append(0.0)
             self._counts.append(0)
         self._sums[-1] += reward
         self._counts[-1] += 1
+
+    @property
+    def n(self) -> int:
+        """Steps recorded."""
+        return len(self._reward)
 
     def running(self) -> float:
         return self._sums[-1] / self._counts[-1] if self._counts else float("nan")
@@ -132,7 +135,6 @@ class TaskTracker:
     def load_state_dict(self, state: dict) -> None:
         self._reward = array.array("f", np.asarray(state["reward"], dtype=np.float32).tobytes())
         self._task = array.array("i", np.asarray(state["task"], dtype=np.int32).tobytes())
-        self.n = len(self._reward)
         self.order, self._sums, self._counts = list(state["order"]), list(state["sums"]), list(state["counts"])
 
 

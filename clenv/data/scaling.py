@@ -10,7 +10,8 @@ __all__ = ["to_unit_float"]
 
 def to_unit_float(x, device=None) -> torch.Tensor:
     """``x`` as a float tensor (on ``device``): uint8 pixels divided by 255, anything else cast."""
-    on_host = device is None or (device.type if isinstance(device, torch.device) else torch.device(device).type) == "cpu"
+    kind = device.type if isinstance(device, torch.device) else None if device is None else torch.device(device).type
+    on_host = kind in (None, "cpu")
     if on_host and type(x) is np.ndarray and x.flags.c_contiguous and x.flags.writeable and x.dtype.kind in "uif":
         x = torch.from_numpy(x)  # the common host batch: the simplest conversion (no copy, as as_tensor)
     else:
