@@ -30,7 +30,7 @@ the configuration and the training record (losses, validation, seconds). Train i
 
     python -m agents.adapters.base_lm            # seed 0, the defaults; prints the cache path and validation
 
-The adapter agents' default ``base_model="pretrained"`` loads it, training it first (about 20 minutes on
+The adapter agents' default ``base_model="pretrained"`` loads it, training it first (7-20 minutes on
 a CPU core, with a progress bar) when the cache is empty. On one machine, the same configuration gives the same
 weights bit for bit.
 """
