@@ -42,12 +42,14 @@ COLUMNS = (("task_return_last25", "last 25% of tasks"), ("first_visit_return", "
            ("last_visit_return_change", "last visit - first"), ("dormant_ratio", "dormant (end)"))
 
 
-def run_one(env_id: str, env_kwargs: dict, method: str, seed: int, agent_name: str = "tianshou_dqn") -> dict:
+def run_one(env_id: str, env_kwargs: dict, method: str, seed: int, agent_name: str = "tianshou_dqn",
+            agent_kwargs: dict | None = None) -> dict:
     env = gym.make(env_id, **env_kwargs)
-    agent = agents.make(agent_name, env, seed=seed, **DQN[agent_name], **METHODS[method])
+    agent = agents.make(agent_name, env, seed=seed, **{**DQN[agent_name], **(agent_kwargs or {})}, **METHODS[method])
     t = time.perf_counter()
     result = clenv.run(env, agent, seed=seed, progress=False, callbacks=[RLDiagnostics(samples=1000)])
-    return {"agent": agent_name, "method": method, "seed": seed, "env": env_id, "env_kwargs": env_kwargs,
+    return {"agent": agent_name, "agent_kwargs": agent_kwargs or {}, "method": method, "seed": seed, "env": env_id,
+            "env_kwargs": env_kwargs,
             "wall_time": time.perf_counter() - t, "task_return": result.task_return,
             "metrics": {k: float(v) for k, v in result.metrics.items() if "online" not in k},
             "revisits": result.records.get("revisits", []), "diagnostics": result.records.get("diagnostics", []),
@@ -55,9 +57,9 @@ def run_one(env_id: str, env_kwargs: dict, method: str, seed: int, agent_name: s
             "intervention_stats": agent.intervention_stats}
 
 
-def _same(run: dict, args, env_kwargs: dict) -> bool:
+def _same(run: dict, args, env_kwargs: dict, agent_kwargs: dict) -> bool:
     return (run.get("agent", "tianshou_dqn") == args.agent and run["env"] == args.env
-            and run["env_kwargs"] == env_kwargs)
+            and run["env_kwargs"] == env_kwargs and run.get("agent_kwargs", {}) == agent_kwargs)
 
 
 def load(path: Path) -> list[dict]:
@@ -114,6 +116,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--agent", choices=list(DQN), default="tianshou_dqn")
     ap.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
                     help="an env kwarg (JSON value), e.g. steps_per_task=6000")
+    ap.add_argument("--agent-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a DQN hyperparameter over the protocol's (JSON value), e.g. target_update_interval=800")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, one run each (appended, resumable)")
@@ -121,27 +125,30 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    env_kwargs = {}
-    for item in args.env_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--env-set needs KEY=VALUE, got {item!r}")
-        env_kwargs[key] = json.loads(value)
+    env_kwargs, agent_kwargs = {}, {}
+    for flag, items, into in (("--env-set", args.env_set, env_kwargs), ("--agent-set", args.agent_set, agent_kwargs)):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"{flag} needs KEY=VALUE, got {item!r}")
+            into[key] = json.loads(value)
     runs = load(args.out)
     if not args.table_only:
         # Seeds outermost: a sweep cut short still has every method at the seeds it reached.
         for seed in args.seeds:
             for method in args.methods:
-                if any(_same(r, args, env_kwargs) and r["method"] == method and r["seed"] == seed for r in runs):
+                if any(_same(r, args, env_kwargs, agent_kwargs) and r["method"] == method and r["seed"] == seed
+                       for r in runs):
                     continue
-                run = run_one(args.env, env_kwargs, method, seed, args.agent)
+                run = run_one(args.env, env_kwargs, method, seed, args.agent, agent_kwargs)
                 runs.append(run)
                 with args.out.open("a") as f:
                     f.write(json.dumps(run) + "\n")
                 print(f"{method:20s} seed {seed}: " + " ".join(f"{x:5.0f}" for x in run["task_return"])
                       + f"  ({run['wall_time']:.0f} s, {run['intervention_stats']})", flush=True)
-    runs = [r for r in runs if _same(r, args, env_kwargs)]
-    print(f"\n{args.agent} on {args.env} {env_kwargs or '(registered defaults)'}: mean (std) over seeds\n"
+    runs = [r for r in runs if _same(r, args, env_kwargs, agent_kwargs)]
+    print(f"\n{args.agent} {agent_kwargs or ''} on {args.env} {env_kwargs or '(registered defaults)'}: mean (std) "
+          "over seeds\n"
           + table(runs))
     if args.figure is not None and runs:
         figure(runs, args.figure)

@@ -185,3 +185,7 @@ def test_rl_plasticity_example_runs_resumes_and_draws(tmp_path, agent, capsys):
     again = rl_plasticity.main(argv)  # every run is in the file: nothing reruns
     assert "seed" not in capsys.readouterr().out.split("mean (std)")[0]
     assert [r["task_return"] for r in again] == [r["task_return"] for r in runs]
+    # another agent setting is another configuration: it runs, is recorded, and the table holds only it
+    other = rl_plasticity.main([*argv[:-4], "--seeds", "0", "--methods", "dqn", "--agent-set", "lr=0.0005",
+                                "--out", str(out)])
+    assert len(other) == 1 and other[0]["agent_kwargs"] == {"lr": 0.0005} and "seed 0" in capsys.readouterr().out
