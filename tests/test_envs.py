@@ -571,7 +571,7 @@ def test_task_steps_is_the_rule_the_env_uses():
 def test_epoch_image_cache_serves_the_same_bytes(monkeypatch, kind):
     """Batches sliced from the epoch's gathered images equal batches gathered from the whole dataset (with
     permutations and augmentation applied after), labels included, across a task and an epoch boundary; each batch
-    served is a copy that shares no memory with the cache."""
+    served owns its data (a ready batch) or shares no memory with the gathered rows (a sliced one)."""
     import clenv.envs.supervised as sup
 
     def stream():
@@ -584,14 +584,16 @@ def test_epoch_image_cache_serves_the_same_bytes(monkeypatch, kind):
         return env, out
 
     env, cached = stream()
-    ready, rows = env.unwrapped._epoch_cache[1][3:]
+    epoch = env.unwrapped._epoch_cache[1]
+    ready, rows = epoch.ready, epoch.rows
     if kind == dict(stream="random_label"):  # nothing to apply: the epoch is cut into batches that own their data
         assert rows is None and all(o.base is None and l.base is None for o, l in cached[1:])
     else:  # sliced from the gathered rows, then copied
         assert ready is None and not any(np.shares_memory(o, rows[0]) for o, _ in cached)
     monkeypatch.setattr(sup, "EPOCH_CACHE_BYTES", 0)  # every batch gathered from the whole dataset, as before
     env, direct = stream()
-    assert env.unwrapped._epoch_cache[1][3:] == (None, None)
+    epoch = env.unwrapped._epoch_cache[1]
+    assert epoch.ready is None and epoch.rows is None
     assert len(cached) == len(direct) == 11
     for (a, la), (b, lb) in zip(cached, direct):
         assert np.array_equal(a, b) and (la is None or (np.array_equal(la, lb) and la.dtype == lb.dtype == np.int64))

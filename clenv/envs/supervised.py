@@ -11,7 +11,7 @@ import math
 import operator
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -69,6 +69,17 @@ def task_steps(num_train: int, batch_size: int, epochs_per_task: int, steps_per_
 class _Cursor:
     task: int
     step_in_task: int
+
+
+class _Epoch(NamedTuple):
+    """One epoch of one task on the host: its task, sample order and augmentation draws, and its gathered batches
+    (``ready``: (images, labels) lists, one entry per step, when nothing is applied to a batch) or gathered rows
+    (``rows``: (images, labels) arrays in serving order, sliced per batch); both None above ``EPOCH_CACHE_BYTES``."""
+    task: Task
+    order: np.ndarray
+    aug: torch.Tensor | None
+    ready: tuple[list, list] | None
+    rows: tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -205,7 +216,7 @@ class SupervisedStreamEnv(gym.Env):
         self._first_task, self._last_task = 0, self.num_tasks - 1
         self._step = 0
         self._done = True
-        self._epoch_cache: tuple | None = None
+        self._epoch_cache: tuple | None = None  # ((task, epoch), _Epoch) of the epoch being served
         self._device_epoch: tuple | None = None  # (the epoch's order array, its _EpochTensors) when resident
         self._steps_memo: dict[tuple, int] = {}
 
@@ -405,7 +416,7 @@ class SupervisedStreamEnv(gym.Env):
                 "labels_task_id": int(labels_task), "accuracy": float(accuracy), "step": int(self._step),
                 "step_in_task": int(cur.step_in_task)}
 
-    def _epoch(self, task_id: int, epoch: int):
+    def _epoch(self, task_id: int, epoch: int) -> _Epoch:
         """Sample order and augmentation draws for one epoch of one task; cached for the epoch."""
         key = (task_id, epoch)
         if self._epoch_cache is not None and self._epoch_cache[0] == key:
@@ -437,8 +448,8 @@ class SupervisedStreamEnv(gym.Env):
                 ready = ([x[i:i + b].copy() for i in range(0, n, b)], [y[i:i + b].copy() for i in range(0, n, b)])
             else:
                 rows = (x, y)
-        value = (t, order, aug, ready, rows)
-        self._epoch_cache = (key, value, per_epoch)
+        value = _Epoch(t, order, aug, ready, rows)
+        self._epoch_cache = (key, value)
         return value
 
     def _on_device(self, t: Task, order: np.ndarray, aug: torch.Tensor | None) -> _EpochTensors:
@@ -464,9 +475,10 @@ class SupervisedStreamEnv(gym.Env):
         return t.num_train // self.batch_size
 
     def _batch(self, cur: _Cursor):
-        cache = self._epoch_cache  # (task, epoch), the epoch, steps per epoch: mid-task, the steps are known
-        per_epoch = cache[2] if cache is not None and cache[0][0] == cur.task else self._steps_per_epoch(
-            self.stream.task(self.stream_seed, cur.task))
+        cache = self._epoch_cache  # ((task, epoch), _Epoch): mid-task its task is at hand, no stream lookup needed
+        t = cache[1].task if cache is not None and cache[0][0] == cur.task else self.stream.task(self.stream_seed,
+                                                                                                cur.task)
+        per_epoch = self._steps_per_epoch(t)
         epoch, j = divmod(cur.step_in_task, per_epoch)
         t, order, aug, ready, rows = self._epoch(cur.task, epoch)
         if ready is not None:  # each batch is served once per epoch, so it is the caller's to keep or change
