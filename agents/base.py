@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from agents.backbones import Backbone, build_backbone
 from agents.common.schedules import SCHEDULES, schedule_factor
-from clenv.data.scaling import to_unit_float
+from clenv.data.scaling import host_tensor, to_unit_float
 
 __all__ = ["Agent", "SupervisedAgent", "collect_defaults", "resolve_hparams", "seeded", "random_streams",
            "frozen_statistics"]
@@ -494,10 +494,7 @@ class SupervisedAgent(Agent):
         dtype = torch.float32 if self.regression else torch.int64
         if isinstance(labels, torch.Tensor):
             return labels.to(device=self.device, dtype=dtype)
-        if type(labels) is np.ndarray and labels.dtype == np.int64 and dtype == torch.int64 \
-                and self.device.type == "cpu":
-            return torch.from_numpy(labels)  # the env's labels as they are: no copy, the simplest conversion
-        return torch.as_tensor(np.asarray(labels), device=self.device, dtype=dtype)
+        return host_tensor(np.asarray(labels), self.device).to(dtype=dtype)
 
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> None:
         y = self.targets(info["labels"])
