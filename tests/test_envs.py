@@ -209,6 +209,53 @@ def test_joint_training_task_is_the_union_so_far():
     assert env.steps_per_task(2) == 5
 
 
+def _views(env, seed):
+    """{(task, epoch): {task position: served image}} over a whole run (positions from the epoch's own order)."""
+    env.reset(seed=seed)
+    out, per_epoch = {}, env.steps_per_task(0) // env.epochs_per_task
+    for i in range(env.total_steps):
+        task, j = divmod(i, env.steps_per_task(0))
+        epoch, b = divmod(j, per_epoch)
+        order = env._epoch(task, epoch).order
+        x = env._batch(type(env._cursor)(task, j))[0]
+        for p, img in zip(order[b * env.batch_size:(b + 1) * env.batch_size], np.asarray(x)):
+            out.setdefault((task, epoch), {})[int(p)] = img
+    return out
+
+
+@pytest.mark.parametrize("mode", ["per_task", "per_epoch"])
+def test_augment_modes_fix_a_view_per_sample_per_task_or_redraw_it_every_epoch(mode):
+    # A sample is served at most once per epoch (the last partial batch's are left out); per_task serves it the same
+    # way in every epoch of its task and differently in another task (the same dataset rows: samples_per_task=None
+    # takes the whole split).
+    env = _digits(num_tasks=2, samples_per_task=None, epochs_per_task=3, augment=mode)
+    assert env.config["augment"] == mode
+    views = _views(env, 4)
+    same = [np.array_equal(views[(0, 0)][p], views[(0, e)][p]) for e in (1, 2) for p in views[(0, 0)]
+            if p in views[(0, e)]]
+    assert len(same) > 2000
+    if mode == "per_task":
+        assert all(same)
+    else:  # 1-pixel shifts, flips, +-15 degrees: a redraw leaves at most a few percent of images unchanged
+        assert np.mean(same) < 0.1
+    t0, t1 = env.task(0), env.task(1)
+    row0 = {int(t0.train_indices[p]): img for p, img in views[(0, 0)].items()}
+    row1 = {int(t1.train_indices[p]): img for p, img in views[(1, 0)].items()}
+    shared = sorted(set(row0) & set(row1))
+    assert len(shared) > 100 and np.mean([np.array_equal(row0[r], row1[r]) for r in shared]) < 0.1
+    again = _views(_digits(num_tasks=2, samples_per_task=None, epochs_per_task=3, augment=mode), 4)
+    assert all(np.array_equal(again[k][p], v[p]) for k, v in views.items() for p in v)
+
+
+def test_augment_true_is_the_default_mode_and_unknown_modes_are_refused():
+    from clenv.envs.supervised import DEFAULT_AUGMENT
+
+    assert _digits(augment=True).config["augment"] == DEFAULT_AUGMENT
+    assert _digits(augment=False).config["augment"] is False
+    with pytest.raises(TypeError, match="'per_task', 'per_epoch'.*'per-task'"):
+        _digits(augment="per-task")
+
+
 def test_augmentation_is_per_task_deterministic_and_changes_images():
     plain = rollout(small(augment=False), 0, 3)
     aug = rollout(small(augment=True), 0, 3)
@@ -512,7 +559,7 @@ def test_constructor_refuses_values_it_used_to_accept_silently(kw, name):
 
 
 def test_string_flags_get_a_message_saying_to_pass_a_bool():
-    with pytest.raises(TypeError, match=r"augment must be True or False, got 'no'.*pass True or False"):
+    with pytest.raises(TypeError, match=r"augment must be True, False or one of 'per_task', 'per_epoch', got 'no'"):
         _digits(augment="no")
     with pytest.raises(TypeError, match=r"num_tasks must be an integer, got 3\.0.*pass 3"):
         _digits(num_tasks=3.0)

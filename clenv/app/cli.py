@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clenv: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("clenv: interrupted (finished runs are saved; rerun the command to continue)", file=sys.stderr)
+        print("clenv: interrupted (finished runs are saved and checkpointed ones continue from their last "
+              "checkpoint: rerun the command to go on)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `clenv list | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")

@@ -43,6 +43,9 @@ from clenv.app.spec import (ResolvedRun, RunSpec, UsageError, canonical, check_o
 __all__ = ["reproduce_main", "plan", "comparison", "decomposition", "final_task_metrics", "merge_runs",
            "merge_summary", "merged_label"]
 
+#: Steps between checkpoints of a saved run: a paper protocol of 750,000 steps is resumable from 15 points, and a
+#: run shorter than this never pays for one.
+CHECKPOINT_EVERY = 50_000
 _MIN_TASKS = 2  # transfer metrics need a previous task; the windows need a task to average
 _MIN_GAMMA = 2  # gamma/2 must be a step
 
@@ -303,6 +306,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="run every run again, even those whose result is already "
                    "under --out (default: reuse them, so a rerun does only what is missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="STEPS",
+                   help=f"a saved run checkpoints every STEPS steps under OUT/<table>/.checkpoints/ and a rerun of the "
+                   f"command continues it where it stopped (default {CHECKPOINT_EVERY:,}; 0: never)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (default 1)")
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes (default: the cores "
                    "available; 1: one after another in this process)")
@@ -329,6 +335,8 @@ def reproduce_main(argv=None) -> int:
         args.jobs = default_jobs() if args.jobs is None else args.jobs
         if args.probe_every < 1 or args.threads < 1 or args.jobs < 1:
             raise ValueError("--probe-every, --threads and --jobs must be >= 1")
+        if args.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
         out_root = None if args.no_save else check_out(Path(args.out) / table.id)
         return _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_root)
     except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError, UsageError) as err:
@@ -565,7 +573,9 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
             runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root,
                                                         progress=not args.no_progress, threads=args.threads,
                                                         on_result=done, reuse=not args.fresh,
-                                                        vectorise=args.vectorise)]
+                                                        vectorise=args.vectorise,
+                                                        checkpoint_every=None if args.vectorise or out_root is None
+                                                        else args.checkpoint_every or None)]
         text = comparison(table, bench, p["env_id"], methods, runs, task_names)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")

@@ -2,7 +2,8 @@
 
 NeuMoSync Appendix B.3: every sample is randomly cropped, flipped and rotated, drawn differently for each task. All
 three are one affine warp per sample, so a whole batch is one ``affine_grid`` + ``grid_sample`` call on the run's
-device; the draws come from a torch Generator the stream seeds per (task, epoch).
+device; the draws come from a torch Generator the stream seeds per task (``augment="per_task"``: one view per sample
+for the whole task) or per (task, epoch) (``"per_epoch"``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from clenv.data.sources import load_dataset
 from clenv.streams import (Stream, Task, check_reset, check_stream_kwargs, make_stream, require_bool, require_int,
                            start_stream, task_rng)
 
-__all__ = ["SupervisedStreamEnv", "INFO_KEYS", "task_steps", "action_array"]
+__all__ = ["SupervisedStreamEnv", "INFO_KEYS", "AUGMENT_MODES", "DEFAULT_AUGMENT", "task_steps", "action_array"]
 
 #: The keys every ``info`` dict carries, at reset and at every step.
 INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "step", "step_in_task")
@@ -35,6 +35,12 @@ INFO_KEYS = ("task_id", "task_switch", "labels", "labels_task_id", "accuracy", "
 EPOCH_CACHE_BYTES = 64 * 2**20
 #: Batches of up to this many labels are checked and scored in Python (see ``_validate``), larger ones in numpy.
 PYTHON_SCORING_MAX_BATCH = 256
+#: How augmentation is drawn: ``"per_task"`` gives each sample of a task one view (crop, flip, rotation) for all of
+#: the task's epochs, a new one in every task; ``"per_epoch"`` draws a new view for every (task, epoch).
+AUGMENT_MODES = ("per_task", "per_epoch")
+#: What ``augment=True`` means (docs/design-notes.md says why).
+DEFAULT_AUGMENT = "per_epoch"
+_TASK_VIEW_KEY = (3000, 1)  # task_rng(seed, task, *_TASK_VIEW_KEY): the per-task views, apart from every epoch key
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # the same-width view of a signed label array
 _CLASS_SPLIT_KW = ("classes_per_task", "samples_per_class", "disjoint", "labels")
 
@@ -50,6 +56,19 @@ def action_array(action, space) -> np.ndarray:
         return np.asarray(action)
     except (ValueError, TypeError) as err:  # ragged nested lists
         raise ValueError(f"action must be an array-like of shape {space.shape}, got {action!r:.80} ({err})") from None
+
+
+def augment_mode(value: Any) -> str | bool:
+    """``augment`` as the mode it names (:data:`AUGMENT_MODES`; ``True`` is :data:`DEFAULT_AUGMENT`) or ``False``;
+    anything else is a ``TypeError`` saying what to pass."""
+    if isinstance(value, str) and value in AUGMENT_MODES:
+        return value
+    try:
+        flag = require_bool("augment", value)
+    except TypeError:
+        raise TypeError(f"augment must be True, False or one of {', '.join(map(repr, AUGMENT_MODES))}, got "
+                        f"{value!r} ({type(value).__name__})") from None
+    return DEFAULT_AUGMENT if flag else False
 
 
 def task_steps(num_train: int, batch_size: int, epochs_per_task: int, steps_per_task: int | None = None) -> int:
@@ -110,7 +129,9 @@ class SupervisedStreamEnv(gym.Env):
         epochs_per_task: passes over a task's samples; steps per task = epochs x floor(samples / batch_size).
         steps_per_task: overrides the epoch count (and is required with ``joint=True``).
         batch_size: samples per observation.
-        augment: per-sample random crop, flip and rotation, drawn differently per task (Appendix B.3).
+        augment: per-sample random crop, flip and rotation, drawn differently per task (Appendix B.3):
+            ``"per_task"`` (one view per sample for the whole task), ``"per_epoch"`` (a new view every epoch),
+            ``True`` (:data:`DEFAULT_AUGMENT`) or ``False``. The configuration records the mode.
         device: where the dataset tensor lives and batches are built.
         task_aware: add the task id to the observation (a Dict observation ``{"x", "task_id"}``).
         data_root / download / image_size: passed to the dataset loader (``download=None``, the default, fetches a
@@ -127,15 +148,15 @@ class SupervisedStreamEnv(gym.Env):
 
     Every argument is checked before any data is loaded, with a ``TypeError`` / ``ValueError`` saying what to pass.
     Counts are Python or numpy integers: floats are refused even when whole (pass 3, not 3.0), and so are bools.
-    Flags (``augment``, ``task_aware``, ``joint``, ``disjoint``, ``download``) are ``True`` / ``False`` only: a
-    string such as ``"no"`` is refused rather than read as true.
+    Flags (``task_aware``, ``joint``, ``disjoint``, ``download``) are ``True`` / ``False`` only, and ``augment`` is
+    one of those or a mode of :data:`AUGMENT_MODES`: a string such as ``"no"`` is refused rather than read as true.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, dataset: str = "digits", stream: str = "random_label", *, num_tasks: int = 10,
                  samples_per_task: int | None = None, epochs_per_task: int = 1, steps_per_task: int | None = None,
-                 batch_size: int = 16, augment: bool = False, device: str = "cpu", task_aware: bool = False,
+                 batch_size: int = 16, augment: bool | str = False, device: str = "cpu", task_aware: bool = False,
                  data_root: str | None = None, download: bool | None = None, image_size: int | None = None,
                  action_type: str = "labels", recurring_every: int | None = None, joint: bool = False,
                  test_samples_per_task: int | None = 1000, output: str | None = None, **kwargs: Any):
@@ -155,7 +176,7 @@ class SupervisedStreamEnv(gym.Env):
         epochs_per_task = require_int("epochs_per_task", epochs_per_task, minimum=1)
         steps_per_task = require_int("steps_per_task", steps_per_task, minimum=1, optional=True)
         image_size = require_int("image_size", image_size, minimum=1, optional=True)
-        augment, task_aware = require_bool("augment", augment), require_bool("task_aware", task_aware)
+        augment, task_aware = augment_mode(augment), require_bool("task_aware", task_aware)
         download = require_bool("download", download, optional=True)
         if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
             raise TypeError(f"data_root must be a path (str or os.PathLike) or None, got {data_root!r}")
@@ -195,6 +216,7 @@ class SupervisedStreamEnv(gym.Env):
         # the env is the host-only numpy one, whose numpy fancy indexing path is kept as it always was.
         self._resident = output == "torch" or torch_device.type != "cpu"
         self.augmentation = Augmentation.for_image_size(self.dataset.image_shape[-1]) if augment else None
+        self.augment = augment  # the mode, or False
         self._steps_override = steps_per_task
         self._train_images = self.dataset.train.images.to(self.device)
         self._test_images = self.dataset.test.images.to(self.device)
@@ -432,7 +454,10 @@ class SupervisedStreamEnv(gym.Env):
         else:
             order = rng.permutation(t.num_train)[:n]
         aug = None
-        if self.augmentation is not None:
+        if self.augment == "per_task":  # one view per sample of the task, whatever the epoch
+            g = torch.Generator().manual_seed(int(task_rng(self.stream_seed, task_id, *_TASK_VIEW_KEY).integers(2**62)))
+            aug = self.augmentation.draw(t.num_train, g)[torch.from_numpy(order)]
+        elif self.augment == "per_epoch":  # a view per position in this epoch's order
             g = torch.Generator().manual_seed(int(task_rng(self.stream_seed, task_id, 2000 + epoch).integers(2**62)))
             aug = self.augmentation.draw(n, g)
         # The epoch's images and labels in serving order, gathered once instead of a gather per batch scattered over
