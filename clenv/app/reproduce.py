@@ -19,6 +19,8 @@ names, method labels or result keys), every seed runs once:
   hyperparameters (``paper_benchmark=``), the method's own (Table 2's controllers, Table 32's beta, ...), then
   ``--agent-set``; the seed also seeds the agent's initialisation;
 - the probes the table needs run (:class:`clenv.Evaluation`: adaptation for LCA / FKT / BKT, forgetting for AF);
+- a saved run checkpoints every ``--checkpoint-every`` steps (50,000) under ``OUT/<table>/.checkpoints/<key>``;
+  rerunning the command loads finished runs and continues an interrupted one from its checkpoint;
 - runs are saved under ``OUT/<table>/<env>/<agent>/seed<k>-<key>``, and the
   comparison (one table per benchmark, ours and the paper's as adjacent rows, formatted by
   :func:`clenv.report.format_table`) is printed and written to ``OUT/<table>/comparison.md``.
