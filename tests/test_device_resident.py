@@ -122,8 +122,8 @@ def test_the_instrument_sees_the_numpy_outputs_round_trips():
         assert ("read", "numpy", (16,)) in events  # and gives its action back there
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(augment=True, task_aware=True), dict(stream="random_label"),
-                                   dict(action_type="logits")])
+@pytest.mark.parametrize("extra", [dict(), dict(augment=True, task_aware=True), dict(augment="per_task"),
+                                   dict(stream="random_label"), dict(action_type="logits")])
 def test_torch_output_gives_the_numpy_outputs_run_exactly(extra):
     a, agent_a, _ = instrumented_run("numpy", **extra)
     b, agent_b, _ = instrumented_run("torch", **extra)
