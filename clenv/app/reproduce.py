@@ -310,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="STEPS",
                    help=f"a saved run checkpoints every STEPS steps under OUT/<table>/.checkpoints/ and a rerun of the "
-                   f"command continues it where it stopped (default {CHECKPOINT_EVERY:,}; 0: never)")
+                   f"command continues it where it stopped (default {CHECKPOINT_EVERY:,}; 0: never; --vectorise runs "
+                   f"do not checkpoint)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run (default 1)")
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel worker processes (default: the cores "
                    "available; 1: one after another in this process)")
