@@ -148,3 +148,39 @@ def test_compare_in_worker_processes_writes_what_one_process_writes(tmp_path, ca
     assert len(one) == 4 and one.keys() == two.keys()
     for k in one:
         assert one[k][0] == two[k][0] and all(np.array_equal(one[k][1][a], two[k][1][a]) for a in one[k][1])
+
+
+def _pid_and_threads(tag):
+    import os
+
+    import torch
+
+    if tag == "fail":
+        raise ValueError("call failed")
+    return tag, os.getpid(), torch.get_num_threads()
+
+
+def test_in_workers_runs_a_share_in_this_process_and_restores_its_threads():
+    """With --jobs 2 this process is one of the two: its thread takes calls from the queue the worker takes from (the
+    worker gets the first call at once, the thread here the second, before the worker has even started), at the
+    requested thread count, and this process's own thread count is back afterwards."""
+    import os
+
+    import torch
+
+    from clenv.app.spec import in_workers
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)  # this process at 2 threads, the calls asked at 1: the calls run here must see 1
+    try:
+        out = dict(in_workers(_pid_and_threads, [(k,) for k in range(4)], jobs=2, threads=1))
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="call failed"):  # a failure here reaches the caller
+            list(in_workers(_pid_and_threads, [(0,), ("fail",), (2,)], jobs=2, threads=1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+    assert sorted(out) == [0, 1, 2, 3] and [out[k][0] for k in range(4)] == [0, 1, 2, 3]
+    assert out[0][1] != os.getpid() and out[1][1] == os.getpid()
+    assert all(threads == 1 for _, _, threads in out.values())
+    assert len({pid for _, pid, _ in out.values()}) == 2

@@ -23,6 +23,7 @@ identity.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import hashlib
 import json
@@ -405,24 +406,83 @@ def worker_init(threads: int, path: list[str]) -> None:
     sys.path[:0] = [p for p in path if p not in sys.path]
 
 
-def in_workers(fn, calls: list[tuple], *, jobs: int, threads: int = 1):
-    """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` worker processes (:func:`worker_context`, one torch
-    thread each); yields ``(index, value)`` as each finishes. An exception, Ctrl-C included, cancels what has not
-    started and propagates."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside the block, restored after."""
+    import torch
 
-    with ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=worker_context(),
-                             initializer=worker_init, initargs=(threads, list(sys.path))) as pool:
-        pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def in_workers(fn, calls: list[tuple], *, jobs: int, threads: int = 1):
+    """``fn(*args)`` for every ``args`` of ``calls`` in ``jobs`` processes, one torch thread each; yields ``(index,
+    value)`` as each finishes. This process is one of the ``jobs``: a thread here takes calls from the same queue as
+    ``jobs - 1`` worker processes (:func:`worker_context`), so the work starts at once instead of after the workers'
+    start (a few seconds: each imports torch and loads its dataset), and results come back as they finish whoever ran
+    them. A value computed here is the one a worker computes (each call is a function of its arguments). An exception,
+    Ctrl-C included, stops handing out calls and propagates; the thread here ends after its current call."""
+    import collections
+    import queue
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(jobs, len(calls)) - 1
+    if workers < 1:
+        with torch_threads(threads):
+            for i, args in enumerate(calls):
+                yield i, fn(*args)
+        return
+    todo = collections.deque(range(len(calls)))  # popleft is atomic: the thread here and the pool share it
+    arrived: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def here() -> None:
         try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    yield pending.pop(fut), fut.result()
-        except BaseException:
-            for fut in pending:
+            with torch_threads(threads):
+                while not stop.is_set():
+                    try:
+                        i = todo.popleft()
+                    except IndexError:
+                        return
+                    arrived.put(("value", i, fn(*calls[i])))
+        except BaseException as err:  # noqa: BLE001 - re-raised by the generator
+            arrived.put(("error", None, err))
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=worker_init,
+                             initargs=(threads, list(sys.path))) as pool:
+        index = {}
+
+        def submit() -> None:  # one call per idle worker: the thread here takes the rest
+            try:
+                i = todo.popleft()
+            except IndexError:
+                return
+            fut = pool.submit(fn, *calls[i])
+            index[fut] = i
+            fut.add_done_callback(lambda f: arrived.put(("future", None, f)))
+
+        for _ in range(workers):
+            submit()
+        local = threading.Thread(target=here, name="clenv-in-workers", daemon=True)
+        local.start()
+        try:
+            for _ in range(len(calls)):
+                kind, i, value = arrived.get()
+                if kind == "error":
+                    raise value
+                if kind == "future":
+                    i, value = index.pop(value), value.result()
+                    submit()
+                yield i, value
+        finally:
+            stop.set()
+            for fut in index:
                 fut.cancel()
-            raise
 
 
 def _worker_run(spec: RunSpec, out, checkpoint_every):
