@@ -8,12 +8,21 @@ The sum over past tasks is kept in constant memory: ``sum_k F_k (theta - theta_k
 ``A = sum_k F_k`` and ``mu = sum_k F_k theta_k / A``, which has exactly the same gradient as one penalty per task.
 ``ewc_decay`` < 1 discounts old tasks (online EWC, Schwarz et al. 2018); 1 is Kirkpatrick's sum.
 
+With plain SGD the penalty is a quadratic of curvature ``Gamma * A`` per parameter, and gradient descent on it
+diverges once ``lr * Gamma * max(A)`` passes 2 (``2 * (1 + momentum)`` with heavy-ball momentum). Kirkpatrick's sum
+grows with every task, so a long stream can cross that bound at the paper's settings: :attr:`EWCAgent.
+penalty_stability` is that number, a consolidation that crosses it warns once, and a consolidation that finds the
+network no longer finite raises :class:`FloatingPointError` saying so (instead of failing inside the Fisher
+estimate).
+
 Defaults from NeuMoSync Tables 7, 9 (SGD, lr 1e-2, Gamma 10); Table 26 (forgetting) uses Adam 1e-3 with Gamma 10.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+import warnings
 
 import torch
 
@@ -37,6 +46,7 @@ class EWCAgent(SupervisedAgent):
         self.fisher_sum: dict[str, torch.Tensor] = {}   # A = sum_k F_k
         self.fisher_anchor: dict[str, torch.Tensor] = {}  # B = sum_k F_k theta_k (mu = B / A)
         self.tasks_consolidated = 0
+        self._warned_unstable = False
 
     # The Fisher is estimated on the inputs of the task that just ended: keep its most recent ones.
     def after_update(self, x, y):
@@ -50,6 +60,7 @@ class EWCAgent(SupervisedAgent):
         """Estimate the Fisher of the data seen since the last consolidation and add its penalty."""
         if not self._recent:
             return
+        self._check_finite()
         x = torch.cat([b[0] for b in self._recent])[-self.hparams["fisher_samples"]:]
         y = torch.cat([b[1] for b in self._recent])[-self.hparams["fisher_samples"]:]
         g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
@@ -66,6 +77,39 @@ class EWCAgent(SupervisedAgent):
         self.tasks_consolidated += 1
         self._recent.clear()
         self._recent_count = 0
+        bound = self._stability_bound()
+        if bound is not None and self.penalty_stability >= bound and not self._warned_unstable:
+            self._warned_unstable = True
+            warnings.warn(self._unstable_message(bound), RuntimeWarning, stacklevel=2)
+
+    def _stability_bound(self) -> float | None:
+        """The value of :attr:`penalty_stability` at which SGD on the penalty diverges; None for adaptive optimisers
+        (their step does not scale with the curvature)."""
+        if self.hparams["optimizer"] != "sgd":
+            return None
+        return 2.0 * (1.0 + float(self.hparams["momentum"]))
+
+    @property
+    def penalty_stability(self) -> float:
+        """``lr * Gamma * max(A)`` over every consolidated parameter: the largest step-size-times-curvature of the
+        penalty (0 before the first consolidation). SGD on the penalty alone diverges above 2 (``2 * (1 +
+        momentum)`` with momentum)."""
+        top = max((float(a.max()) for a in self.fisher_sum.values()), default=0.0)
+        return float(self.hparams["lr"]) * float(self.hparams["ewc_lambda"]) * top
+
+    def _unstable_message(self, bound: float) -> str:
+        return (f"EWC after {self.tasks_consolidated} tasks: lr * ewc_lambda * max(summed Fisher) = "
+                f"{self.penalty_stability:.3g} >= {bound:g}, where SGD on the penalty diverges; lower lr or "
+                f"ewc_lambda, or discount old tasks with ewc_decay < 1 (online EWC)")
+
+    def _check_finite(self) -> None:
+        bad = [n for n, p in self.network.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            bound = self._stability_bound()
+            why = ("" if bound is None else f" ({self._unstable_message(bound)})"
+                   if self.penalty_stability >= bound else "")
+            raise FloatingPointError(f"EWC: training diverged before the end of task {self.task_id}: parameters "
+                                     f"{', '.join(bad)} are not finite{why}")
 
     def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The diagonal Fisher of the trained parameters on ``(x, y)`` (one class, or one regression target, per

@@ -215,6 +215,31 @@ def test_ewc_penalty_is_the_sum_of_per_task_quadratics(split_env):
         assert torch.allclose(p.grad, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_ewc_warns_when_sgd_on_its_summed_penalty_turns_unstable_and_names_a_divergence():
+    """lr * Gamma * max(A) is the penalty's step-times-curvature; SGD diverges above 2. At Gamma 1e6 the first
+    consolidation crosses it (a warning naming the number), task 1 blows the weights up, and the next consolidation
+    raises FloatingPointError saying training diverged, instead of torch.multinomial's error inside the Fisher."""
+    env = gym.make("SplitFashionMNIST-v0", num_tasks=3, steps_per_task=20, batch_size=64)
+    agent = agents.make("ewc", env, optimizer="sgd", lr=1e-2, ewc_lambda=1e6, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"lr \* ewc_lambda \* max\(summed Fisher\) = .* >= 2"):
+        with pytest.raises(FloatingPointError, match="diverged before the end of task 1.*not finite.*ewc_decay"):
+            clenv.run(env, agent, seed=0, progress=False)
+    top = max(float(a.max()) for a in agent.fisher_sum.values())
+    assert agent.penalty_stability == pytest.approx(1e-2 * 1e6 * top, rel=1e-12)
+
+
+def test_ewc_at_a_stable_setting_does_not_warn(split_env):
+    import warnings
+
+    agent = agents.make("ewc", split_env, optimizer="sgd", lr=1e-2, ewc_lambda=10.0, seed=0)  # far below the bound
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        clenv.run(split_env, agent, seed=0, progress=False)
+    assert 0 < agent.penalty_stability < 2
+    assert agents.make("ewc", split_env, optimizer="adam", lr=1e-3)._stability_bound() is None
+    assert agents.make("ewc", split_env, optimizer="sgd", momentum=0.9)._stability_bound() == pytest.approx(3.8)
+
+
 # ---------------------------------------------------------------------------------------------------- S&P, H&T
 def test_shrink_perturb_variants(split_env):
     sp = agents.make("shrink_perturb", split_env)
