@@ -60,9 +60,9 @@ class EWCAgent(SupervisedAgent):
         """Estimate the Fisher of the data seen since the last consolidation and add its penalty."""
         if not self._recent:
             return
-        self._check_finite()
         x = torch.cat([b[0] for b in self._recent])[-self.hparams["fisher_samples"]:]
         y = torch.cat([b[1] for b in self._recent])[-self.hparams["fisher_samples"]:]
+        self._check_finite(x)
         g = torch.Generator(device=x.device).manual_seed(int(self.hparams["seed"]) * 7919 + self.tasks_consolidated)
         fisher = self.fisher(x, y, g)
         decay = float(self.hparams["ewc_decay"])
@@ -98,18 +98,20 @@ class EWCAgent(SupervisedAgent):
         return float(self.hparams["lr"]) * float(self.hparams["ewc_lambda"]) * top
 
     def _unstable_message(self, bound: float) -> str:
-        return (f"EWC after {self.tasks_consolidated} tasks: lr * ewc_lambda * max(summed Fisher) = "
+        return (f"EWC after {self.tasks_consolidated} task(s): lr * ewc_lambda * max(summed Fisher) = "
                 f"{self.penalty_stability:.3g} >= {bound:g}, where SGD on the penalty diverges; lower lr or "
                 f"ewc_lambda, or discount old tasks with ewc_decay < 1 (online EWC)")
 
-    def _check_finite(self) -> None:
+    def _check_finite(self, x: torch.Tensor) -> None:
+        """Raise if the parameters, or the outputs on the Fisher's inputs ``x``, are not finite (huge finite weights
+        can give infinite logits)."""
         bad = [n for n, p in self.network.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
+        what = (f"parameters {', '.join(bad)} are not finite" if bad else
+                None if bool(torch.isfinite(self.predict(x)).all()) else "its outputs on the task's inputs are not finite")
+        if what is not None:
             bound = self._stability_bound()
-            why = ("" if bound is None else f" ({self._unstable_message(bound)})"
-                   if self.penalty_stability >= bound else "")
-            raise FloatingPointError(f"EWC: training diverged before the end of task {self.task_id}: parameters "
-                                     f"{', '.join(bad)} are not finite{why}")
+            why = "" if bound is None or self.penalty_stability < bound else f" ({self._unstable_message(bound)})"
+            raise FloatingPointError(f"EWC: training diverged before the end of task {self.task_id}: {what}{why}")
 
     def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The diagonal Fisher of the trained parameters on ``(x, y)`` (one class, or one regression target, per

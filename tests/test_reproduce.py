@@ -1,5 +1,6 @@
 """clenv.app.paper_tables reference data and the ``clenv reproduce`` command."""
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -207,3 +208,32 @@ def test_reproduce_ngm_runs_the_stability_probes_and_prints_the_papers_gap(capsy
     assert paper.endswith("| 0.034 (-) |")  # a ratio to three digits; the sources give no spread
     assert re.search(r"\| \d+\.\d{3} \(0\.000\) \|$", ours)  # our avg-SG was measured (one seed)
     assert "paper: mean (spread) as printed, 5 seeds" in out
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_diverged_run_is_reported_and_the_others_go_on(jobs, tmp_path):
+    """EWC at Gamma 1e7 diverges (FloatingPointError at its second consolidation); with on_diverged the base run
+    beside it still runs and is saved, the diverged one leaves (None, None), in this process or a worker."""
+    from clenv.app.spec import RunSpec, execute_all
+
+    kw = {"num_tasks": 3, "samples_per_task": 64, "epochs_per_task": 2}
+    runs = [RunSpec("RandomLabelDigits-v0", "ewc", 0, kw, {"ewc_lambda": 1e7, "optimizer": "sgd", "lr": 1e-2}),
+            RunSpec("RandomLabelDigits-v0", "base", 0, kw, {})]
+    failures = []
+    with pytest.warns(RuntimeWarning, match="diverges") if jobs == 1 else contextlib.nullcontext():
+        out = execute_all([r.resolve() for r in runs], jobs=jobs, out=tmp_path,
+                          on_diverged=lambda r, message: failures.append((r.spec.agent, message)))
+    assert out[0] == (None, None) and out[1][0].agent == "base" and (out[1][1] / "result.json").is_file()
+    assert [a for a, _ in failures] == ["ewc"] and "diverged before the end of task" in failures[0][1]
+    with pytest.raises(FloatingPointError):  # without on_diverged the error reaches the caller
+        execute_all([runs[0].resolve()], jobs=1)
+
+
+def test_reproduce_prints_a_diverged_method_as_a_note(capsys):
+    argv = ["reproduce", "plasticity", "--benchmark", "random_label_mnist", "--agents", "l2init+ewc", "--seeds", "0",
+            "--env", "RandomLabelDigits-v0", "--scale", "0.1", "--env-set", "samples_per_task=64", "--no-progress",
+            "--jobs", "1", "--no-save", "--agent-set", "ewc_lambda=1e7"]
+    with pytest.warns(RuntimeWarning):
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "- L2Init + EWC seed 0 diverged: EWC: training diverged before the end of task" in out

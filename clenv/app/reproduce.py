@@ -565,20 +565,28 @@ def _reproduce(table, benches, methods, seeds, args, env_set, agent_set, out_roo
             _, runs = merge_runs(table, bench, p, methods, seeds, agent_set, jobs=args.jobs, threads=args.threads,
                                  out=out_root, on_result=done)
         else:
-            said, todo = None, []
+            said, todo, label_of = None, [], {}
             for m in methods:
                 resolved, text = _specs(table, bench, p, m, seeds, agent_set, args.probe_every)
+                label_of.update((id(r), m.label) for r in resolved)
                 if text is not None and text != said:
                     print(f"  {text}" if said is None else f"  {m.label}: {text}")
                     said = text
                 print(f"  {m.label} ({m.key}): hparams from {resolved[0].hparam_source}")
                 todo += resolved
+            diverged: list[str] = []
+
+            def failed(r, message) -> None:  # the table goes on without it; the note says why its cell is empty
+                diverged.append(f"{label_of.get(id(r), r.spec.name)} seed {r.spec.seed} diverged: {message}")
+                print(f"  {diverged[-1]}", flush=True)
+
             runs = [result for result, _ in execute_all(todo, jobs=args.jobs, out=out_root,
                                                         progress=not args.no_progress, threads=args.threads,
                                                         on_result=done, reuse=not args.fresh,
-                                                        vectorise=args.vectorise,
+                                                        vectorise=args.vectorise, on_diverged=failed,
                                                         checkpoint_every=None if args.vectorise or out_root is None
-                                                        else args.checkpoint_every or None)]
+                                                        else args.checkpoint_every or None) if result is not None]
+            p["notes"] = [*p["notes"], *diverged]
         text = comparison(table, bench, p["env_id"], methods, runs, task_names)
         notes = "".join(f"\n- {n}" for n in p["notes"])
         block = (text or f"(no metric of {table.id} was measured)") + (f"\n{notes}" if notes else "")

@@ -39,7 +39,7 @@ from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "run_resolved_seeds", "seed_groups",
-           "execute_all", "in_workers", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+           "execute_all", "Diverged", "in_workers", "torch_threads", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -485,9 +485,23 @@ def in_workers(fn, calls: list[tuple], *, jobs: int, threads: int = 1):
                 fut.cancel()
 
 
-def _worker_run(spec: RunSpec, out, checkpoint_every):
-    """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache)."""
-    result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)
+@dataclass(frozen=True)
+class Diverged:
+    """A run that stopped with a ``FloatingPointError`` (its training diverged: a property of the run, which the
+    same spec repeats), with the error's message."""
+
+    message: str
+
+
+def _worker_run(spec: RunSpec, out, checkpoint_every, diverged_ok: bool = False):
+    """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache). With
+    ``diverged_ok`` a diverged run comes back as :class:`Diverged` instead of raising."""
+    try:
+        result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)
+    except FloatingPointError as err:
+        if not diverged_ok:
+            raise
+        return Diverged(str(err))
     return result
 
 
@@ -497,14 +511,18 @@ def _worker_group(specs: list[RunSpec]):
 
 
 def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkpoint_every: int | None = None,
-                threads: int = 1, on_result=None, reuse: bool = False, vectorise: bool = False) -> list:
+                threads: int = 1, on_result=None, reuse: bool = False, vectorise: bool = False,
+                on_diverged=None) -> list:
     """Execute resolved runs, ``jobs`` at a time in worker processes (one torch thread each), and save each as it
     finishes; ``jobs=1`` runs them here one after another with a progress bar each. ``on_result(resolved, result,
     path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
     do not depend on where it ran (each is a function of its spec). With ``reuse``, a run whose folder under ``out``
     (named by its key) already holds a result is loaded instead of run again, so rerunning an interrupted command
     does only what is missing. With ``vectorise``, the seeds of each configuration (:func:`seed_groups`) train as
-    one batched computation (:func:`run_resolved_seeds`), one group per worker; the results are the same runs'."""
+    one batched computation (:func:`run_resolved_seeds`), one group per worker; the results are the same runs'.
+    With ``on_diverged(resolved, message)``, a run whose training diverges (``FloatingPointError``) is reported to it
+    and left out (its slot is ``(None, None)``) while the others go on (not with ``vectorise``, where it propagates);
+    without it the error propagates."""
     runs = list(runs)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
@@ -525,13 +543,25 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
     if vectorise:
         return _execute_groups(runs, pending, done, jobs=jobs, out=out, progress=progress, threads=threads,
                                on_result=on_result)
+    def finished(i, result, path) -> None:
+        if isinstance(result, Diverged):
+            done[i] = (None, None)
+            on_diverged(runs[i], result.message)
+            return
+        done[i] = (result, path)
+        if on_result is not None:
+            on_result(runs[i], result, path)
+
     if jobs == 1 or len(pending) <= 1:
         for i in pending:
-            result, path = execute(runs[i], out=out, progress=progress, checkpoint_every=checkpoint_every,
-                                   threads=threads)
-            done[i] = (result, path)
-            if on_result is not None:
-                on_result(runs[i], result, path)
+            try:
+                result, path = execute(runs[i], out=out, progress=progress, checkpoint_every=checkpoint_every,
+                                       threads=threads)
+            except FloatingPointError as err:
+                if on_diverged is None:
+                    raise
+                result, path = Diverged(str(err)), None
+            finished(i, result, path)
         return [done[i] for i in range(len(runs))]
     for i in pending:  # the workers make their own envs
         runs[i].env.close()
@@ -540,16 +570,15 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pending), desc=f"{len(pending)} runs, {min(jobs, len(pending))} processes", unit="run")
-    calls = [(runs[i].spec, None if out is None else str(out), checkpoint_every) for i in pending]
+    calls = [(runs[i].spec, None if out is None else str(out), checkpoint_every, on_diverged is not None)
+             for i in pending]
     try:
         for j, result in in_workers(_worker_run, calls, jobs=jobs, threads=threads):
             i = pending[j]
-            path = save(runs[i], result, out) if out is not None else None
-            done[i] = (result, path)
+            path = save(runs[i], result, out) if out is not None and not isinstance(result, Diverged) else None
             if bar is not None:
                 bar.update(1)
-            if on_result is not None:
-                on_result(runs[i], result, path)
+            finished(i, result, path)
     finally:
         if bar is not None:
             bar.close()
