@@ -150,6 +150,16 @@ def test_compare_in_worker_processes_writes_what_one_process_writes(tmp_path, ca
         assert one[k][0] == two[k][0] and all(np.array_equal(one[k][1][a], two[k][1][a]) for a in one[k][1])
 
 
+from agents.ewc import EWCAgent  # noqa: E402 - for the user agent below
+
+
+class DivergingEWC(EWCAgent):
+    """EWC whose SGD step on the penalty diverges after its first task."""
+
+    NAME = "diverging_ewc"
+    DEFAULTS = dict(optimizer="sgd", lr=1e-2, ewc_lambda=1e7)
+
+
 def _pid_and_threads(tag):
     import os
 
@@ -184,3 +194,18 @@ def test_in_workers_runs_a_share_in_this_process_and_restores_its_threads():
     assert out[0][1] != os.getpid() and out[1][1] == os.getpid()
     assert all(threads == 1 for _, _, threads in out.values())
     assert len({pid for _, pid, _ in out.values()}) == 2
+
+
+def test_compare_leaves_a_diverged_run_out_and_says_so(capsys):
+    """EWC at Gamma 1e7 (a user agent class) diverges; compare still prints the table of the runs that finished,
+    names the one left out, and exits 0 (a diverged run is a result of the method, not a usage error)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # EWC's own warning before it diverges
+        assert main(["compare", "--env", "RandomLabelDigits-v0", "--agents", "tests.test_cli:DivergingEWC,base",
+                     "--seeds", "0", "--no-save", "--no-progress", "--jobs", "1", "--env-set", "num_tasks=3",
+                     "--env-set", "samples_per_task=64", "--env-set", "epochs_per_task=2"]) == 0
+    out = capsys.readouterr().out
+    assert "left out: tests.test_cli:DivergingEWC seed 0 diverged: EWC: training diverged before the end of" in out
+    assert "| base" in out and "DivergingEWC |" not in out

@@ -148,12 +148,22 @@ def cmd_compare(args) -> int:
               f"last 25% tasks {result.last_fraction_accuracy(0.25) * 100:.2f}% ({result.wall_time:.1f} s)",
               flush=True)
 
+    diverged: list[str] = []
+
+    def failed(resolved, message) -> None:  # the compare goes on; the summary leaves the run out and says so
+        diverged.append(f"{resolved.spec.agent} seed {resolved.spec.seed} diverged: {message}")
+        print(f"  {diverged[-1]}", flush=True)
+
     t0 = time.perf_counter()
     results = [r for r, _ in execute_all(runs, jobs=jobs, out=out, progress=not args.no_progress,
-                                         threads=args.threads, on_result=said, vectorise=args.vectorise)]
+                                         threads=args.threads, on_result=said, vectorise=args.vectorise,
+                                         on_diverged=failed) if r is not None]
     print(f"\nseeds {seeds}, {sum(r.wall_time for r in results):.1f} s of run time, "
           f"{time.perf_counter() - t0:.1f} s wall with {min(jobs, len(runs))} process(es)")
-    print(_summary(results))
+    if results:
+        print(_summary(results))
+    for line in diverged:
+        print(f"left out: {line}")
     if out is not None:
         print(f"results under {out}/ (aggregate with `clenv report {out}/...`)")
     return 0
