@@ -213,7 +213,8 @@ def test_reproduce_ngm_runs_the_stability_probes_and_prints_the_papers_gap(capsy
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_diverged_run_is_reported_and_the_others_go_on(jobs, tmp_path):
     """EWC at Gamma 1e7 diverges (FloatingPointError at its second consolidation); with on_diverged the base run
-    beside it still runs and is saved, the diverged one leaves (None, None), in this process or a worker."""
+    beside it still runs and is saved, the diverged one leaves (None, None), in this process or a worker, and its
+    divergence is recorded so that a rerun reports it without running it again."""
     from clenv.app.spec import RunSpec, execute_all
 
     kw = {"num_tasks": 3, "samples_per_task": 64, "epochs_per_task": 2}
@@ -221,10 +222,22 @@ def test_a_diverged_run_is_reported_and_the_others_go_on(jobs, tmp_path):
             RunSpec("RandomLabelDigits-v0", "base", 0, kw, {})]
     failures = []
     with pytest.warns(RuntimeWarning, match="diverges") if jobs == 1 else contextlib.nullcontext():
-        out = execute_all([r.resolve() for r in runs], jobs=jobs, out=tmp_path,
+        out = execute_all([r.resolve() for r in runs], jobs=jobs, out=tmp_path, checkpoint_every=5,
                           on_diverged=lambda r, message: failures.append((r.spec.agent, message)))
     assert out[0] == (None, None) and out[1][0].agent == "base" and (out[1][1] / "result.json").is_file()
     assert [a for a, _ in failures] == ["ewc"] and "diverged before the end of task" in failures[0][1]
+    # both checkpointed every 5 steps; the diverged run's spent checkpoint is removed like a finished one's
+    assert (tmp_path / ".checkpoints").is_dir() and not any((tmp_path / ".checkpoints").iterdir())
+    # A rerun with reuse reports the recorded divergence again without running anything.
+    import clenv.app.spec as spec
+
+    again = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spec, "execute", lambda *a, **kw: pytest.fail("a recorded run was run again"))
+        mp.setattr(spec, "in_workers", lambda *a, **kw: pytest.fail("a recorded run was run again"))
+        out2 = execute_all([r.resolve() for r in runs], jobs=jobs, out=tmp_path, reuse=True,
+                           on_diverged=lambda r, message: again.append((r.spec.agent, message)))
+    assert again == failures and out2[0] == (None, None) and out2[1][0].steps == out[1][0].steps
     with pytest.raises(FloatingPointError):  # without on_diverged the error reaches the caller
         execute_all([runs[0].resolve()], jobs=1)
 

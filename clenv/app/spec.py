@@ -39,7 +39,7 @@ from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "run_resolved_seeds", "seed_groups",
-           "execute_all", "Diverged", "in_workers", "torch_threads", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+           "execute_all", "Diverged", "DIVERGED_FILE", "in_workers", "torch_threads", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -280,6 +280,12 @@ class ResolvedRun:
         command made it)."""
         return (self.directory(out) / "result.json").is_file()
 
+    def diverged(self, out) -> str | None:
+        """The message of this run's recorded divergence under ``out`` (:func:`execute_all` with ``on_diverged``
+        writes it), else None."""
+        f = self.directory(out) / DIVERGED_FILE
+        return json.loads(f.read_text())["message"] if f.is_file() else None
+
     def build_agent(self):
         return agent_provider().make(self.spec.agent, self.env, **self.make_extra, **self.agent_kwargs)
 
@@ -366,6 +372,24 @@ def run_resolved_seeds(group: list[ResolvedRun], *, progress: bool = False, thre
         _label(result, r)
         r.env.close()
     return results
+
+
+#: The file in a run's folder that records that its training diverged (its message), so a rerun of the command
+#: reports it again instead of repeating the run to the same divergence.
+DIVERGED_FILE = "diverged.json"
+
+
+def save_diverged(resolved: ResolvedRun, message: str, out) -> Path:
+    """Record that the run diverged (atomically), and remove its spent checkpoint, as :func:`save` does."""
+    import shutil
+
+    from clenv.results import atomic_write_bytes
+
+    path = resolved.directory(out)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / DIVERGED_FILE, json.dumps({"key": resolved.key, "message": message}).encode())
+    shutil.rmtree(Path(out) / ".checkpoints" / resolved.key, ignore_errors=True)
+    return path
 
 
 def save(resolved: ResolvedRun, result, out) -> Path:
@@ -522,7 +546,8 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
     one batched computation (:func:`run_resolved_seeds`), one group per worker; the results are the same runs'.
     With ``on_diverged(resolved, message)``, a run whose training diverges (``FloatingPointError``) is reported to it
     and left out (its slot is ``(None, None)``) while the others go on (not with ``vectorise``, where it propagates);
-    without it the error propagates."""
+    without it the error propagates. Under ``out`` the divergence is recorded in the run's folder
+    (:data:`DIVERGED_FILE`), so with ``reuse`` a rerun reports it again instead of repeating the run."""
     runs = list(runs)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
@@ -539,12 +564,18 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
                 done[i] = (load_run(path), path)
                 if on_result is not None:
                     on_result(r, done[i][0], path)
+            elif on_diverged is not None and (message := r.diverged(out)) is not None:
+                r.env.close()
+                done[i] = (None, None)
+                on_diverged(r, message)
     pending = [i for i in range(len(runs)) if i not in done]
     if vectorise:
         return _execute_groups(runs, pending, done, jobs=jobs, out=out, progress=progress, threads=threads,
                                on_result=on_result)
     def finished(i, result, path) -> None:
         if isinstance(result, Diverged):
+            if out is not None:
+                save_diverged(runs[i], result.message, out)
             done[i] = (None, None)
             on_diverged(runs[i], result.message)
             return
