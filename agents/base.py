@@ -563,9 +563,20 @@ class SupervisedAgent(Agent):
         pass
 
     def on_task_switch(self, task_id) -> None:
+        if self.num_updates > 0:
+            self.check_finite()
         self.task_id = task_id
         if self.hparams["lr_schedule_scope"] == "task":
             self.schedule_step = 0
+
+    def check_finite(self, detail: str = "") -> None:
+        """Raise ``FloatingPointError`` if a parameter of the network is not finite: training diverged, and every
+        later step would score chance accuracy without saying so. Checked at each task switch (once per task, so it
+        costs nothing a step); ``detail`` is added to the message."""
+        bad = [n for n, p in self.network.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise FloatingPointError(f"{type(self).NAME}: training diverged before the end of task {self.task_id}: "
+                                     f"parameters {', '.join(bad)} are not finite{detail}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

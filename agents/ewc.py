@@ -104,14 +104,13 @@ class EWCAgent(SupervisedAgent):
 
     def _check_finite(self, x: torch.Tensor) -> None:
         """Raise if the parameters, or the outputs on the Fisher's inputs ``x``, are not finite (huge finite weights
-        can give infinite logits)."""
-        bad = [n for n, p in self.network.named_parameters() if not bool(torch.isfinite(p).all())]
-        what = (f"parameters {', '.join(bad)} are not finite" if bad else
-                None if bool(torch.isfinite(self.predict(x)).all()) else "its outputs on the task's inputs are not finite")
-        if what is not None:
-            bound = self._stability_bound()
-            why = "" if bound is None or self.penalty_stability < bound else f" ({self._unstable_message(bound)})"
-            raise FloatingPointError(f"EWC: training diverged before the end of task {self.task_id}: {what}{why}")
+        can give infinite logits); the message says when the penalty's SGD bound was crossed."""
+        bound = self._stability_bound()
+        detail = "" if bound is None or self.penalty_stability < bound else f" ({self._unstable_message(bound)})"
+        self.check_finite(detail)
+        if not bool(torch.isfinite(self.predict(x)).all()):
+            raise FloatingPointError(f"{type(self).NAME}: training diverged before the end of task {self.task_id}: "
+                                     f"its outputs on the task's inputs are not finite{detail}")
 
     def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The diagonal Fisher of the trained parameters on ``(x, y)`` (one class, or one regression target, per

@@ -207,5 +207,5 @@ def test_compare_leaves_a_diverged_run_out_and_says_so(capsys):
                      "--seeds", "0", "--no-save", "--no-progress", "--jobs", "1", "--env-set", "num_tasks=3",
                      "--env-set", "samples_per_task=64", "--env-set", "epochs_per_task=2"]) == 0
     out = capsys.readouterr().out
-    assert "left out: tests.test_cli:DivergingEWC seed 0 diverged: EWC: training diverged before the end of" in out
+    assert "left out: tests.test_cli:DivergingEWC seed 0 diverged: diverging_ewc: training diverged before the end of" in out
     assert "| base" in out and "DivergingEWC |" not in out

@@ -249,4 +249,4 @@ def test_reproduce_prints_a_diverged_method_as_a_note(capsys):
     with pytest.warns(RuntimeWarning):
         assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "- L2Init + EWC seed 0 diverged: EWC: training diverged before the end of task" in out
+    assert "- L2Init + EWC seed 0 diverged: l2init+ewc: training diverged before the end of task" in out
