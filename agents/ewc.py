@@ -20,9 +20,8 @@ Defaults from NeuMoSync Tables 7, 9 (SGD, lr 1e-2, Gamma 10); Table 26 (forgetti
 
 from __future__ import annotations
 
-from collections import deque
-
 import warnings
+from collections import deque
 
 import torch
 

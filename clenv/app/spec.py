@@ -39,7 +39,8 @@ from clenv.data import LOCATION_KWARGS
 from clenv.registry import protocol
 
 __all__ = ["RunSpec", "ResolvedRun", "UsageError", "execute", "run_resolved", "run_resolved_seeds", "seed_groups",
-           "execute_all", "Diverged", "DIVERGED_FILE", "in_workers", "torch_threads", "save", "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
+           "execute_all", "Diverged", "DIVERGED_FILE", "in_workers", "torch_threads", "save", "save_diverged",
+           "default_jobs", "worker_context", "worker_init", "parse_value", "parse_assignments", "parse_seeds",
            "suggest", "canonical", "agent_provider", "check_agent", "check_out", "make_env", "identity_key",
            "group_identity"]
 
@@ -381,26 +382,28 @@ DIVERGED_FILE = "diverged.json"
 
 def save_diverged(resolved: ResolvedRun, message: str, out) -> Path:
     """Record that the run diverged (atomically), and remove its spent checkpoint, as :func:`save` does."""
-    import shutil
-
     from clenv.results import atomic_write_bytes
 
     path = resolved.directory(out)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path / DIVERGED_FILE, json.dumps({"key": resolved.key, "message": message}).encode())
-    shutil.rmtree(Path(out) / ".checkpoints" / resolved.key, ignore_errors=True)
+    _remove_checkpoint(resolved, out)
     return path
 
 
 def save(resolved: ResolvedRun, result, out) -> Path:
     """Write a run's result into its folder under ``out``; the run's spent checkpoint is removed after."""
-    import shutil
-
     from clenv.results import save_run
 
     path = save_run(result, resolved.directory(out))
-    shutil.rmtree(Path(out) / ".checkpoints" / resolved.key, ignore_errors=True)
+    _remove_checkpoint(resolved, out)
     return path
+
+
+def _remove_checkpoint(resolved: ResolvedRun, out) -> None:
+    import shutil
+
+    shutil.rmtree(Path(out) / ".checkpoints" / resolved.key, ignore_errors=True)
 
 
 def default_jobs() -> int:
@@ -537,9 +540,9 @@ def _worker_group(specs: list[RunSpec]):
 def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkpoint_every: int | None = None,
                 threads: int = 1, on_result=None, reuse: bool = False, vectorise: bool = False,
                 on_diverged=None) -> list:
-    """Execute resolved runs, ``jobs`` at a time in worker processes (one torch thread each), and save each as it
-    finishes; ``jobs=1`` runs them here one after another with a progress bar each. ``on_result(resolved, result,
-    path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
+    """Execute resolved runs, ``jobs`` at a time (this process and ``jobs - 1`` workers, :func:`in_workers`; one torch
+    thread each), and save each as it finishes; ``jobs=1`` runs them here one after another with a progress bar
+    each. ``on_result(resolved, result, path)`` is called in completion order. Returns ``[(result, path)]`` in the order of ``runs``. A run's numbers
     do not depend on where it ran (each is a function of its spec). With ``reuse``, a run whose folder under ``out``
     (named by its key) already holds a result is loaded instead of run again, so rerunning an interrupted command
     does only what is missing. With ``vectorise``, the seeds of each configuration (:func:`seed_groups`) train as
@@ -572,6 +575,7 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
     if vectorise:
         return _execute_groups(runs, pending, done, jobs=jobs, out=out, progress=progress, threads=threads,
                                on_result=on_result)
+
     def finished(i, result, path) -> None:
         if isinstance(result, Diverged):
             if out is not None:
