@@ -476,6 +476,9 @@ def _describe(result: RunResult, env, agent) -> None:
 
 def _finish(result: RunResult, tracker: TaskTracker, episodes: list, env, agent, current_task, callbacks) -> RunResult:
     """The end of a run: per-task means and returns, the online metrics, the last task-end and run-end hooks."""
+    check = getattr(agent, "check_finite", None)
+    if callable(check):  # the last task's divergence, which no task switch checks (agents check at each switch)
+        check()
     unwrapped = getattr(env, "unwrapped", env)
     result.episodes += 1
     tracker.fill(result)

@@ -315,11 +315,14 @@ def test_clone_is_independent_and_state_dict_round_trips(split_env, name):
 def test_a_diverged_network_is_caught_at_the_next_task_switch():
     """Plain SGD at lr 1e4 blows the weights up within the first task; the switch to task 1 raises
     FloatingPointError naming the agent, the task and the parameters, instead of letting every later step score
-    chance accuracy without a word. A finite network passes the same check."""
+    chance accuracy without a word; in a one-task stream the run's end raises it. A finite network passes."""
     env = gym.make("RandomLabelDigits-v0", num_tasks=3, samples_per_task=64, epochs_per_task=2)
     with pytest.raises(FloatingPointError, match=r"base: training diverged before the end of task 0: parameters "
                                                  r"body\.1\.weight.* are not finite"):
         clenv.run(env, agents.make("base", env, optimizer="sgd", lr=1e4, seed=0), seed=0, progress=False)
+    one = gym.make("RandomLabelDigits-v0", num_tasks=1, samples_per_task=64, epochs_per_task=2)
+    with pytest.raises(FloatingPointError, match="before the end of task 0"):  # the last task: checked at the end
+        clenv.run(one, agents.make("base", one, optimizer="sgd", lr=1e4, seed=0), seed=0, progress=False)
     ok = agents.make("base", env, optimizer="sgd", lr=1e-2, seed=0)
     clenv.run(env, ok, seed=0, progress=False)
     ok.check_finite()  # nothing to say
