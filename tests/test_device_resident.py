@@ -100,16 +100,22 @@ def test_torch_output_moves_nothing_between_host_and_device_per_step():
     assert result.steps == len(per_step.steps) == 24
     assert per_step.kinds == (torch.Tensor, torch.Tensor, torch.Tensor)  # obs, the agent's action, the labels
     image = (16, 1, 8, 8)
+    checks = 0
     for step_in_task, events in per_step.steps:
         # No batch, label or action ever crosses: nothing of the image batch's or the action's shape.
         assert not [e for e in events if e[2] in (image, (16,), (16, 10))], events
         reads = [e for e in events if e[0] == "read"]
-        assert reads == [("read", "tolist", (2,))], events  # the one sync: the check's verdict and the reward
+        # the one sync: the check's verdict and the reward; the step after a task switch also carries the agent's
+        # once-per-task finiteness check of its weights (one flag)
+        check = [("read", "__bool__", ())] if reads[:1] == [("read", "__bool__", ())] else []
+        checks += len(check)
+        assert reads == check + [("read", "tolist", (2,))], events
         numpy_in = [e for e in events if e[0] == "numpy_in"]
         if step_in_task % STEPS_PER_EPOCH:  # mid-epoch: nothing at all goes to the device
             assert numpy_in == [], (step_in_task, events)
         else:  # the step that starts the next epoch moves its sample order there once
             assert len(numpy_in) <= 4 and all(e[2] in ((64,), (1, 64)) for e in numpy_in), events
+    assert checks == result.num_task_switches > 0  # one flag per task switch, none on any other step
 
 
 def test_the_instrument_sees_the_numpy_outputs_round_trips():
