@@ -1,8 +1,9 @@
 """Wall time of a 6-run ``clenv compare`` in worker processes (``--jobs N``) against the same compare in one process.
 
 Both are the whole command as a user runs it (``clenv.app.cli.main``): 3 agents x 2 seeds of a reduced Random-Label
-Fashion-MNIST protocol, one torch thread per run, results not saved. The parallel one pays for starting its worker
-processes (forked from a server that imported torch once; each loads the dataset once). Their tables are checked to be identical. The last line is
+Fashion-MNIST protocol, one torch thread per run, results not saved. The parallel one starts its worker processes
+(forked from a server that imported torch once; each loads the dataset once) while its own process already runs
+runs from the same queue. Their tables are checked to be identical. The last line is
 ``ratio=<wall with --jobs N / wall with --jobs 1>`` (the issue's target: <= 0.6 with 2 jobs on 2 cores). Starting
 the pool costs a few seconds whatever the work (about 2.9 s on the 2-core machine of docs/sweeps.md), so the ratio
 depends on the size: ``--epochs 120`` gives a compare of about 30 s there, the default one of about 3 s.
