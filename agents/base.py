@@ -580,9 +580,12 @@ class SupervisedAgent(Agent):
         if bool(finite.all()):  # one device-to-host read per task
             return
         bad = [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
-        if bad:
-            raise FloatingPointError(f"{type(self).NAME}: training diverged before the end of task {self.task_id}: "
-                                     f"parameters {', '.join(bad)} are not finite{detail}")
+        raise self.diverged(f"parameters {', '.join(bad)} are not finite", detail)
+
+    def diverged(self, what: str, detail: str = "") -> FloatingPointError:
+        """The error :meth:`check_finite` (and a method's own finiteness check) raises: agent, task, what, detail."""
+        return FloatingPointError(f"{type(self).NAME}: training diverged before the end of task {self.task_id}: "
+                                  f"{what}{detail}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

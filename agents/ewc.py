@@ -108,8 +108,7 @@ class EWCAgent(SupervisedAgent):
         detail = "" if bound is None or self.penalty_stability < bound else f" ({self._unstable_message(bound)})"
         self.check_finite(detail)
         if not bool(torch.isfinite(self.predict(x)).all()):
-            raise FloatingPointError(f"{type(self).NAME}: training diverged before the end of task {self.task_id}: "
-                                     f"its outputs on the task's inputs are not finite{detail}")
+            raise self.diverged("its outputs on the task's inputs are not finite", detail)
 
     def fisher(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The diagonal Fisher of the trained parameters on ``(x, y)`` (one class, or one regression target, per

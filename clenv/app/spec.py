@@ -520,16 +520,21 @@ class Diverged:
     message: str
 
 
-def _worker_run(spec: RunSpec, out, checkpoint_every, diverged_ok: bool = False):
-    """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache). With
-    ``diverged_ok`` a diverged run comes back as :class:`Diverged` instead of raising."""
+def _diverged_or(call, diverged_ok: bool):
+    """``call()``, or :class:`Diverged` when it raises ``FloatingPointError`` and ``diverged_ok``."""
     try:
-        result, _ = execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)
+        return call()
     except FloatingPointError as err:
         if not diverged_ok:
             raise
         return Diverged(str(err))
-    return result
+
+
+def _worker_run(spec: RunSpec, out, checkpoint_every, diverged_ok: bool = False):
+    """One run in a worker process; the parent saves it. Datasets load once per worker (per process cache). With
+    ``diverged_ok`` a diverged run comes back as :class:`Diverged` instead of raising."""
+    return _diverged_or(lambda: execute(spec, out=out, save_result=False, checkpoint_every=checkpoint_every)[0],
+                        diverged_ok)
 
 
 def _worker_group(specs: list[RunSpec]):
@@ -589,14 +594,10 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
 
     if jobs == 1 or len(pending) <= 1:
         for i in pending:
-            try:
-                result, path = execute(runs[i], out=out, progress=progress, checkpoint_every=checkpoint_every,
-                                       threads=threads)
-            except FloatingPointError as err:
-                if on_diverged is None:
-                    raise
-                result, path = Diverged(str(err)), None
-            finished(i, result, path)
+            outcome = _diverged_or(lambda: execute(runs[i], out=out, progress=progress,
+                                                   checkpoint_every=checkpoint_every, threads=threads),
+                                   on_diverged is not None)
+            finished(i, *((outcome, None) if isinstance(outcome, Diverged) else outcome))
         return [done[i] for i in range(len(runs))]
     for i in pending:  # the workers make their own envs
         runs[i].env.close()
