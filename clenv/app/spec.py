@@ -599,7 +599,7 @@ def execute_all(runs, *, jobs: int = 1, out=None, progress: bool = False, checkp
                                    on_diverged is not None)
             finished(i, *((outcome, None) if isinstance(outcome, Diverged) else outcome))
         return [done[i] for i in range(len(runs))]
-    for i in pending:  # the workers make their own envs
+    for i in pending:  # each call makes its own env from the spec, in a worker or in this process's thread
         runs[i].env.close()
     bar = None
     if progress:
